@@ -1,0 +1,1132 @@
+//! Boundary tests of the whole agent: a fake runtime (the real one lives in another crate) and
+//! a minimal in-memory Kubernetes API (pods with list+watch, nodes, leases) served over HTTP to
+//! a real `kube::Client`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use shoal_runtime::{
+    Container, ContainerSpec, ExitStatus, ImageRef, LogStream, PullPolicy, Runtime, RuntimeError,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::BackoffPolicy;
+use crate::pods::Timing;
+use crate::{Config, NodeResources};
+
+// ---------------------------------------------------------------- fake runtime
+
+/// Images: `fake/exitN` exits with N at once, `fake/run` runs until stopped, `fake/stuck`
+/// ignores the stop request until the grace period is over, `fake/missing` cannot be pulled.
+#[derive(Default)]
+struct FakeRuntime {
+    events: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeRuntime {
+    fn events(&self) -> Vec<String> {
+        self.events.lock().expect("events").clone()
+    }
+}
+
+fn record(events: &Mutex<Vec<String>>, event: String) {
+    events.lock().expect("events").push(event);
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn handler(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    async fn pull(&self, image: &str, _policy: PullPolicy) -> Result<ImageRef, RuntimeError> {
+        if image.contains("missing") {
+            return Err(RuntimeError::ImagePull {
+                image: image.to_owned(),
+                message: "manifest unknown".to_owned(),
+            });
+        }
+        Ok(ImageRef {
+            image: image.to_owned(),
+            image_id: format!("{image}@sha256:feed"),
+        })
+    }
+
+    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, RuntimeError> {
+        record(&self.events, format!("start {} {:?}", spec.id, spec.args));
+        (spec.logs)(
+            LogStream::Stdout,
+            Bytes::from(format!("argv={:?}\nenv=", spec.args)),
+        );
+        (spec.logs)(LogStream::Stdout, Bytes::from(format!("{:?}\n", spec.env)));
+        (spec.logs)(
+            LogStream::Stderr,
+            Bytes::from(format!("mounts={}\n", spec.mounts.len())),
+        );
+        let image = spec.image.image.as_str();
+        let behaviour = if let Some(code) = image.strip_prefix("fake/exit") {
+            Behaviour::Exit(code.parse().unwrap_or(1))
+        } else if image == "fake/stuck" {
+            Behaviour::Stuck
+        } else {
+            Behaviour::Run
+        };
+        Ok(Box::new(FakeContainer {
+            behaviour,
+            id: spec.id,
+            events: Arc::clone(&self.events),
+        }))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Exit(i32),
+    Run,
+    Stuck,
+}
+
+struct FakeContainer {
+    behaviour: Behaviour,
+    id: String,
+    events: Arc<Mutex<Vec<String>>>,
+}
+
+fn exit(code: i32) -> ExitStatus {
+    ExitStatus {
+        exit_code: code,
+        reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
+        message: None,
+    }
+}
+
+#[async_trait]
+impl Container for FakeContainer {
+    async fn wait(&mut self) -> ExitStatus {
+        match self.behaviour {
+            Behaviour::Exit(code) => exit(code),
+            Behaviour::Run | Behaviour::Stuck => std::future::pending().await,
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        record(
+            &self.events,
+            format!("stop {} grace={}s", self.id, grace.as_secs()),
+        );
+        match self.behaviour {
+            Behaviour::Exit(code) => exit(code),
+            Behaviour::Run => exit(0),
+            Behaviour::Stuck => {
+                tokio::time::sleep(grace).await;
+                ExitStatus {
+                    exit_code: 137,
+                    reason: "Error".to_owned(),
+                    message: Some("killed after the grace period".to_owned()),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        record(&self.events, format!("dropped {}", self.id));
+    }
+}
+
+// ---------------------------------------------------------------- fake API server
+
+#[derive(Default)]
+struct Objects {
+    revision: u64,
+    pods: BTreeMap<(String, String), Value>,
+    /// Watch events of pods: (revision, type, object).
+    pod_events: Vec<(u64, &'static str, Value)>,
+    nodes: BTreeMap<String, Value>,
+    leases: BTreeMap<String, Value>,
+}
+
+struct FakeApi {
+    objects: Mutex<Objects>,
+    revision: watch::Sender<u64>,
+    /// While set, every request gets 503 and open watches end.
+    down: std::sync::atomic::AtomicBool,
+    rejected: std::sync::atomic::AtomicUsize,
+}
+
+type Shared = Arc<FakeApi>;
+
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let object = target.as_object_mut().expect("object");
+            for (k, v) in fields {
+                if v.is_null() {
+                    object.remove(k);
+                } else {
+                    merge(object.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+fn not_found(what: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{what} not found"), "reason": "NotFound", "code": 404
+        })),
+    )
+        .into_response()
+}
+
+fn conflict(what: &str) -> Response {
+    (
+        StatusCode::CONFLICT,
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{what} conflict"), "reason": "Conflict", "code": 409
+        })),
+    )
+        .into_response()
+}
+
+fn json_body(body: &Bytes) -> Value {
+    serde_json::from_slice(body).unwrap_or(Value::Null)
+}
+
+impl FakeApi {
+    fn new() -> Shared {
+        Arc::new(FakeApi {
+            objects: Mutex::new(Objects::default()),
+            revision: watch::channel(0).0,
+            down: std::sync::atomic::AtomicBool::new(false),
+            rejected: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    fn is_down(&self) -> bool {
+        self.down.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
+        // Wake the watches so that they notice.
+        self.revision.send_modify(|_| {});
+    }
+
+    fn rejected(&self) -> usize {
+        self.rejected.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Objects> {
+        self.objects.lock().expect("objects")
+    }
+
+    /// Stores a pod change and publishes it to watchers.
+    fn put_pod(&self, objects: &mut Objects, kind: &'static str, mut pod: Value) -> Value {
+        objects.revision += 1;
+        let rv = objects.revision;
+        pod["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let key = (
+            pod["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned(),
+            pod["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if kind == "DELETED" {
+            objects.pods.remove(&key);
+        } else {
+            objects.pods.insert(key, pod.clone());
+        }
+        objects.pod_events.push((rv, kind, pod.clone()));
+        self.revision.send_replace(rv);
+        pod
+    }
+
+    fn create_pod(&self, mut pod: Value) {
+        let mut objects = self.lock();
+        let name = pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        pod["metadata"]["namespace"] = json!("default");
+        pod["metadata"]["uid"] = json!(format!("uid-{name}-{}", objects.revision));
+        pod["apiVersion"] = json!("v1");
+        pod["kind"] = json!("Pod");
+        self.put_pod(&mut objects, "ADDED", pod);
+    }
+
+    fn pod(&self, name: &str) -> Option<Value> {
+        self.lock()
+            .pods
+            .get(&("default".to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// What the apiserver does on a graceful delete: set the deletion timestamp.
+    fn mark_deleted(&self, name: &str, grace: i64) {
+        let mut objects = self.lock();
+        let mut pod = objects
+            .pods
+            .get(&("default".to_owned(), name.to_owned()))
+            .cloned()
+            .expect("pod exists");
+        pod["metadata"]["deletionTimestamp"] = json!(jiff::Timestamp::now().to_string());
+        pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+        self.put_pod(&mut objects, "MODIFIED", pod);
+    }
+
+    /// A deletion the agent did not take part in (e.g. force delete).
+    fn remove_pod(&self, name: &str) {
+        let mut objects = self.lock();
+        let pod = objects
+            .pods
+            .get(&("default".to_owned(), name.to_owned()))
+            .cloned()
+            .expect("pod exists");
+        self.put_pod(&mut objects, "DELETED", pod);
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    watch: Option<String>,
+    #[serde(rename = "resourceVersion")]
+    resource_version: Option<String>,
+    #[serde(rename = "fieldSelector")]
+    field_selector: Option<String>,
+}
+
+fn selected(pod: &Value, selector: &Option<String>) -> bool {
+    match selector
+        .as_deref()
+        .and_then(|s| s.strip_prefix("spec.nodeName="))
+    {
+        Some(node) => pod["spec"]["nodeName"] == node,
+        None => true,
+    }
+}
+
+async fn list_pods(State(api): State<Shared>, Query(q): Query<ListQuery>) -> Response {
+    if q.watch.as_deref() != Some("true") && q.watch.as_deref() != Some("1") {
+        let objects = api.lock();
+        let items: Vec<Value> = objects
+            .pods
+            .values()
+            .filter(|p| selected(p, &q.field_selector))
+            .cloned()
+            .collect();
+        return axum::Json(json!({
+            "kind": "PodList", "apiVersion": "v1",
+            "metadata": {"resourceVersion": objects.revision.to_string()},
+            "items": items
+        }))
+        .into_response();
+    }
+    let after: u64 = q
+        .resource_version
+        .as_deref()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(0);
+    let rx = api.revision.subscribe();
+    let state = (api, rx, after, q.field_selector);
+    let stream = futures::stream::unfold(state, |(api, mut rx, after, selector)| async move {
+        loop {
+            if api.is_down() {
+                return None;
+            }
+            let batch: Vec<(u64, &'static str, Value)> = api
+                .lock()
+                .pod_events
+                .iter()
+                .filter(|(rv, _, pod)| *rv > after && selected(pod, &selector))
+                .cloned()
+                .collect();
+            if let Some(last) = batch.last().map(|(rv, _, _)| *rv) {
+                let mut out = Vec::new();
+                for (_, kind, object) in batch {
+                    out.extend(
+                        serde_json::to_vec(&json!({"type": kind, "object": object})).expect("json"),
+                    );
+                    out.push(b'\n');
+                }
+                return Some((
+                    Ok::<_, std::io::Error>(Bytes::from(out)),
+                    (api, rx, last, selector),
+                ));
+            }
+            let current = *rx.borrow_and_update();
+            if current <= after && rx.changed().await.is_err() {
+                return None;
+            }
+            if current > after {
+                // Events of other nodes only: skip past them.
+                let skipped = current;
+                return Some((Ok(Bytes::new()), (api, rx, skipped, selector)));
+            }
+        }
+    });
+    Body::from_stream(stream).into_response()
+}
+
+async fn pod_status(
+    State(api): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut objects = api.lock();
+    let Some(mut pod) = objects.pods.get(&(ns, name.clone())).cloned() else {
+        return not_found(&name);
+    };
+    let patch = json_body(&body);
+    merge(&mut pod["status"], &patch["status"]);
+    axum::Json(api.put_pod(&mut objects, "MODIFIED", pod)).into_response()
+}
+
+async fn delete_pod(
+    State(api): State<Shared>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut objects = api.lock();
+    let Some(pod) = objects.pods.get(&(ns, name.clone())).cloned() else {
+        return not_found(&name);
+    };
+    let params = json_body(&body);
+    if let Some(uid) = params["preconditions"]["uid"].as_str()
+        && pod["metadata"]["uid"] != uid
+    {
+        return conflict(&name);
+    }
+    axum::Json(api.put_pod(&mut objects, "DELETED", pod)).into_response()
+}
+
+async fn get_node(State(api): State<Shared>, Path(name): Path<String>) -> Response {
+    match api.lock().nodes.get(&name) {
+        Some(node) => axum::Json(node.clone()).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn create_node(State(api): State<Shared>, body: Bytes) -> Response {
+    let mut node = json_body(&body);
+    let name = node["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    node["metadata"]["uid"] = json!(format!("uid-node-{name}"));
+    api.lock().nodes.insert(name, node.clone());
+    (StatusCode::CREATED, axum::Json(node)).into_response()
+}
+
+async fn patch_node(State(api): State<Shared>, Path(name): Path<String>, body: Bytes) -> Response {
+    let mut objects = api.lock();
+    let Some(node) = objects.nodes.get_mut(&name) else {
+        return not_found(&name);
+    };
+    merge(node, &json_body(&body));
+    axum::Json(node.clone()).into_response()
+}
+
+async fn get_lease(
+    State(api): State<Shared>,
+    Path((_ns, name)): Path<(String, String)>,
+) -> Response {
+    match api.lock().leases.get(&name) {
+        Some(lease) => axum::Json(lease.clone()).into_response(),
+        None => not_found(&name),
+    }
+}
+
+async fn create_lease(State(api): State<Shared>, Path(_ns): Path<String>, body: Bytes) -> Response {
+    let mut lease = json_body(&body);
+    let name = lease["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut objects = api.lock();
+    objects.revision += 1;
+    lease["metadata"]["resourceVersion"] = json!(objects.revision.to_string());
+    objects.leases.insert(name, lease.clone());
+    (StatusCode::CREATED, axum::Json(lease)).into_response()
+}
+
+async fn replace_lease(
+    State(api): State<Shared>,
+    Path((_ns, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let mut lease = json_body(&body);
+    let mut objects = api.lock();
+    let current = objects
+        .leases
+        .get(&name)
+        .map(|l| l["metadata"]["resourceVersion"].clone());
+    if current != Some(lease["metadata"]["resourceVersion"].clone()) {
+        return conflict(&name);
+    }
+    objects.revision += 1;
+    lease["metadata"]["resourceVersion"] = json!(objects.revision.to_string());
+    objects.leases.insert(name, lease.clone());
+    axum::Json(lease).into_response()
+}
+
+async fn availability(
+    State(api): State<Shared>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if api.is_down() {
+        api.rejected
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    next.run(request).await
+}
+
+fn fake_api_router(api: Shared) -> Router {
+    Router::new()
+        .route("/api/v1/pods", get(list_pods))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}",
+            axum::routing::delete(delete_pod),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/status",
+            axum::routing::patch(pod_status),
+        )
+        .route("/api/v1/nodes", axum::routing::post(create_node))
+        .route("/api/v1/nodes/{name}", get(get_node).patch(patch_node))
+        .route(
+            "/api/v1/nodes/{name}/status",
+            axum::routing::patch(patch_node),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases",
+            axum::routing::post(create_lease),
+        )
+        .route(
+            "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}",
+            get(get_lease).put(replace_lease),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&api),
+            availability,
+        ))
+        .with_state(api)
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Harness {
+    api: Shared,
+    runtime: Arc<FakeRuntime>,
+    data: tempfile::TempDir,
+    client: kube::Client,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+struct RunningAgent {
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), crate::Error>>,
+}
+
+impl RunningAgent {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("agent stops in time")
+            .expect("agent task");
+        result.expect("agent result");
+    }
+}
+
+fn fast_timing() -> Timing {
+    let fast = BackoffPolicy {
+        initial: Duration::from_millis(50),
+        max: Duration::from_millis(200),
+        reset_after: Duration::from_secs(600),
+    };
+    Timing {
+        crash: fast,
+        pull: fast,
+        api: fast,
+    }
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let api = FakeApi::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = fake_api_router(Arc::clone(&api));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let url: axum::http::Uri = format!("http://{addr}").parse().expect("uri");
+        let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+        Harness {
+            api,
+            runtime: Arc::new(FakeRuntime::default()),
+            data: tempfile::tempdir().expect("tempdir"),
+            client,
+            _server: server,
+        }
+    }
+
+    async fn start_agent(&self) -> RunningAgent {
+        let config = Config {
+            node_name: "n1".to_owned(),
+            data_dir: self.data.path().to_path_buf(),
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            capacity: NodeResources {
+                cpu_millis: 2000,
+                memory_bytes: 4 << 30,
+                pods: 110,
+            },
+            labels: BTreeMap::new(),
+        };
+        let shutdown = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let runtime: Arc<dyn Runtime> = self.runtime.clone();
+        let task = tokio::spawn(crate::run_with(
+            config,
+            self.client.clone(),
+            vec![runtime],
+            fast_timing(),
+            shutdown.clone(),
+            Some(tx),
+        ));
+        let addr = rx.await.expect("agent bound");
+        RunningAgent {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+}
+
+/// Polls `check` until it gives a value, for at most 10 s.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `GET path` over HTTP/1.0 (no chunked encoding); returns status code and body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status code");
+    (code, body.to_owned())
+}
+
+fn container_status(pod: &Value) -> Value {
+    pod["status"]["containerStatuses"][0].clone()
+}
+
+// ---------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn registers_node_and_renews_lease() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    let node = eventually("node with status", || {
+        h.api
+            .lock()
+            .nodes
+            .get("n1")
+            .filter(|n| n["status"]["daemonEndpoints"].is_object())
+            .cloned()
+    })
+    .await;
+    assert_eq!(node["metadata"]["labels"]["shoal.dev/wasm"], "true");
+    assert_eq!(node["metadata"]["labels"]["kubernetes.io/hostname"], "n1");
+    assert_eq!(
+        node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"],
+        agent.addr.port()
+    );
+    assert_eq!(node["status"]["addresses"][0]["address"], "127.0.0.1");
+    assert_eq!(node["status"]["capacity"]["cpu"], "2");
+    assert_eq!(node["status"]["runtimeHandlers"][0]["name"], "wasmtime");
+    let lease = eventually("lease", || h.api.lock().leases.get("n1").cloned()).await;
+    assert_eq!(lease["spec"]["holderIdentity"], "n1");
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 40);
+    assert_eq!(
+        lease["metadata"]["ownerReferences"][0]["uid"],
+        "uid-node-n1"
+    );
+    let (code, body) = http_get(agent.addr, "/healthz").await;
+    assert_eq!((code, body.as_str()), (200, "ok"));
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn pod_runs_to_completion_and_logs_are_served() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "hello"},
+        "spec": {
+            "nodeName": "n1",
+            "restartPolicy": "Never",
+            "volumes": [{"name": "scratch", "emptyDir": {}}],
+            "containers": [{
+                "name": "main", "image": "fake/exit0",
+                "args": ["hi", "$(WHO)"],
+                "env": [
+                    {"name": "WHO", "value": "world"},
+                    {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+                ],
+                "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+                "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}
+            }]
+        }
+    }));
+    let pod = eventually("pod succeeded", || {
+        h.api
+            .pod("hello")
+            .filter(|p| p["status"]["phase"] == "Succeeded")
+    })
+    .await;
+    let cs = container_status(&pod);
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(cs["state"]["terminated"]["reason"], "Completed");
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
+    assert_eq!(
+        cs["state"]["terminated"]["containerID"],
+        format!("wasmtime://{uid}-main-0")
+    );
+    assert_eq!(cs["imageID"], "fake/exit0@sha256:feed");
+    assert_eq!(cs["ready"], false);
+    assert_eq!(pod["status"]["qosClass"], "Guaranteed");
+    assert_eq!(pod["status"]["hostIP"], "127.0.0.1");
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .expect("ready condition");
+    assert_eq!(ready["reason"], "PodCompleted");
+    assert!(
+        h.data
+            .path()
+            .join("pods")
+            .join(&uid)
+            .join("volumes/scratch")
+            .is_dir()
+    );
+    assert_eq!(
+        h.runtime.events()[0],
+        r#"start default/hello/main ["main", "hi", "world"]"#
+    );
+
+    let (code, body) = http_get(agent.addr, "/containerLogs/default/hello/main").await;
+    assert_eq!(code, 200);
+    expect_test::expect![[r#"
+        argv=["main", "hi", "world"]
+        env=[("WHO", "world"), ("POD", "hello")]
+        mounts=1
+    "#]]
+    .assert_eq(&body);
+    let (code, body) = http_get(
+        agent.addr,
+        "/containerLogs/default/hello/main?tailLines=1&timestamps=true",
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(body.ends_with("Z mounts=1\n"), "{body}");
+    assert!(body.starts_with("20"), "{body}");
+    let (code, body) = http_get(
+        agent.addr,
+        "/containerLogs/default/hello/main?previous=true",
+    )
+    .await;
+    assert_eq!(
+        (code, body.as_str()),
+        (
+            404,
+            "previous terminated container main in pod hello not found"
+        )
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn crash_loop_restarts_with_backoff() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "crashy"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/exit3"}]}
+    }));
+    let pod = eventually("two restarts", || {
+        h.api.pod("crashy").filter(|p| {
+            let cs = container_status(p);
+            cs["restartCount"].as_i64().unwrap_or(0) >= 2
+                && cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        })
+    })
+    .await;
+    let cs = container_status(&pod);
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 3);
+    let message = cs["state"]["waiting"]["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("back-off ")
+            && message.ends_with("restarting failed container=c pod=crashy"),
+        "{message}"
+    );
+    assert_eq!(pod["status"]["phase"], "Running");
+    // The previous run's log is served with previous=true.
+    let (code, body) = http_get(agent.addr, "/containerLogs/default/crashy/c?previous=true").await;
+    assert_eq!(code, 200);
+    assert!(body.starts_with("argv=[\"c\"]"), "{body}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn on_failure_pod_fails_with_never_and_succeeds_after_retry() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "once"},
+        "spec": {"nodeName": "n1", "restartPolicy": "Never",
+                 "containers": [{"name": "c", "image": "fake/exit2"}]}
+    }));
+    let pod = eventually("failed", || {
+        h.api
+            .pod("once")
+            .filter(|p| p["status"]["phase"] == "Failed")
+    })
+    .await;
+    assert_eq!(container_status(&pod)["state"]["terminated"]["exitCode"], 2);
+    assert_eq!(container_status(&pod)["restartCount"], 0);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn image_pull_failure_backs_off() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "nopull"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/missing:v1"}]}
+    }));
+    let pod = eventually("pull error", || {
+        h.api.pod("nopull").filter(|p| {
+            let reason = &container_status(p)["state"]["waiting"]["reason"];
+            reason == "ErrImagePull" || reason == "ImagePullBackOff"
+        })
+    })
+    .await;
+    let message = container_status(&pod)["state"]["waiting"]["message"]
+        .as_str()
+        .expect("message")
+        .to_owned();
+    assert!(message.contains("manifest unknown"), "{message}");
+    assert_eq!(pod["status"]["phase"], "Pending");
+    eventually("back-off", || {
+        h.api
+            .pod("nopull")
+            .filter(|p| container_status(p)["state"]["waiting"]["reason"] == "ImagePullBackOff")
+    })
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn unsupported_volume_is_a_config_error() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "cfg"},
+        "spec": {"nodeName": "n1",
+                 "volumes": [{"name": "c", "persistentVolumeClaim": {"claimName": "x"}}],
+                 "containers": [{"name": "c", "image": "fake/run",
+                                 "volumeMounts": [{"name": "c", "mountPath": "/c"}]}]}
+    }));
+    let pod = eventually("config error", || {
+        h.api.pod("cfg").filter(|p| {
+            container_status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+        })
+    })
+    .await;
+    assert!(
+        container_status(&pod)["state"]["waiting"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("only emptyDir, hostPath, configMap and secret volumes are supported")
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_deletion_stops_a_stuck_container_and_deletes_the_pod() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "stuck"},
+        "spec": {"nodeName": "n1",
+                 "volumes": [{"name": "v", "emptyDir": {}}],
+                 "containers": [{"name": "c", "image": "fake/stuck",
+                                 "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]}
+    }));
+    let pod = eventually("running", || {
+        h.api
+            .pod("stuck")
+            .filter(|p| p["status"]["phase"] == "Running" && container_status(p)["ready"] == true)
+    })
+    .await;
+    let uid = pod["metadata"]["uid"].as_str().expect("uid").to_owned();
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .expect("ready");
+    assert_eq!(ready["status"], "True");
+    assert!(container_status(&pod)["state"]["running"]["startedAt"].is_string());
+    let volume = h.data.path().join("pods").join(&uid).join("volumes/v");
+    assert!(volume.is_dir());
+
+    h.api.mark_deleted("stuck", 1);
+    eventually("pod deleted", || h.api.pod("stuck").is_none().then_some(())).await;
+    let events = h.runtime.events();
+    assert!(
+        events.contains(&"stop default/stuck/c grace=1s".to_owned()),
+        "{events:?}"
+    );
+    assert!(!volume.exists());
+    // The final status written before the delete says how the container ended.
+    let last_modified = h
+        .api
+        .lock()
+        .pod_events
+        .iter()
+        .rev()
+        .find(|(_, kind, _)| *kind == "MODIFIED")
+        .map(|(_, _, p)| p.clone())
+        .expect("a status write");
+    assert_eq!(
+        container_status(&last_modified)["state"]["terminated"]["exitCode"],
+        137
+    );
+    assert_eq!(last_modified["status"]["phase"], "Failed");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn vanished_pod_is_stopped_and_cleaned_up() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "gone"},
+        "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    eventually("running", || {
+        h.api
+            .pod("gone")
+            .filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    h.api.remove_pod("gone");
+    eventually("container stopped", || {
+        h.runtime
+            .events()
+            .contains(&"stop default/gone/c grace=0s".to_owned())
+            .then_some(())
+    })
+    .await;
+    eventually("logs removed", || {
+        let dirs: Vec<_> = std::fs::read_dir(h.data.path().join("pods"))
+            .expect("pods dir")
+            .flatten()
+            .collect();
+        dirs.is_empty().then_some(())
+    })
+    .await;
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn agent_restart_resumes_running_pods() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "svc"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    eventually("running", || {
+        h.api
+            .pod("svc")
+            .filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    agent.stop().await;
+    assert!(
+        h.runtime
+            .events()
+            .contains(&"dropped default/svc/c".to_owned()),
+        "containers are dropped on shutdown"
+    );
+    let agent = h.start_agent().await;
+    let pod = eventually("running again", || {
+        h.api.pod("svc").filter(|p| {
+            let cs = container_status(p);
+            cs["restartCount"] == 1 && cs["state"]["running"].is_object()
+        })
+    })
+    .await;
+    assert_eq!(
+        container_status(&pod)["lastState"]["terminated"]["reason"],
+        "ContainerStatusUnknown"
+    );
+    let starts = h
+        .runtime
+        .events()
+        .iter()
+        .filter(|e| e.starts_with("start default/svc/c"))
+        .count();
+    assert_eq!(starts, 2);
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn follow_streams_a_running_container() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "tail"},
+        "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    eventually("running", || {
+        h.api
+            .pod("tail")
+            .filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(agent.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /containerLogs/default/tail/c?follow=true HTTP/1.0\r\n\r\n")
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&received).contains("mounts=0") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .expect("first lines in time")
+            .expect("read");
+        assert!(
+            n > 0,
+            "stream ended early: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buf[..n]);
+    }
+    // The follow ends when the container does.
+    h.api.mark_deleted("tail", 0);
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut received))
+        .await
+        .expect("follow ends")
+        .expect("read");
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.0 200"), "{head}");
+    assert!(body.starts_with("argv=[\"c\"]\n"), "{body}");
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn pods_keep_running_while_the_api_is_away() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "steady"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    eventually("running", || {
+        h.api
+            .pod("steady")
+            .filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    // The API server goes away: watches end, every request fails, for a while.
+    h.api.set_down(true);
+    eventually("the agent to notice the outage", || {
+        (h.api.rejected() >= 2).then_some(())
+    })
+    .await;
+    h.api.set_down(false);
+    h.api.create_pod(json!({
+        "metadata": {"name": "later"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    eventually("new pod running after the outage", || {
+        h.api
+            .pod("later")
+            .filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    let events = h.runtime.events();
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.contains("steady") && !e.starts_with("start")),
+        "{events:?}"
+    );
+    agent.stop().await;
+}

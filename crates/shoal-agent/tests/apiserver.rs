@@ -1,0 +1,264 @@
+//! The agent against the real `shoal-apiserver` (over a real `shoal-store` in a temp dir), with
+//! a fake runtime: registration, a pod run to completion, logs through the `pods/log` proxy,
+//! graceful deletion.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use shoal_runtime::{
+    Container, ContainerSpec, ExitStatus, ImageRef, LogStream, PullPolicy, Runtime, RuntimeError,
+};
+use tokio_util::sync::CancellationToken;
+
+/// `fake/exitN` exits with N; anything else runs until stopped.
+#[derive(Default)]
+struct FakeRuntime {
+    stops: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn handler(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    async fn pull(&self, image: &str, _policy: PullPolicy) -> Result<ImageRef, RuntimeError> {
+        Ok(ImageRef {
+            image: image.to_owned(),
+            image_id: format!("{image}@sha256:feed"),
+        })
+    }
+
+    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, RuntimeError> {
+        (spec.logs)(
+            LogStream::Stdout,
+            Bytes::from(format!("hello from {}\n", spec.args.join(" "))),
+        );
+        for (k, v) in &spec.env {
+            (spec.logs)(LogStream::Stdout, Bytes::from(format!("{k}={v}\n")));
+        }
+        for mount in &spec.mounts {
+            let mut files: Vec<String> = std::fs::read_dir(&mount.host_path)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| {
+                            let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+                            format!("{}={content}", e.file_name().to_string_lossy())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            files.sort();
+            (spec.logs)(
+                LogStream::Stdout,
+                Bytes::from(format!("{}: {}\n", mount.container_path, files.join(","))),
+            );
+        }
+        let code = spec
+            .image
+            .image
+            .strip_prefix("fake/exit")
+            .and_then(|c| c.parse().ok());
+        Ok(Box::new(FakeContainer {
+            code,
+            id: spec.id,
+            stops: Arc::clone(&self.stops),
+        }))
+    }
+}
+
+struct FakeContainer {
+    code: Option<i32>,
+    id: String,
+    stops: Arc<Mutex<Vec<String>>>,
+}
+
+#[async_trait]
+impl Container for FakeContainer {
+    async fn wait(&mut self) -> ExitStatus {
+        match self.code {
+            Some(code) => ExitStatus {
+                exit_code: code,
+                reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
+                message: None,
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn stop(&mut self, grace: Duration) -> ExitStatus {
+        self.stops
+            .lock()
+            .expect("stops")
+            .push(format!("{} {}s", self.id, grace.as_secs()));
+        ExitStatus {
+            exit_code: 143,
+            reason: "Error".to_owned(),
+            message: None,
+        }
+    }
+}
+
+async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_runs_pods_against_the_real_apiserver() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = shoal_store::Store::open(&dir.path().join("store"))
+        .await
+        .expect("store");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let shutdown = CancellationToken::new();
+    let apiserver = tokio::spawn(shoal_apiserver::serve(
+        listener,
+        shoal_apiserver::Config {
+            listen: addr,
+            bookmark_interval: Duration::from_secs(1),
+        },
+        store,
+        shutdown.clone(),
+    ));
+    let url: axum::http::Uri = format!("http://{addr}").parse().expect("uri");
+    let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+
+    let runtime = Arc::new(FakeRuntime::default());
+    let stops = Arc::clone(&runtime.stops);
+    let config = shoal_agent::Config {
+        node_name: "n1".to_owned(),
+        data_dir: dir.path().join("agent"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        capacity: shoal_agent::NodeResources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            pods: 110,
+        },
+        labels: BTreeMap::new(),
+    };
+    let agent_shutdown = CancellationToken::new();
+    let agent = tokio::spawn(shoal_agent::run(
+        config,
+        client.clone(),
+        vec![runtime as Arc<dyn Runtime>],
+        agent_shutdown.clone(),
+    ));
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node = eventually("node ready", || async {
+        nodes.get_opt("n1").await.ok().flatten().filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+    })
+    .await;
+    assert_eq!(
+        node.metadata.labels.as_ref().expect("labels")["shoal.dev/wasm"],
+        "true"
+    );
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    eventually("lease", || async {
+        leases.get_opt("n1").await.ok().flatten()
+    })
+    .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "settings"},
+        "data": {"greeting": "hi", "color": "blue"}
+    }))
+    .expect("configmap");
+    config_maps
+        .create(&PostParams::default(), &cm)
+        .await
+        .expect("create configmap");
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "once"},
+        "spec": {"nodeName": "n1", "restartPolicy": "Never",
+                 "volumes": [{"name": "cfg", "configMap": {"name": "settings"}}],
+                 "containers": [{"name": "main", "image": "fake/exit0", "args": ["a", "b"],
+                                 "env": [{"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}}],
+                                 "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg"}]}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    eventually("pod succeeded", || async {
+        pods.get("once")
+            .await
+            .ok()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded"))
+    })
+    .await;
+    let logs = pods
+        .logs("once", &LogParams::default())
+        .await
+        .expect("logs through the apiserver");
+    assert_eq!(
+        logs,
+        "hello from main a b\nGREETING=hi\n/etc/cfg: color=blue,greeting=hi\n"
+    );
+
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "server"},
+        "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 2,
+                 "containers": [{"name": "main", "image": "fake/run"}]}
+    }))
+    .expect("pod");
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
+    eventually("pod running", || async {
+        pods.get("server")
+            .await
+            .ok()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+    })
+    .await;
+    pods.delete("server", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually("pod gone", || async {
+        matches!(pods.get_opt("server").await, Ok(None)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        stops.lock().expect("stops").as_slice(),
+        ["default/server/main 2s"]
+    );
+
+    agent_shutdown.cancel();
+    agent
+        .await
+        .expect("agent task")
+        .expect("agent stops cleanly");
+    shutdown.cancel();
+    let _ = apiserver.await;
+}

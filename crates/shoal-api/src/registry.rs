@@ -1,0 +1,212 @@
+//! The registry of resource types the apiserver serves: group, version, kind, plural, scope,
+//! short names, categories and subresources. It is a static table; it owns no storage and does
+//! not know about custom resources.
+
+/// One served resource: a kind in a group-version, with its REST names and scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceType {
+    /// API group; `""` for the core group.
+    pub group: &'static str,
+    /// API version within the group, e.g. `"v1"`.
+    pub version: &'static str,
+    /// Kind, e.g. `"Pod"`.
+    pub kind: &'static str,
+    /// Kind of the list type, e.g. `"PodList"`.
+    pub list_kind: &'static str,
+    /// Plural resource name used in URLs, e.g. `"pods"`.
+    pub plural: &'static str,
+    /// Singular resource name, e.g. `"pod"`.
+    pub singular: &'static str,
+    /// Whether objects live in a namespace.
+    pub namespaced: bool,
+    /// Short names accepted by kubectl, e.g. `["po"]`.
+    pub short_names: &'static [&'static str],
+    /// Categories (`"all"` for what `kubectl get all` lists).
+    pub categories: &'static [&'static str],
+    /// Subresources served under the resource, e.g. `["status", "binding", "log"]`.
+    pub subresources: &'static [&'static str],
+}
+
+impl ResourceType {
+    /// The `apiVersion` string: `"v1"` for core, `"apps/v1"` otherwise.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// The store key prefix for all objects of this type, ending in `/`:
+    /// `/registry/core/pods/` or `/registry/apps/deployments/`.
+    pub fn storage_prefix(&self) -> String {
+        let group = if self.group.is_empty() {
+            "core"
+        } else {
+            self.group
+        };
+        format!("/registry/{group}/{}/", self.plural)
+    }
+
+    /// The store key of one object: `{prefix}{namespace}/{name}` or `{prefix}{name}`.
+    pub fn storage_key(&self, namespace: Option<&str>, name: &str) -> String {
+        match namespace {
+            Some(ns) if self.namespaced => format!("{}{ns}/{name}", self.storage_prefix()),
+            _ => format!("{}{name}", self.storage_prefix()),
+        }
+    }
+
+    /// The URL path prefix of the group-version: `/api/v1` or `/apis/apps/v1`.
+    pub fn api_path(&self) -> String {
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Whether the type serves the named subresource.
+    pub fn has_subresource(&self, sub: &str) -> bool {
+        self.subresources.contains(&sub)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+const fn rt(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    list_kind: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [&'static str],
+) -> ResourceType {
+    ResourceType {
+        group,
+        version,
+        kind,
+        list_kind,
+        plural,
+        singular,
+        namespaced,
+        short_names,
+        categories,
+        subresources,
+    }
+}
+
+#[rustfmt::skip]
+static RESOURCE_TYPES: &[ResourceType] = &[
+    rt("", "v1", "Namespace", "NamespaceList", "namespaces", "namespace", false, &["ns"], &[], &["status"]),
+    rt("", "v1", "Pod", "PodList", "pods", "pod", true, &["po"], &["all"], &["status", "binding", "log", "eviction"]),
+    rt("", "v1", "Node", "NodeList", "nodes", "node", false, &["no"], &[], &["status"]),
+    rt("", "v1", "Event", "EventList", "events", "event", true, &["ev"], &[], &[]),
+    rt("", "v1", "ConfigMap", "ConfigMapList", "configmaps", "configmap", true, &["cm"], &[], &[]),
+    rt("", "v1", "Secret", "SecretList", "secrets", "secret", true, &[], &[], &[]),
+    rt("", "v1", "ServiceAccount", "ServiceAccountList", "serviceaccounts", "serviceaccount", true, &["sa"], &[], &[]),
+    rt("", "v1", "Service", "ServiceList", "services", "service", true, &["svc"], &["all"], &["status"]),
+    rt("", "v1", "Endpoints", "EndpointsList", "endpoints", "endpoints", true, &["ep"], &[], &[]),
+    rt("apps", "v1", "ReplicaSet", "ReplicaSetList", "replicasets", "replicaset", true, &["rs"], &["all"], &["status", "scale"]),
+    rt("apps", "v1", "Deployment", "DeploymentList", "deployments", "deployment", true, &["deploy"], &["all"], &["status", "scale"]),
+    rt("events.k8s.io", "v1", "Event", "EventList", "events", "event", true, &["ev"], &[], &[]),
+    rt("coordination.k8s.io", "v1", "Lease", "LeaseList", "leases", "lease", true, &[], &[], &[]),
+    rt("node.k8s.io", "v1", "RuntimeClass", "RuntimeClassList", "runtimeclasses", "runtimeclass", false, &[], &[], &[]),
+    rt("batch", "v1", "Job", "JobList", "jobs", "job", true, &[], &["all"], &["status"]),
+    rt("batch", "v1", "CronJob", "CronJobList", "cronjobs", "cronjob", true, &["cj"], &["all"], &["status"]),
+];
+
+/// Every served resource type, core group first, in a stable order.
+pub fn resource_types() -> &'static [ResourceType] {
+    RESOURCE_TYPES
+}
+
+/// Looks a type up by group, version and plural (`"", "v1", "pods"`).
+pub fn find_by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
+    RESOURCE_TYPES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.plural == plural)
+}
+
+/// Looks a type up by group, version and kind (`"apps", "v1", "Deployment"`).
+pub fn find_by_kind(group: &str, version: &str, kind: &str) -> Option<&'static ResourceType> {
+    RESOURCE_TYPES
+        .iter()
+        .find(|r| r.group == group && r.version == version && r.kind == kind)
+}
+
+/// Looks a type up by its `apiVersion` string and kind (`"apps/v1", "Deployment"`).
+pub fn find_by_api_version(api_version: &str, kind: &str) -> Option<&'static ResourceType> {
+    let (group, version) = split_api_version(api_version);
+    find_by_kind(group, version, kind)
+}
+
+/// Splits an `apiVersion` into group and version: `"v1"` gives `("", "v1")`.
+pub fn split_api_version(api_version: &str) -> (&str, &str) {
+    match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    }
+}
+
+/// The distinct group-versions served, in registry order (`("", "v1")` first).
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+    for r in RESOURCE_TYPES {
+        if !out.contains(&(r.group, r.version)) {
+            out.push((r.group, r.version));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lookups() {
+        let pods = find_by_plural("", "v1", "pods").expect("pods registered");
+        assert_eq!(pods.kind, "Pod");
+        assert_eq!(pods.api_version(), "v1");
+        assert_eq!(pods.storage_prefix(), "/registry/core/pods/");
+        assert_eq!(
+            pods.storage_key(Some("default"), "a"),
+            "/registry/core/pods/default/a"
+        );
+        let deploy = find_by_kind("apps", "v1", "Deployment").expect("deployments registered");
+        assert_eq!(deploy.api_version(), "apps/v1");
+        assert_eq!(deploy.storage_prefix(), "/registry/apps/deployments/");
+        assert_eq!(deploy.api_path(), "/apis/apps/v1");
+        let ns = find_by_api_version("v1", "Namespace").expect("namespaces registered");
+        assert_eq!(ns.storage_key(None, "x"), "/registry/core/namespaces/x");
+        assert!(find_by_plural("apps", "v1", "pods").is_none());
+    }
+
+    #[test]
+    fn unique_plurals_per_group_version() {
+        for (i, a) in RESOURCE_TYPES.iter().enumerate() {
+            for b in &RESOURCE_TYPES[i + 1..] {
+                assert!(!(a.group == b.group && a.version == b.version && a.plural == b.plural));
+            }
+        }
+        let all: Vec<_> = RESOURCE_TYPES
+            .iter()
+            .filter(|r| r.categories.contains(&"all"))
+            .map(|r| r.plural)
+            .collect();
+        assert_eq!(
+            all,
+            [
+                "pods",
+                "services",
+                "replicasets",
+                "deployments",
+                "jobs",
+                "cronjobs"
+            ]
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! Shoal's apiserver: the Kubernetes REST API over `shoal-store`.
+//!
+//! Owns the HTTP surface kubectl and kube-rs clients talk to: discovery, OpenAPI, CRUD, patch,
+//! watch, the `status`, `scale`, `binding` and `log` subresources, and server-side Table output.
+//! It is the only crate that touches the store. Plain HTTP, no TLS, no authentication yet;
+//! admission beyond defaulting and validation (quotas, limit ranges) is not done here.
+
+mod discovery;
+pub mod error;
+mod logs;
+mod namespace;
+mod object;
+mod openapi;
+mod protobuf;
+mod resources;
+mod table;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get};
+use serde_json::json;
+use shoal_api as api;
+use shoal_store::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// How the apiserver listens and behaves.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to serve plain HTTP on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// Interval of `BOOKMARK` events for watches that ask for them.
+    pub bookmark_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { listen: SocketAddr::from(([127, 0, 0, 1], 6443)), bookmark_interval: Duration::from_secs(10) }
+    }
+}
+
+/// Failures of the server as a whole (not of one request).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("binding {addr}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("serving http")]
+    Serve(#[source] std::io::Error),
+    #[error("creating the initial namespaces")]
+    Bootstrap(#[source] StoreError),
+}
+
+/// Shared state of every request handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    bookmark_interval: Duration,
+    shutdown: CancellationToken,
+    docs: discovery::Documents,
+    openapi: openapi::Documents,
+    logs: logs::LogClient,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// State over `store`; watch streams end when `shutdown` is cancelled.
+    pub fn new(store: Store, config: &Config, shutdown: CancellationToken) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                store,
+                bookmark_interval: config.bookmark_interval,
+                shutdown,
+                docs: discovery::Documents::build(),
+                openapi: openapi::Documents::build(),
+                logs: logs::LogClient::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.inner.store
+    }
+}
+
+/// The router serving the whole API; testable with `tower::ServiceExt::oneshot`.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/api", get(discovery::api_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::api_groups))
+        .route("/apis/{group}", get(discovery::api_group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/api/v1/{*rest}", any(resources::core))
+        .route("/apis/{group}/{version}/{*rest}", any(resources::grouped))
+        .route("/version", get(discovery::version))
+        .route("/healthz", get(health))
+        .route("/readyz", get(health))
+        .route("/livez", get(health))
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_root))
+        .route("/openapi/v3/{*path}", get(openapi::v3_group_version))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::UnknownResource
+}
+
+/// Binds `config.listen`, creates the initial namespaces and serves until `shutdown`.
+pub async fn run(config: Config, store: Store, shutdown: CancellationToken) -> Result<(), Error> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind { addr: config.listen, source })?;
+    serve(listener, config, store, shutdown).await
+}
+
+/// Like [`run`] on an already bound listener (tests bind `127.0.0.1:0`).
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    bootstrap(&store).await.map_err(Error::Bootstrap)?;
+    let addr = listener.local_addr().ok();
+    tracing::info!(addr = ?addr, "apiserver listening");
+    let state = AppState::new(store, &config, shutdown.clone());
+    namespace::resume(&state).await;
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(Error::Serve)
+}
+
+/// The namespaces every cluster has; creating them again is a no-op.
+pub const INITIAL_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+
+/// Creates the initial namespaces that do not exist yet.
+pub async fn bootstrap(store: &Store) -> Result<(), StoreError> {
+    for ns in INITIAL_NAMESPACES {
+        let key = format!("/registry/core/namespaces/{ns}");
+        let obj = json!({
+            "kind": "Namespace",
+            "apiVersion": "v1",
+            "metadata": {
+                "name": ns,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": object::now_rfc3339(),
+                "labels": {"kubernetes.io/metadata.name": ns},
+            },
+            "spec": {"finalizers": ["kubernetes"]},
+            "status": {"phase": "Active"},
+        });
+        let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+        match store.create(&key, bytes).await {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Namespace deletion: a deleted Namespace turns `Terminating` (deletionTimestamp,
+//! `status.phase`), a task owned by the server's shutdown token deletes everything in it with
+//! the ordinary delete semantics (bound pods still get their grace period from the node agent)
+//! and removes the Namespace once nothing is left. Interrupted terminations resume at start.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use shoal_store::StoreError;
+
+use crate::AppState;
+use crate::api::registry::{find_by_plural, resource_types};
+use crate::error::ApiError;
+use crate::object::{decode, encode, meta_str, metadata_mut, now_rfc3339, set_resource_version};
+use crate::resources::{Ctx, DeleteOptions, Params, Target, delete};
+
+const NAMESPACES: &str = "/registry/core/namespaces/";
+
+/// Marks namespace `name` as terminating and starts emptying it; returns the namespace.
+pub async fn terminate(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
+    let key = format!("{NAMESPACES}{name}");
+    let store = ctx.state.store();
+    for _ in 0..32 {
+        let kv = store
+            .get(&key)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(ctx.target.subject(name)))?;
+        let mut ns = decode(&kv)?;
+        if meta_str(&ns, "deletionTimestamp").is_some() {
+            return Ok(ns);
+        }
+        metadata_mut(&mut ns).insert("deletionTimestamp".into(), json!(now_rfc3339()));
+        if let Some(map) = ns.as_object_mut() {
+            map.insert("status".into(), json!({"phase": "Terminating"}));
+        }
+        match store.update(&key, encode(&mut ns), Some(kv.mod_revision)).await {
+            Ok(written) => {
+                set_resource_version(&mut ns, written.mod_revision);
+                tracing::info!(namespace = %name, "namespace terminating");
+                spawn_finalizer(ctx.state.clone(), name.to_string());
+                return Ok(ns);
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, ctx.target.subject(name))),
+        }
+    }
+    Err(ApiError::stale(ctx.target.subject(name)))
+}
+
+/// Restarts the finalizer of every namespace left terminating by a previous run.
+pub async fn resume(state: &AppState) {
+    let Ok(list) = state.store().list(NAMESPACES).await else { return };
+    for kv in &list.items {
+        if let Ok(ns) = decode(kv)
+            && meta_str(&ns, "deletionTimestamp").is_some()
+        {
+            spawn_finalizer(state.clone(), crate::object::name(&ns).to_string());
+        }
+    }
+}
+
+fn spawn_finalizer(state: AppState, name: String) {
+    let shutdown = state.inner.shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            result = finalize(&state, &name) => {
+                if let Err(e) = result {
+                    tracing::warn!(namespace = %name, error = %e, "namespace finalizer stopped");
+                }
+            }
+        }
+    });
+}
+
+async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
+    let store = state.store();
+    loop {
+        let mut remaining = 0usize;
+        for rt in resource_types().iter().filter(|t| t.namespaced) {
+            let prefix = format!("{}{name}/", rt.storage_prefix());
+            for kv in store.list(&prefix).await?.items {
+                remaining += 1;
+                let obj = decode(&kv)?;
+                if meta_str(&obj, "deletionTimestamp").is_some() {
+                    continue;
+                }
+                let object_name = crate::object::name(&obj).to_string();
+                let ctx = Ctx {
+                    state: state.clone(),
+                    target: Target { rt, namespace: Some(name.to_string()), name: Some(object_name.clone()), sub: None },
+                    params: Params::default(),
+                    headers: HeaderMap::new(),
+                    table: None,
+                };
+                match delete(&ctx, &object_name, &DeleteOptions::default()).await {
+                    Ok(_) | Err(ApiError::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if remaining == 0 {
+            let key = format!("{NAMESPACES}{name}");
+            match store.delete(&key, None).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {
+                    tracing::info!(namespace = %name, "namespace deleted");
+                    return Ok(());
+                }
+                Err(e) => {
+                    let rt = find_by_plural("", "v1", "namespaces").ok_or(ApiError::UnknownResource)?;
+                    return Err(ApiError::from_store(e, crate::error::Subject::new(rt, name)));
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

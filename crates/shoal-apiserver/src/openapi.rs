@@ -1,0 +1,276 @@
+//! Minimal OpenAPI documents: `/openapi/v3` (root index plus one document per group-version)
+//! and `/openapi/v2` (Swagger 2.0, JSON only).
+//!
+//! They exist so kubectl can see that the server does field validation itself (the
+//! `fieldValidation` parameter on each PATCH operation carrying
+//! `x-kubernetes-group-version-kind`) and leave `--validate=strict` to the server. Schemas are
+//! deliberately minimal objects with their GVK: no field-level schema, so `kubectl explain`
+//! shows little. PATCH request bodies do not list strategic merge, so client-side apply
+//! computes its patches from kubectl's built-in types rather than from these schemas.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use crate::AppState;
+use crate::api::registry::{ResourceType, resource_types};
+use crate::discovery::group_versions;
+use crate::error::ApiError;
+
+/// Pre-rendered OpenAPI documents.
+pub struct Documents {
+    v2: Vec<u8>,
+    v3_root: Vec<u8>,
+    /// `("api/v1" | "apis/apps/v1", document)`.
+    v3: Vec<(String, Vec<u8>)>,
+}
+
+fn schema_name(rt: &ResourceType) -> String {
+    let group = if rt.group.is_empty() { "core" } else { rt.group.split('.').next().unwrap_or(rt.group) };
+    format!("io.k8s.api.{group}.{}.{}", rt.version, rt.kind)
+}
+
+fn gvk(rt: &ResourceType) -> Value {
+    json!({"group": rt.group, "version": rt.version, "kind": rt.kind})
+}
+
+fn base_path(rt: &ResourceType) -> String {
+    if rt.group.is_empty() { format!("/api/{}", rt.version) } else { format!("/apis/{}/{}", rt.group, rt.version) }
+}
+
+fn collection_path(rt: &ResourceType) -> String {
+    if rt.namespaced {
+        format!("{}/namespaces/{{namespace}}/{}", base_path(rt), rt.plural)
+    } else {
+        format!("{}/{}", base_path(rt), rt.plural)
+    }
+}
+
+fn query_param(name: &str, v3: bool) -> Value {
+    if v3 {
+        json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}})
+    } else {
+        json!({"name": name, "in": "query", "type": "string", "uniqueItems": true})
+    }
+}
+
+fn path_params(rt: &ResourceType, item: bool, v3: bool) -> Vec<Value> {
+    let p = |name: &str| {
+        if v3 {
+            json!({"name": name, "in": "path", "required": true, "schema": {"type": "string", "uniqueItems": true}})
+        } else {
+            json!({"name": name, "in": "path", "required": true, "type": "string", "uniqueItems": true})
+        }
+    };
+    let mut out = Vec::new();
+    if item {
+        out.push(p("name"));
+    }
+    if rt.namespaced {
+        out.push(p("namespace"));
+    }
+    out
+}
+
+/// One operation; writes carry `dryRun`, `fieldManager` and `fieldValidation`.
+fn operation(rt: &ResourceType, action: &str, kind: &Value, schema_ref: &str, v3: bool) -> Value {
+    let writes = matches!(action, "post" | "put" | "patch");
+    let mut params = Vec::new();
+    if writes {
+        for name in ["dryRun", "fieldManager", "fieldValidation"] {
+            params.push(query_param(name, v3));
+        }
+    }
+    let response = if v3 {
+        json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": schema_ref}}}})
+    } else {
+        json!({"description": "OK", "schema": {"$ref": schema_ref}})
+    };
+    let mut op = json!({
+        "operationId": format!("{action}{}", rt.kind),
+        "parameters": params,
+        "responses": {"200": response},
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": kind,
+    });
+    if writes {
+        if v3 {
+            let types: &[&str] = if action == "patch" {
+                &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
+            } else {
+                &["application/json"]
+            };
+            let content: Map<String, Value> = types
+                .iter()
+                .map(|t| (t.to_string(), json!({"schema": {"$ref": schema_ref}})))
+                .collect();
+            op["requestBody"] = json!({"content": content, "required": true});
+        } else if let Some(list) = op["parameters"].as_array_mut() {
+            list.push(json!({"name": "body", "in": "body", "required": true, "schema": {"$ref": schema_ref}}));
+        }
+    }
+    op
+}
+
+fn paths_for(rt: &ResourceType, v3: bool) -> Vec<(String, Value)> {
+    let prefix = if v3 { "#/components/schemas/" } else { "#/definitions/" };
+    let own = format!("{prefix}{}", schema_name(rt));
+    let kind = gvk(rt);
+    let collection = collection_path(rt);
+    let mut out = vec![
+        (
+            collection.clone(),
+            json!({
+                "get": operation(rt, "list", &kind, &own, v3),
+                "post": operation(rt, "post", &kind, &own, v3),
+                "parameters": path_params(rt, false, v3),
+            }),
+        ),
+        (
+            format!("{collection}/{{name}}"),
+            json!({
+                "get": operation(rt, "get", &kind, &own, v3),
+                "put": operation(rt, "put", &kind, &own, v3),
+                "patch": operation(rt, "patch", &kind, &own, v3),
+                "delete": operation(rt, "delete", &kind, &own, v3),
+                "parameters": path_params(rt, true, v3),
+            }),
+        ),
+    ];
+    for sub in rt.subresources.iter().filter(|s| matches!(**s, "status" | "scale")) {
+        let (kind, schema) = if *sub == "scale" {
+            (json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}), format!("{prefix}io.k8s.api.autoscaling.v1.Scale"))
+        } else {
+            (kind.clone(), own.clone())
+        };
+        out.push((
+            format!("{collection}/{{name}}/{sub}"),
+            json!({
+                "get": operation(rt, "get", &kind, &schema, v3),
+                "put": operation(rt, "put", &kind, &schema, v3),
+                "patch": operation(rt, "patch", &kind, &schema, v3),
+                "parameters": path_params(rt, true, v3),
+            }),
+        ));
+    }
+    out
+}
+
+fn schemas_for<'a>(types: impl Iterator<Item = &'a ResourceType>) -> Map<String, Value> {
+    let mut schemas = Map::new();
+    let mut with_scale = false;
+    for rt in types {
+        with_scale |= rt.subresources.contains(&"scale");
+        schemas.insert(
+            schema_name(rt),
+            json!({
+                "description": format!("{} ({}).", rt.kind, rt.api_version()),
+                "type": "object",
+                "x-kubernetes-group-version-kind": [gvk(rt)],
+            }),
+        );
+    }
+    if with_scale {
+        schemas.insert(
+            "io.k8s.api.autoscaling.v1.Scale".into(),
+            json!({
+                "description": "Scale represents a scaling request for a resource.",
+                "type": "object",
+                "x-kubernetes-group-version-kind": [{"group": "autoscaling", "version": "v1", "kind": "Scale"}],
+            }),
+        );
+    }
+    schemas
+}
+
+/// A short stable hash of a document, for `serverRelativeURL` (FNV-1a, hex).
+fn hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016X}")
+}
+
+impl Documents {
+    pub fn build() -> Documents {
+        let info = json!({"title": "Kubernetes", "version": "v1.35.0-shoal"});
+        let mut v3 = Vec::new();
+        let mut root_paths = Map::new();
+        for (group, version) in group_versions() {
+            let types: Vec<&ResourceType> =
+                resource_types().iter().filter(|t| t.group == group && t.version == version).collect();
+            let paths: Map<String, Value> = types.iter().flat_map(|rt| paths_for(rt, true)).collect();
+            let doc = json!({
+                "openapi": "3.0.0",
+                "info": info,
+                "paths": paths,
+                "components": {"schemas": schemas_for(types.iter().copied())},
+            });
+            let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+            let key = if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") };
+            root_paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&bytes))}),
+            );
+            v3.push((key, bytes));
+        }
+        let v2_paths: Map<String, Value> = resource_types().iter().flat_map(|rt| paths_for(rt, false)).collect();
+        let v2 = json!({
+            "swagger": "2.0",
+            "info": info,
+            "paths": v2_paths,
+            "definitions": schemas_for(resource_types().iter()),
+        });
+        Documents {
+            v2: serde_json::to_vec(&v2).unwrap_or_default(),
+            v3_root: serde_json::to_vec(&json!({"paths": root_paths})).unwrap_or_default(),
+            v3,
+        }
+    }
+}
+
+fn json_bytes(bytes: &[u8]) -> Response {
+    let mut resp = (StatusCode::OK, bytes.to_vec()).into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `/openapi/v2` as JSON; a client asking for protobuf only gets 406 and falls back.
+pub async fn v2(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let json_ok = accept.is_empty()
+        || accept
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.contains("json") || t.trim().starts_with("*/*"));
+    if !json_ok {
+        let mut resp = (StatusCode::NOT_ACCEPTABLE, "only application/json is served").into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return resp;
+    }
+    json_bytes(&state.inner.openapi.v2)
+}
+
+pub async fn v3_root(State(state): State<AppState>) -> Response {
+    json_bytes(&state.inner.openapi.v3_root)
+}
+
+pub async fn v3_group_version(
+    State(state): State<AppState>,
+    Path(path): Path<String>,
+) -> Response {
+    let path = path.trim_matches('/');
+    match state.inner.openapi.v3.iter().find(|(k, _)| k == path) {
+        Some((_, doc)) => json_bytes(doc),
+        None => ApiError::UnknownResource.into_response(),
+    }
+}

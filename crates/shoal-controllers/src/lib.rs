@@ -1,0 +1,225 @@
+//! Shoal's controllers: ReplicaSet, Deployment and the garbage collector.
+//!
+//! Each controller is a level-triggered `reconcile(obj, ctx) -> Result<Action, Error>` whose
+//! decision is a plain function (`plan`, `decide`) tested without tokio. [`run`] wires them
+//! to the cluster through the Kubernetes API only: one watch per resource kind feeds a
+//! reflector store and the triggers of every controller that needs it (see [`informer`]),
+//! and kube-runtime's `applier` runs the reconcilers. Controllers never talk to each other
+//! or to other components.
+
+pub mod deployment;
+pub mod garbage_collector;
+pub mod informer;
+pub mod pods;
+pub mod replicaset;
+pub mod selector;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::informer::Informer;
+
+/// Which controllers run, and how many reconciles each may run at once.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Run the ReplicaSet controller.
+    pub replicaset: bool,
+    /// Run the Deployment controller.
+    pub deployment: bool,
+    /// Run the garbage collector.
+    pub garbage_collector: bool,
+    /// Concurrent reconciles per controller (0 = unbounded).
+    pub concurrency: u16,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            replicaset: true,
+            deployment: true,
+            garbage_collector: true,
+            concurrency: 16,
+        }
+    }
+}
+
+/// Errors of a reconcile or of the controller manager.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request to the Kubernetes API failed.
+    #[error("kubernetes api request failed")]
+    Kube(#[from] kube::Error),
+    /// An object could not be turned into JSON.
+    #[error("object serialization failed")]
+    Serialize(#[from] serde_json::Error),
+    /// A spec field the controller needs is invalid.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The field path.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A ReplicaSet with the new ReplicaSet's name exists but belongs to something else.
+    #[error("replicaset {0} exists and is not owned by this deployment")]
+    NameTaken(String),
+}
+
+impl Error {
+    /// A 409 from the API: the object changed under us; retry soon.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+    }
+}
+
+/// Runs the configured controllers until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let gc = config.garbage_collector;
+    let concurrency = config.concurrency;
+    let mut pods = Informer::<Pod>::new(Api::all(client.clone()));
+    let mut replicasets = Informer::<ReplicaSet>::new(Api::all(client.clone()));
+    let mut deployments = Informer::<Deployment>::new(Api::all(client.clone()));
+    let mut tasks = JoinSet::new();
+
+    if config.replicaset {
+        let ctx = Arc::new(replicaset::Context {
+            client: client.clone(),
+            pods: pods.store(),
+            expectations: replicaset::Expectations::default(),
+        });
+        let triggers = futures::stream::select(
+            replicasets.subscribe().map(informer::trigger_self),
+            pods.subscribe()
+                .map(informer::trigger_controller::<_, ReplicaSet>),
+        )
+        .flat_map(futures::stream::iter);
+        let stores = [pods.ready(), replicasets.ready()];
+        let store = replicasets.store();
+        let token = shutdown.clone();
+        tasks.spawn(spawn_controller("replicaset", stores, async move {
+            drain(
+                "replicaset",
+                kube::runtime::applier(
+                    |rs, ctx| Box::pin(replicaset::reconcile(rs, ctx)),
+                    replicaset::error_policy,
+                    ctx,
+                    store,
+                    triggers.take_until(token.cancelled_owned()),
+                    kube::runtime::Config::default().concurrency(concurrency),
+                ),
+            )
+            .await;
+        }));
+    }
+    if config.deployment {
+        let ctx = Arc::new(deployment::Context {
+            client: client.clone(),
+            replicasets: replicasets.store(),
+        });
+        let triggers = futures::stream::select(
+            deployments.subscribe().map(informer::trigger_self),
+            replicasets
+                .subscribe()
+                .map(informer::trigger_controller::<_, Deployment>),
+        )
+        .flat_map(futures::stream::iter);
+        let stores = [replicasets.ready(), deployments.ready()];
+        let store = deployments.store();
+        let token = shutdown.clone();
+        tasks.spawn(spawn_controller("deployment", stores, async move {
+            drain(
+                "deployment",
+                kube::runtime::applier(
+                    |d, ctx| Box::pin(deployment::reconcile(d, ctx)),
+                    deployment::error_policy,
+                    ctx,
+                    store,
+                    triggers.take_until(token.cancelled_owned()),
+                    kube::runtime::Config::default().concurrency(concurrency),
+                ),
+            )
+            .await;
+        }));
+    }
+    if gc {
+        let collector = garbage_collector::GarbageCollector::new(
+            client.clone(),
+            pods.store(),
+            replicasets.store(),
+            deployments.store(),
+        );
+        let events = garbage_collector::Events {
+            pods: pods.subscribe(),
+            replicasets: replicasets.subscribe(),
+            deployments: deployments.subscribe(),
+        };
+        let stores = [pods.ready(), replicasets.ready(), deployments.ready()];
+        let token = shutdown.clone();
+        tasks.spawn(spawn_controller("garbage-collector", stores, async move {
+            collector.run(events, token).await;
+        }));
+    }
+    tasks.spawn(until(shutdown.clone(), pods.run()));
+    tasks.spawn(until(shutdown.clone(), replicasets.run()));
+    tasks.spawn(until(shutdown.clone(), deployments.run()));
+    info!("controllers started");
+    shutdown.cancelled().await;
+    while tasks.join_next().await.is_some() {}
+    info!("controllers stopped");
+    Ok(())
+}
+
+async fn until(token: CancellationToken, body: impl Future<Output = ()>) {
+    tokio::select! {
+        () = body => {}
+        () = token.cancelled() => {}
+    }
+}
+
+/// Starts `body` once every store has its first list.
+async fn spawn_controller<const N: usize>(
+    name: &'static str,
+    stores: [informer::Ready; N],
+    body: impl Future<Output = ()>,
+) {
+    future::join_all(stores.into_iter().map(informer::Ready::wait)).await;
+    info!(controller = name, "caches synced, starting");
+    body.await;
+}
+
+/// What kube-runtime's applier yields per reconcile.
+type AppliedResult<K> = Result<
+    (
+        kube::runtime::reflector::ObjectRef<K>,
+        kube::runtime::controller::Action,
+    ),
+    kube::runtime::controller::Error<Error, std::convert::Infallible>,
+>;
+
+async fn drain<K, S>(name: &'static str, results: S)
+where
+    K: kube::Resource,
+    S: futures::Stream<Item = AppliedResult<K>>,
+{
+    results
+        .for_each(|result| {
+            if let Err(error) = result {
+                // Failures are logged by each error policy; this is the applier's view.
+                debug!(controller = name, %error, "reconcile did not complete");
+            }
+            future::ready(())
+        })
+        .await;
+}

@@ -1,0 +1,283 @@
+//! The controllers against Shoal's real apiserver and store on loopback: a Deployment is
+//! rolled out, updated and deleted, with a stand-in for the node agent marking pods ready.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn start() -> anyhow::Result<(kube::Client, CancellationToken, tempfile::TempDir)> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "shoal_controllers=debug,warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir()?;
+    let store = shoal_store::Store::open(dir.path()).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let config = shoal_apiserver::Config {
+        listen: addr,
+        ..shoal_apiserver::Config::default()
+    };
+    tokio::spawn(shoal_apiserver::serve(
+        listener,
+        config,
+        store,
+        shutdown.clone(),
+    ));
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse()?))?;
+    Ok((client, shutdown, dir))
+}
+
+/// Marks every live pod Running and Ready, as a node agent would.
+async fn fake_agent(pods: Api<Pod>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for pod in list.items {
+                let ready = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if ready || pod.metadata.deletion_timestamp.is_some() {
+                    continue;
+                }
+                let patch = json!({"status": {"phase": "Running", "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+                let name = pod.metadata.name.unwrap_or_default();
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn deployment(image: &str) -> anyhow::Result<Deployment> {
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": image}]}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+        }
+    }))?)
+}
+
+async fn rollout_done(deployments: &Api<Deployment>, revision: &str) -> anyhow::Result<bool> {
+    let d = deployments.get("web").await?;
+    let status = d.status.clone().unwrap_or_default();
+    let annotations = d.metadata.annotations.clone().unwrap_or_default();
+    Ok(status.observed_generation >= d.metadata.generation
+        && status.updated_replicas == Some(3)
+        && status.replicas == Some(3)
+        && status.available_replicas == Some(3)
+        && annotations
+            .get("deployment.kubernetes.io/revision")
+            .map(String::as_str)
+            == Some(revision))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deployment_rolls_out_updates_and_is_collected() -> anyhow::Result<()> {
+    let (client, shutdown, _dir) = start().await?;
+    let controllers = tokio::spawn(shoal_controllers::run(
+        shoal_controllers::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    tokio::spawn(fake_agent(pods.clone(), shutdown.clone()));
+
+    deployments
+        .create(&PostParams::default(), &deployment("v1")?)
+        .await
+        .context("creating deployment")?;
+    wait_until("first rollout", || rollout_done(&deployments, "1")).await?;
+    let live = pods.list(&ListParams::default().labels("app=web")).await?;
+    assert_eq!(live.items.len(), 3);
+    for pod in &live.items {
+        let owner = pod
+            .metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .context("owner")?;
+        assert_eq!(owner.kind, "ReplicaSet");
+        assert!(
+            pod.metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key("pod-template-hash"))
+        );
+    }
+
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "v2"}]}}}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_until("second rollout", || rollout_done(&deployments, "2")).await?;
+    let sets = replicasets.list(&ListParams::default()).await?;
+    let mut replicas: Vec<(String, i32)> = sets
+        .items
+        .iter()
+        .map(|rs| {
+            (
+                rs.metadata
+                    .annotations
+                    .clone()
+                    .unwrap_or_default()
+                    .get("deployment.kubernetes.io/revision")
+                    .cloned()
+                    .unwrap_or_default(),
+                rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(-1),
+            )
+        })
+        .collect();
+    replicas.sort();
+    assert_eq!(replicas, [("1".to_owned(), 0), ("2".to_owned(), 3)]);
+
+    // Scaling the ReplicaSet's pods away: the ReplicaSet replaces a deleted pod.
+    let victim = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await?
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .and_then(|p| p.metadata.name)
+        .context("a pod")?;
+    pods.delete(&victim, &DeleteParams::default()).await?;
+    wait_until("replacement pod", || async {
+        let live = pods.list(&ListParams::default().labels("app=web")).await?;
+        Ok(live
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count()
+            == 3
+            && live
+                .items
+                .iter()
+                .all(|p| p.metadata.name.as_deref() != Some(victim.as_str())))
+    })
+    .await?;
+
+    deployments
+        .delete("web", &DeleteParams::background())
+        .await?;
+    wait_until("replicasets and pods collected", || async {
+        let sets = replicasets.list(&ListParams::default()).await?;
+        let live = pods.list(&ListParams::default()).await?;
+        Ok(sets.items.is_empty() && live.items.is_empty())
+    })
+    .await?;
+
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreground_deletion_waits_for_dependents() -> anyhow::Result<()> {
+    let (client, shutdown, _dir) = start().await?;
+    let controllers = tokio::spawn(shoal_controllers::run(
+        shoal_controllers::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "fg", "namespace": "default"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "fg"}},
+            "template": {"metadata": {"labels": {"app": "fg"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}}}
+    }))?;
+    replicasets.create(&PostParams::default(), &rs).await?;
+    wait_until("two pods", || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=fg"))
+            .await?
+            .items
+            .len()
+            == 2)
+    })
+    .await?;
+    replicasets
+        .delete("fg", &DeleteParams::foreground())
+        .await?;
+    wait_until("replicaset and pods gone", || async {
+        let sets = replicasets.list(&ListParams::default()).await?;
+        let live = pods.list(&ListParams::default().labels("app=fg")).await?;
+        Ok(sets.items.is_empty() && live.items.is_empty())
+    })
+    .await?;
+
+    // Orphan: the pods stay, without the owner reference.
+    replicasets.create(&PostParams::default(), &rs).await?;
+    wait_until("two pods again", || async {
+        Ok(pods
+            .list(&ListParams::default().labels("app=fg"))
+            .await?
+            .items
+            .len()
+            == 2)
+    })
+    .await?;
+    replicasets.delete("fg", &DeleteParams::orphan()).await?;
+    wait_until("orphaned pods", || async {
+        let sets = replicasets.list(&ListParams::default()).await?;
+        let live = pods.list(&ListParams::default().labels("app=fg")).await?;
+        Ok(sets.items.is_empty()
+            && live.items.len() == 2
+            && live.items.iter().all(|p| {
+                p.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_none_or(|o| o.is_empty())
+            }))
+    })
+    .await?;
+
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! The wasmtime engine, its epoch ticker and the compile cache.
+//!
+//! One [`wasmtime::Engine`] per runtime, configured for epoch interruption; a dedicated thread
+//! increments its epoch every tick (a thread, not a tokio task, so that ticks keep coming while
+//! guests occupy every worker). Each artifact (keyed by its layer digest) is compiled at most once
+//! per engine build: the serialized artifact is kept under `data_dir/compiled` named by digest and
+//! engine compatibility hash, and the pre-instantiated form ([`Prepared`]) is kept in memory so a
+//! start only instantiates. Whether a binary is a component or a core module is read from its
+//! header. This module does not run guests (see `run`).
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine, Module};
+use wasmtime_wasi::p2::bindings::CommandPre;
+
+use crate::Error;
+use crate::run::{P1Host, P2Host};
+
+const WASM_MAGIC: &[u8; 4] = b"\0asm";
+
+/// Whether `bytes` is a component (header layer byte 1) rather than a core module.
+pub(crate) fn is_component(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && &bytes[..4] == WASM_MAGIC && bytes[6] == 1
+}
+
+/// A compiled, pre-instantiated artifact.
+pub(crate) enum Prepared {
+    /// A WASI preview 2 command component.
+    Component(CommandPre<P2Host>),
+    /// A WASI preview 1 core module.
+    Module(wasmtime::InstancePre<P1Host>),
+}
+
+pub(crate) struct WasmEngine {
+    engine: Engine,
+    cache_dir: PathBuf,
+    engine_key: String,
+    p1_linker: wasmtime::Linker<P1Host>,
+    p2_linker: wasmtime::component::Linker<P2Host>,
+    prepared: Mutex<HashMap<String, Arc<Prepared>>>,
+    /// Serializes compiles: compiling is CPU bound, and two starts of one new digest must not
+    /// compile it twice.
+    compile_lock: tokio::sync::Mutex<()>,
+    compiles: AtomicU64,
+    ticker_stop: Arc<AtomicBool>,
+    epoch_tick: Duration,
+}
+
+impl WasmEngine {
+    pub(crate) fn new(cache_dir: &Path, epoch_tick: Duration) -> Result<Self, Error> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| Error::Engine(format!("{e:#}")))?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let engine_key = format!("{:016x}", hasher.finish());
+
+        let mut p1_linker = wasmtime::Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut p1_linker, |host: &mut P1Host| &mut host.wasi)
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        let mut p2_linker = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+
+        std::fs::create_dir_all(cache_dir).map_err(|source| Error::Io {
+            path: cache_dir.to_path_buf(),
+            source,
+        })?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.clone();
+            let stop = Arc::clone(&ticker_stop);
+            std::thread::Builder::new()
+                .name("shoal-wasm-epoch".to_string())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(epoch_tick);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| Error::Engine(format!("cannot start the epoch ticker: {e}")))?;
+        }
+
+        Ok(WasmEngine {
+            engine,
+            cache_dir: cache_dir.to_path_buf(),
+            engine_key,
+            p1_linker,
+            p2_linker,
+            prepared: Mutex::new(HashMap::new()),
+            compile_lock: tokio::sync::Mutex::new(()),
+            compiles: AtomicU64::new(0),
+            ticker_stop,
+            epoch_tick,
+        })
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub(crate) fn epoch_tick(&self) -> Duration {
+        self.epoch_tick
+    }
+
+    pub(crate) fn compile_count(&self) -> u64 {
+        self.compiles.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn compiled_path(&self, layer_digest: &str) -> PathBuf {
+        let hex = layer_digest.strip_prefix("sha256:").unwrap_or(layer_digest);
+        self.cache_dir
+            .join(format!("{hex}-{}.cwasm", self.engine_key))
+    }
+
+    fn cached(&self, layer_digest: &str) -> Option<Arc<Prepared>> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(layer_digest)
+            .cloned()
+    }
+
+    /// The pre-instantiated artifact of a layer: from memory, else from the on-disk cache, else
+    /// compiled from `blob` (and cached). Errors are messages for `CreateContainer`.
+    pub(crate) async fn prepare(
+        self: &Arc<Self>,
+        layer_digest: &str,
+        blob: &Path,
+    ) -> Result<Arc<Prepared>, String> {
+        if let Some(prepared) = self.cached(layer_digest) {
+            return Ok(prepared);
+        }
+        let _compiling = self.compile_lock.lock().await;
+        if let Some(prepared) = self.cached(layer_digest) {
+            return Ok(prepared);
+        }
+        let this = Arc::clone(self);
+        let digest = layer_digest.to_string();
+        let blob = blob.to_path_buf();
+        let prepared = tokio::task::spawn_blocking(move || this.load_or_compile(&digest, &blob))
+            .await
+            .map_err(|e| format!("compile task failed: {e}"))??;
+        let prepared = Arc::new(prepared);
+        self.prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(layer_digest.to_string(), Arc::clone(&prepared));
+        Ok(prepared)
+    }
+
+    fn load_or_compile(&self, layer_digest: &str, blob: &Path) -> Result<Prepared, String> {
+        let compiled = self.compiled_path(layer_digest);
+        if compiled.is_file() {
+            match self.load_compiled(&compiled) {
+                Ok(prepared) => {
+                    tracing::debug!(layer = %layer_digest, "loaded compiled artifact from cache");
+                    return Ok(prepared);
+                }
+                Err(e) => {
+                    tracing::warn!(layer = %layer_digest, error = %e, "discarding unusable compiled artifact");
+                    let _ = std::fs::remove_file(&compiled);
+                }
+            }
+        }
+        let bytes = std::fs::read(blob).map_err(|e| format!("cannot read layer: {e}"))?;
+        if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
+            return Err("the layer does not start with the WebAssembly magic bytes".to_string());
+        }
+        let started = std::time::Instant::now();
+        let (serialized, prepared) = if is_component(&bytes) {
+            let component = Component::new(&self.engine, &bytes).map_err(|e| format!("{e:#}"))?;
+            let serialized = component.serialize().map_err(|e| format!("{e:#}"))?;
+            (serialized, self.prepare_component(&component)?)
+        } else {
+            let module = Module::new(&self.engine, &bytes).map_err(|e| format!("{e:#}"))?;
+            let serialized = module.serialize().map_err(|e| format!("{e:#}"))?;
+            (serialized, self.prepare_module(&module)?)
+        };
+        self.compiles.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(layer = %layer_digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled wasm artifact");
+        if let Err(e) = crate::images::write_atomic(&compiled, &serialized) {
+            tracing::warn!(layer = %layer_digest, error = %e, "cannot cache compiled artifact");
+        }
+        Ok(prepared)
+    }
+
+    fn load_compiled(&self, path: &Path) -> Result<Prepared, String> {
+        match Engine::detect_precompiled_file(path).map_err(|e| format!("{e:#}"))? {
+            Some(wasmtime::Precompiled::Component) => {
+                let component = deserialize_component(&self.engine, path)?;
+                self.prepare_component(&component)
+            }
+            Some(wasmtime::Precompiled::Module) => {
+                let module = deserialize_module(&self.engine, path)?;
+                self.prepare_module(&module)
+            }
+            None => Err("not a precompiled artifact".to_string()),
+        }
+    }
+
+    fn prepare_component(&self, component: &Component) -> Result<Prepared, String> {
+        let pre = self.p2_linker.instantiate_pre(component).map_err(|e| {
+            format!("component imports something this host does not provide: {e:#}")
+        })?;
+        let command = CommandPre::new(pre)
+            .map_err(|e| format!("component is not a wasi:cli command: {e:#}"))?;
+        Ok(Prepared::Component(command))
+    }
+
+    fn prepare_module(&self, module: &Module) -> Result<Prepared, String> {
+        if module.get_export("_start").is_none() {
+            return Err("core module has no _start export (not a WASI command)".to_string());
+        }
+        let pre = self
+            .p1_linker
+            .instantiate_pre(module)
+            .map_err(|e| format!("module imports something this host does not provide: {e:#}"))?;
+        Ok(Prepared::Module(pre))
+    }
+}
+
+impl Drop for WasmEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Loads a component serialized by [`WasmEngine::load_or_compile`].
+#[allow(unsafe_code)]
+fn deserialize_component(engine: &Engine, path: &Path) -> Result<Component, String> {
+    // SAFETY: `path` lies under our own `data_dir/compiled`, is named by the artifact's digest and
+    // this engine's compatibility hash, and is only ever written (atomically, by rename) by
+    // `load_or_compile` from `Component::serialize` of this engine configuration; wasmtime checks
+    // the header for version and configuration compatibility besides.
+    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| format!("{e:#}"))
+}
+
+/// Loads a core module serialized by [`WasmEngine::load_or_compile`].
+#[allow(unsafe_code)]
+fn deserialize_module(engine: &Engine, path: &Path) -> Result<Module, String> {
+    // SAFETY: as for `deserialize_component`: the file is our own `Module::serialize` output
+    // under `data_dir/compiled`, keyed by digest and engine compatibility hash.
+    unsafe { Module::deserialize_file(engine, path) }.map_err(|e| format!("{e:#}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_distinguishes_components_from_modules() {
+        assert!(is_component(b"\0asm\x0d\x00\x01\x00"));
+        assert!(!is_component(b"\0asm\x01\x00\x00\x00"));
+        assert!(!is_component(b"not wasm"));
+        assert!(!is_component(b"\0as"));
+    }
+}

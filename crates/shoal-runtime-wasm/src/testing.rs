@@ -1,0 +1,189 @@
+//! Test helpers (feature `testing`): a throwaway OCI registry and guests built from source.
+//!
+//! [`Registry`] runs Debian's `docker-registry` on a free loopback port with its storage in a
+//! temporary directory and kills it on drop. [`build_guest`] compiles one of the repository's
+//! guest crates (`tests/guests`, `examples/hello`) for a WASI target with cargo, once per process,
+//! into `<workspace>/target/guests`. These helpers panic on failure: they are for tests only.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A WASI target the guests are built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GuestTarget {
+    /// `wasm32-wasip1`: a core module.
+    P1,
+    /// `wasm32-wasip2`: a command component.
+    P2,
+}
+
+impl GuestTarget {
+    pub fn triple(self) -> &'static str {
+        match self {
+            GuestTarget::P1 => "wasm32-wasip1",
+            GuestTarget::P2 => "wasm32-wasip2",
+        }
+    }
+}
+
+/// The repository root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crate lives at crates/shoal-runtime-wasm")
+        .to_path_buf()
+}
+
+/// Builds the binary `bin` of the standalone guest crate at `manifest` (relative to the
+/// repository root) for `target`, once per process; returns the path of the `.wasm` file.
+pub fn build_guest(manifest: &str, bin: &str, target: GuestTarget) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<(String, GuestTarget), PathBuf>>> = OnceLock::new();
+    let built = BUILT.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut built = built.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.get(&(manifest.to_string(), target)) {
+        return path.clone();
+    }
+    let root = workspace_root();
+    let target_dir = root.join("target").join("guests");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            target.triple(),
+            "--manifest-path",
+        ])
+        .arg(root.join(manifest))
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("CARGO_BUILD_TARGET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cargo to build a guest");
+    assert!(
+        output.status.success(),
+        "building guest {manifest} for {} failed:\n{}",
+        target.triple(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let path = target_dir
+        .join(target.triple())
+        .join("release")
+        .join(format!("{bin}.wasm"));
+    assert!(path.is_file(), "guest build produced no {}", path.display());
+    built.insert((manifest.to_string(), target), path.clone());
+    path
+}
+
+/// The `testguest` binary (`tests/guests`) for `target`.
+pub fn test_guest(target: GuestTarget) -> PathBuf {
+    build_guest("tests/guests/Cargo.toml", "testguest", target)
+}
+
+/// The `hello` example (`examples/hello`) for `target`.
+pub fn hello_guest(target: GuestTarget) -> PathBuf {
+    build_guest("examples/hello/Cargo.toml", "hello", target)
+}
+
+/// A `docker-registry` process on `127.0.0.1`, killed (and its storage removed) on drop.
+pub struct Registry {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Starts `/usr/bin/docker-registry` (or `$SHOAL_DOCKER_REGISTRY`) on a free port and waits
+    /// until `/v2/` answers.
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("registry tempdir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let storage = dir.path().join("storage");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n",
+                storage.display()
+            ),
+        )
+        .expect("write registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
+        let program = std::env::var_os("SHOAL_DOCKER_REGISTRY")
+            .unwrap_or_else(|| "/usr/bin/docker-registry".into());
+        let child = Command::new(program)
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start docker-registry (apt-get install docker-registry)");
+        let registry = Registry { child, addr, dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !registry.answers() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on {addr}: {}",
+                std::fs::read_to_string(registry.dir.path().join("registry.log"))
+                    .unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        registry
+    }
+
+    /// `127.0.0.1:PORT`, the registry part of image references.
+    pub fn host(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// A reference `127.0.0.1:PORT/{repository}:{tag}`.
+    pub fn reference(&self, repository: &str, tag: &str) -> String {
+        format!("{}/{repository}:{tag}", self.addr)
+    }
+
+    fn answers(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200))
+        else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        if stream
+            .write_all(b"GET /v2/ HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        response.starts_with("HTTP/1.") && response.contains(" 200 ")
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

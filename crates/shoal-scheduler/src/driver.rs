@@ -1,0 +1,412 @@
+//! The scheduler's IO shell: watches, the pending queue, binding and status writes.
+//!
+//! One task owns the [`Snapshot`] and the [`Queue`]; bindings and status patches run as
+//! spawned requests (at most [`MAX_IN_FLIGHT`] at once) whose results come back to that
+//! task. A chosen node is assumed in the snapshot before the binding is sent, so the next
+//! decision sees it without re-listing. It does not retry a binding the API refused with
+//! a conflict (the pod was bound by someone else) or not found (the pod is gone).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use serde_json::{Value, json};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::queue::Queue;
+use crate::schedule::{Sampling, schedule_sampled};
+use crate::snapshot::{Snapshot, bound_node, is_terminated, pod_key};
+use crate::{Config, DEFAULT_SCHEDULER_NAME, Error};
+
+/// Bindings and status patches allowed in flight at once.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+enum Outcome {
+    Bound {
+        key: String,
+        node: String,
+        result: Result<(), kube::Error>,
+    },
+    StatusPatched {
+        key: String,
+        result: Result<(), kube::Error>,
+    },
+}
+
+struct Scheduler {
+    name: String,
+    client: kube::Client,
+    snapshot: Snapshot,
+    queue: Queue,
+    nodes_synced: bool,
+    pods_synced: bool,
+    node_buffer: Vec<Node>,
+    pod_buffer: Vec<Pod>,
+    /// Where the next sampled decision starts (rotates through large clusters).
+    next_start: Option<String>,
+}
+
+/// Runs the scheduler until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    client: kube::Client,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    let nodes =
+        watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let pods =
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let mut nodes = std::pin::pin!(nodes);
+    let mut pods = std::pin::pin!(pods);
+    let mut scheduler = Scheduler {
+        name: config.scheduler_name,
+        client,
+        snapshot: Snapshot::new(),
+        queue: Queue::new(),
+        nodes_synced: false,
+        pods_synced: false,
+        node_buffer: Vec::new(),
+        pod_buffer: Vec::new(),
+        next_start: None,
+    };
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    info!(scheduler = %scheduler.name, "scheduler starting");
+    loop {
+        if scheduler.nodes_synced && scheduler.pods_synced {
+            while tasks.len() < MAX_IN_FLIGHT && scheduler.schedule_next(&mut tasks) {}
+        }
+        let wakeup = scheduler.queue.next_wakeup();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            event = nodes.next() => match event {
+                Some(Ok(event)) => scheduler.on_node_event(event),
+                Some(Err(error)) => warn!(%error, "node watch failed"),
+                None => return Err(Error::WatchEnded("nodes")),
+            },
+            event = pods.next() => match event {
+                Some(Ok(event)) => scheduler.on_pod_event(event),
+                Some(Err(error)) => warn!(%error, "pod watch failed"),
+                None => return Err(Error::WatchEnded("pods")),
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Ok(outcome) = done {
+                    scheduler.on_outcome(outcome);
+                }
+            }
+            () = sleep_until(wakeup), if wakeup.is_some() => scheduler.queue.wake(Instant::now()),
+        }
+    }
+    tasks.shutdown().await;
+    info!("scheduler stopped");
+    Ok(())
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+impl Scheduler {
+    fn is_ours(&self, pod: &Pod) -> bool {
+        let Some(spec) = pod.spec.as_ref() else {
+            return false;
+        };
+        let name = spec
+            .scheduler_name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_SCHEDULER_NAME);
+        name == self.name
+            && bound_node(pod).is_none()
+            && pod.metadata.deletion_timestamp.is_none()
+            && !is_terminated(pod)
+    }
+
+    fn on_node_event(&mut self, event: Event<Node>) {
+        match event {
+            Event::Init => self.node_buffer.clear(),
+            Event::InitApply(node) => self.node_buffer.push(node),
+            Event::InitDone => {
+                let listed: HashSet<String> = self
+                    .node_buffer
+                    .iter()
+                    .filter_map(|n| n.metadata.name.clone())
+                    .collect();
+                for name in self.snapshot.node_names() {
+                    if !listed.contains(&name) {
+                        self.snapshot.remove_node(&name);
+                    }
+                }
+                for node in std::mem::take(&mut self.node_buffer) {
+                    self.snapshot.upsert_node(&node);
+                }
+                self.nodes_synced = true;
+                self.queue.request_flush();
+            }
+            Event::Apply(node) => {
+                self.snapshot.upsert_node(&node);
+                self.queue.request_flush();
+            }
+            Event::Delete(node) => {
+                if let Some(name) = node.metadata.name.as_deref() {
+                    self.snapshot.remove_node(name);
+                }
+            }
+        }
+    }
+
+    fn on_pod_event(&mut self, event: Event<Pod>) {
+        match event {
+            Event::Init => self.pod_buffer.clear(),
+            Event::InitApply(pod) => self.pod_buffer.push(pod),
+            Event::InitDone => {
+                let pods = std::mem::take(&mut self.pod_buffer);
+                let listed: HashSet<String> = pods.iter().map(pod_key).collect();
+                let known: Vec<String> = self
+                    .snapshot
+                    .pod_keys()
+                    .chain(self.queue.keys())
+                    .filter(|k| !listed.contains(*k))
+                    .cloned()
+                    .collect();
+                for key in known {
+                    self.on_pod_deleted(&key);
+                }
+                for pod in pods {
+                    self.on_pod_applied(pod);
+                }
+                self.pods_synced = true;
+            }
+            Event::Apply(pod) => self.on_pod_applied(pod),
+            Event::Delete(pod) => self.on_pod_deleted(&pod_key(&pod)),
+        }
+    }
+
+    fn on_pod_applied(&mut self, pod: Pod) {
+        let key = pod_key(&pod);
+        if bound_node(&pod).is_some() {
+            self.queue.remove(&key);
+            if self.snapshot.upsert_pod(&pod) {
+                self.queue.request_flush();
+            }
+            return;
+        }
+        if self.snapshot.is_assumed(&key) {
+            // Our binding is in flight or not yet visible on the watch.
+            return;
+        }
+        if self.snapshot.upsert_pod(&pod) {
+            self.queue.request_flush();
+        }
+        if self.is_ours(&pod) {
+            self.queue.upsert(key, Arc::new(pod));
+        } else {
+            self.queue.remove(&key);
+        }
+    }
+
+    fn on_pod_deleted(&mut self, key: &str) {
+        self.queue.remove(key);
+        if self.snapshot.remove_pod(key) {
+            self.queue.request_flush();
+        }
+    }
+
+    /// Decides for the next active pod; false when none is active.
+    fn schedule_next(&mut self, tasks: &mut JoinSet<Outcome>) -> bool {
+        let Some((key, pod)) = self.queue.pop() else {
+            return false;
+        };
+        let sampling = Sampling::adaptive(self.snapshot.node_count(), self.next_start.take());
+        match schedule_sampled(&self.snapshot, &pod, &sampling) {
+            Ok(placement) => {
+                self.next_start = placement.last_examined;
+                let node = placement.node;
+                self.snapshot.assume_pod(&pod, &node);
+                let client = self.client.clone();
+                tasks.spawn(async move {
+                    let result = bind(client, &pod, &node).await;
+                    Outcome::Bound { key, node, result }
+                });
+            }
+            Err(fit) => {
+                self.next_start = sampling.start_after;
+                let message = fit.to_string();
+                debug!(pod = %key, %message, "pod is unschedulable");
+                self.queue.back_off(&key, Instant::now());
+                if let Some(patch) = unschedulable_patch(&pod, &message) {
+                    let api: Api<Pod> = Api::namespaced(
+                        self.client.clone(),
+                        pod.metadata.namespace.as_deref().unwrap_or("default"),
+                    );
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    tasks.spawn(async move {
+                        let result = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                            .await
+                            .map(drop);
+                        Outcome::StatusPatched { key, result }
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    fn on_outcome(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Bound {
+                key,
+                node,
+                result: Ok(()),
+            } => {
+                debug!(pod = %key, %node, "bound pod");
+                self.queue.remove(&key);
+            }
+            Outcome::Bound {
+                key,
+                node,
+                result: Err(error),
+            } => {
+                self.snapshot.forget_pod(&key);
+                if is_status(&error, 409) || is_status(&error, 404) {
+                    debug!(pod = %key, %node, %error, "binding refused, dropping pod");
+                    self.queue.remove(&key);
+                } else {
+                    warn!(pod = %key, %node, %error, "binding failed, will retry");
+                    self.queue.back_off(&key, Instant::now());
+                }
+            }
+            Outcome::StatusPatched { result: Ok(()), .. } => {}
+            Outcome::StatusPatched {
+                key,
+                result: Err(error),
+            } => {
+                if !is_status(&error, 404) {
+                    warn!(pod = %key, %error, "could not record unschedulable condition");
+                }
+            }
+        }
+    }
+}
+
+fn is_status(error: &kube::Error, code: u16) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+async fn bind(client: kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let binding = Binding {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            uid: pod.metadata.uid.clone(),
+            ..ObjectMeta::default()
+        },
+        target: ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Node".into()),
+            name: Some(node.to_owned()),
+            ..ObjectReference::default()
+        },
+    };
+    let api: Api<Pod> = Api::namespaced(client, namespace);
+    match api
+        .create_subresource::<_, serde::de::IgnoredAny>(
+            "binding",
+            name,
+            &PostParams::default(),
+            &binding,
+        )
+        .await
+    {
+        // The request succeeded; only the (unused) response body was not JSON.
+        Ok(_) | Err(kube::Error::SerdeError(_)) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// The merge patch for `pods/status` that records `message` in a `PodScheduled=False`
+/// condition (reason `Unschedulable`), keeping the other conditions; `None` when the pod
+/// already says exactly that.
+pub fn unschedulable_patch(pod: &Pod, message: &str) -> Option<Value> {
+    let conditions = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    let current = conditions.iter().find(|c| c.type_ == "PodScheduled");
+    if current.is_some_and(|c| {
+        c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+            && c.message.as_deref() == Some(message)
+    }) {
+        return None;
+    }
+    let transition = match current {
+        Some(c) if c.status == "False" => c
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_else(now),
+        _ => now(),
+    };
+    let mut list: Vec<Value> = conditions
+        .iter()
+        .filter(|c| c.type_ != "PodScheduled")
+        .filter_map(|c| serde_json::to_value(c).ok())
+        .collect();
+    list.push(json!({
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": message,
+        "lastProbeTime": null,
+        "lastTransitionTime": transition,
+    }));
+    Some(json!({"status": {"conditions": list}}))
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unschedulable_patch_only_when_changed() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {"conditions": [
+                {"type": "Initialized", "status": "True"},
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                 "message": "old", "lastTransitionTime": "2026-01-01T00:00:00Z"}
+            ]}
+        }))
+        .expect("pod");
+        assert_eq!(unschedulable_patch(&pod, "old"), None);
+        let patch = unschedulable_patch(&pod, "new").expect("changed");
+        let conditions = &patch["status"]["conditions"];
+        assert_eq!(conditions[0]["type"], "Initialized");
+        assert_eq!(conditions[1]["message"], "new");
+        assert_eq!(conditions[1]["lastTransitionTime"], "2026-01-01T00:00:00Z");
+        let fresh = unschedulable_patch(&Pod::default(), "m").expect("new condition");
+        assert_eq!(fresh["status"]["conditions"][0]["reason"], "Unschedulable");
+    }
+}

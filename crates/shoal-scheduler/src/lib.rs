@@ -1,0 +1,43 @@
+//! The Shoal scheduler: assigns pending pods to nodes.
+//!
+//! The decision is the pure [`schedule`] over a [`Snapshot`]; [`run`] is the IO shell that
+//! keeps the snapshot from watches of Nodes and Pods, binds through the `binding`
+//! subresource, and reports unschedulable pods through their `PodScheduled` condition. It
+//! talks to the cluster only through the Kubernetes API and never to other components.
+
+mod driver;
+pub mod quantity;
+pub mod queue;
+mod schedule;
+pub mod snapshot;
+
+pub use driver::{run, unschedulable_patch};
+pub use schedule::{FitError, Placement, Sampling, schedule, schedule_sampled, tolerates};
+pub use snapshot::{NodeEntry, NodeInfo, PodRequests, Resources, Snapshot, pod_requests};
+
+/// What the scheduler is told at start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Pods whose `spec.schedulerName` equals this (or is unset, for the default name) are
+    /// ours; Kubernetes' default is `default-scheduler`.
+    pub scheduler_name: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            scheduler_name: DEFAULT_SCHEDULER_NAME.to_owned(),
+        }
+    }
+}
+
+/// The scheduler name pods get when they name none.
+pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
+
+/// Why the scheduler stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A watch stream ended, which kube's watcher never does on its own.
+    #[error("watch of {0} ended")]
+    WatchEnded(&'static str),
+}

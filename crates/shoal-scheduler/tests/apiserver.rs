@@ -1,0 +1,238 @@
+//! The scheduler against Shoal's real apiserver and store on loopback: pods are bound
+//! through the `binding` subresource, unschedulable pods get `PodScheduled=False`, and a
+//! new node lets a waiting pod in.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::bail;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out waiting for {what} (last error: {last_error:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn add_node(
+    nodes: &Api<Node>,
+    name: &str,
+    cpu: &str,
+    labels: serde_json::Value,
+) -> anyhow::Result<()> {
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+    }))?;
+    nodes.create(&PostParams::default(), &node).await?;
+    let status = json!({"status": {
+        "allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "capacity": {"cpu": cpu, "memory": "8Gi", "pods": "110"},
+        "conditions": [{"type": "Ready", "status": "True"}]
+    }});
+    nodes
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+fn pod(name: &str, cpu: &str, extra: serde_json::Value) -> anyhow::Result<Pod> {
+    let mut value = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{"name": "c", "image": "i",
+            "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]}
+    });
+    if let (Some(spec), Some(extra)) = (value["spec"].as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    Ok(serde_json::from_value(value)?)
+}
+
+fn node_of(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_pods_reports_unschedulable_and_retries_on_new_nodes() -> anyhow::Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "shoal_scheduler=debug,warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir()?;
+    let store = shoal_store::Store::open(dir.path()).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let config = shoal_apiserver::Config {
+        listen: addr,
+        ..shoal_apiserver::Config::default()
+    };
+    tokio::spawn(shoal_apiserver::serve(
+        listener,
+        config,
+        store,
+        shutdown.clone(),
+    ));
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse()?))?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    add_node(&nodes, "a", "2", json!({"disk": "ssd"})).await?;
+    add_node(&nodes, "b", "2", json!({})).await?;
+
+    let scheduler = tokio::spawn(shoal_scheduler::run(
+        shoal_scheduler::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    for i in 0..4 {
+        pods.create(
+            &PostParams::default(),
+            &pod(&format!("p{i}"), "500m", json!({}))?,
+        )
+        .await?;
+    }
+    pods.create(
+        &PostParams::default(),
+        &pod("ssd", "100m", json!({"nodeSelector": {"disk": "ssd"}}))?,
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &pod("other", "100m", json!({"schedulerName": "someone-else"}))?,
+    )
+    .await?;
+    wait_until("five pods bound", || async {
+        let list = pods.list(&ListParams::default()).await?;
+        Ok(list.items.iter().filter(|p| node_of(p).is_some()).count() == 5)
+    })
+    .await?;
+    let list = pods.list(&ListParams::default()).await?;
+    let on = |node: &str| {
+        list.items
+            .iter()
+            .filter(|p| node_of(p).as_deref() == Some(node))
+            .count()
+    };
+    assert_eq!(
+        (on("a"), on("b")),
+        (3, 2),
+        "least allocated spreads the pods"
+    );
+    assert_eq!(node_of(&pods.get("ssd").await?).as_deref(), Some("a"));
+    assert_eq!(node_of(&pods.get("other").await?), None);
+
+    pods.create(&PostParams::default(), &pod("big", "3", json!({}))?)
+        .await?;
+    wait_until("unschedulable condition", || async {
+        let big = pods.get("big").await?;
+        let condition = big
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled");
+        Ok(condition.is_some_and(|c| {
+            c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+                && c.message.as_deref() == Some("0/2 nodes are available: 2 Insufficient cpu.")
+        }))
+    })
+    .await?;
+    add_node(&nodes, "c", "8", json!({})).await?;
+    wait_until("big pod bound to the new node", || async {
+        Ok(node_of(&pods.get("big").await?).as_deref() == Some("c"))
+    })
+    .await?;
+
+    shutdown.cancel();
+    scheduler.await??;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binds_many_pods() -> anyhow::Result<()> {
+    const PODS: usize = 500;
+    let dir = tempfile::tempdir()?;
+    let store = shoal_store::Store::open(dir.path()).await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let config = shoal_apiserver::Config {
+        listen: addr,
+        ..shoal_apiserver::Config::default()
+    };
+    tokio::spawn(shoal_apiserver::serve(
+        listener,
+        config,
+        store,
+        shutdown.clone(),
+    ));
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse()?))?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for i in 0..20 {
+        add_node(&nodes, &format!("n{i:02}"), "64", json!({})).await?;
+    }
+    let created = futures::future::join_all((0..PODS).map(|i| {
+        let pods = pods.clone();
+        async move {
+            let p = pod(&format!("p{i:04}"), "100m", json!({}))?;
+            pods.create(&PostParams::default(), &p).await?;
+            anyhow::Ok(())
+        }
+    }))
+    .await;
+    for result in created {
+        result?;
+    }
+    let started = std::time::Instant::now();
+    let scheduler = tokio::spawn(shoal_scheduler::run(
+        shoal_scheduler::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    wait_until("all pods bound", || async {
+        let list = pods.list(&ListParams::default()).await?;
+        Ok(list.items.iter().filter(|p| node_of(p).is_some()).count() == PODS)
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    println!(
+        "bound {PODS} pods in {elapsed:?} ({:.0} pods/s, debug build, shared machine)",
+        PODS as f64 / elapsed.as_secs_f64()
+    );
+    let list = pods.list(&ListParams::default()).await?;
+    let mut per_node = std::collections::BTreeMap::<String, usize>::new();
+    for p in &list.items {
+        *per_node.entry(node_of(p).unwrap_or_default()).or_default() += 1;
+    }
+    assert_eq!(per_node.len(), 20);
+    assert!(per_node.values().all(|n| *n == PODS / 20), "{per_node:?}");
+    shutdown.cancel();
+    scheduler.await??;
+    Ok(())
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what Shoal's build, tests and demo need on Debian 12: Debian's OCI registry
+# (docker-registry) and the rustup targets for the Wasm guests. Idempotent and quiet when all
+# is already there.
+set -euo pipefail
+
+need_apt=()
+command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+installed="$(rustup target list --installed)"
+for target in wasm32-wasip1 wasm32-wasip2; do
+    grep -qx "$target" <<<"$installed" || rustup target add "$target"
+done
+rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt

@@ -1,0 +1,271 @@
+//! Harness for the end-to-end tests: builds the `shoal` binary and Wasm guests from source,
+//! starts Debian's `docker-registry` and `shoal up` as real processes on loopback ports, and
+//! drives them with the real `kubectl`. Everything it starts is killed on drop. It waits on
+//! conditions with deadlines, never on fixed sleeps.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+pub use shoal_runtime_wasm::testing::{GuestTarget, Registry, build_guest, hello_guest, test_guest, workspace_root};
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+static SHOAL_BIN: OnceLock<PathBuf> = OnceLock::new();
+
+/// Makes the harness use `bin` (e.g. a release build) instead of building the debug binary.
+/// Must be called before anything starts a cluster.
+pub fn use_shoal_bin(bin: PathBuf) {
+    let _ = SHOAL_BIN.set(bin);
+}
+
+/// Path to the `shoal` binary: `$SHOAL_BIN`, else built once with cargo (debug profile, the
+/// same the test suite uses, so it is usually already up to date).
+pub fn shoal_bin() -> &'static Path {
+    SHOAL_BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("SHOAL_BIN") {
+            return PathBuf::from(bin);
+        }
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "shoal-cli", "--bin", "shoal"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("running cargo build for shoal");
+        assert!(status.success(), "cargo build of shoal failed");
+        target_dir().join("debug").join("shoal")
+    })
+}
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a loopback port")
+}
+
+/// Polls `check` until it yields `Some`, or fails after `timeout` with the last observation.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("never checked");
+    loop {
+        match check() {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => last = "condition not met".to_string(),
+            Err(err) => last = format!("{err:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `shoal up` process with its own data dir and API port.
+pub struct Cluster {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+}
+
+impl Cluster {
+    /// Starts `shoal up` on `data_dir` and waits until it answers `/readyz` and its node is Ready.
+    pub fn start(data_dir: &Path) -> Result<Cluster> {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        Self::start_on(data_dir, api)
+    }
+
+    pub fn start_on(data_dir: &Path, api: SocketAddr) -> Result<Cluster> {
+        std::fs::create_dir_all(data_dir)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.join("shoal.log"))?;
+        let child = Command::new(shoal_bin())
+            .args(["up", "--data-dir"])
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(api.to_string())
+            .args(["--node-name", "node-1"])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting shoal up")?;
+        let mut cluster = Cluster { child: Some(child), data_dir: data_dir.to_path_buf(), api };
+        wait_until("shoal up to be ready", Duration::from_secs(60), || {
+            if let Some(child) = cluster.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("shoal up exited with {status}: {}", cluster.log_tail());
+                }
+            }
+            Ok((http_get_status(api, "/readyz") == Some(200) && cluster.kubeconfig().exists())
+                .then_some(()))
+        })?;
+        wait_until("the node to be Ready", Duration::from_secs(60), || {
+            let out = cluster.kubectl(&["get", "nodes", "-o", "json"])?;
+            let nodes: serde_json::Value = serde_json::from_str(&out)?;
+            let ready = nodes["items"].as_array().is_some_and(|items| {
+                items.iter().any(|n| {
+                    n["status"]["conditions"].as_array().is_some_and(|cs| {
+                        cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                    })
+                })
+            });
+            Ok(ready.then_some(()))
+        })?;
+        Ok(cluster)
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.data_dir.join("kubeconfig")
+    }
+
+    /// The last lines of the cluster's own log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.data_dir.join("shoal.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Runs kubectl against this cluster; fails with its stderr when it fails.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        let out = self.kubectl_output(args)?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs kubectl and returns its whole output, success or not.
+    pub fn kubectl_output(&self, args: &[&str]) -> Result<Output> {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .output()
+            .context("running kubectl")
+    }
+
+    /// Runs `kubectl apply -f -` with `manifest` on stdin.
+    pub fn apply(&self, manifest: &str) -> Result<Output> {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(manifest.as_bytes())?;
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs the `shoal` CLI with this cluster's kubeconfig.
+    pub fn shoal(&self, args: &[&str]) -> Result<Output> {
+        Command::new(shoal_bin())
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .output()
+            .context("running shoal")
+    }
+
+    /// Pods as JSON objects, optionally filtered by a label selector.
+    pub fn pods(&self, selector: Option<&str>) -> Result<Vec<serde_json::Value>> {
+        let mut args = vec!["get", "pods", "-o", "json"];
+        if let Some(selector) = selector {
+            args.extend(["-l", selector]);
+        }
+        let list: serde_json::Value = serde_json::from_str(&self.kubectl(&args)?)?;
+        Ok(list["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Stops the process with SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Stops the process with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            Command::new("kill").arg(child.id().to_string()).status()?;
+            let deadline = Instant::now() + Duration::from_secs(40);
+            while child.try_wait()?.is_none() {
+                if Instant::now() > deadline {
+                    child.kill()?;
+                    bail!("shoal up did not stop within 40s after SIGTERM");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Phase of each pod, with the pod name.
+pub fn phases(pods: &[serde_json::Value]) -> Vec<(String, String)> {
+    pods.iter()
+        .map(|p| {
+            (
+                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                p["status"]["phase"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Number of pods that are Running and not being deleted.
+pub fn running(pods: &[serde_json::Value]) -> usize {
+    pods.iter()
+        .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+        .count()
+}
+
+impl Cluster {
+    /// Process id of the running `shoal up`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
