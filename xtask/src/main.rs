@@ -21,7 +21,12 @@ const REPLICAS: usize = 100;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["bench", "apply"] | ["bench"] => bench_apply(),
         _ => bail!("usage: cargo xtask bench apply"),
     }
@@ -41,7 +46,11 @@ fn bench_apply() -> Result<()> {
     let cluster = Cluster::start(data.path())?;
     let image = registry.reference("hello", "v1");
     let out = cluster.shoal(&["push", wasm.to_str().context("path")?, &image])?;
-    ensure!(out.status.success(), "push: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "push: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Idle RSS: no pods yet, give the process a moment to settle.
     std::thread::sleep(Duration::from_secs(3));
@@ -60,11 +69,17 @@ fn bench_apply() -> Result<()> {
     for run in 0..RUNS {
         let name = format!("bench-{run}");
         let elapsed = runtime.block_on(time_to_running(&client, &cluster, &name, &image))?;
-        println!("run {run}: {REPLICAS} pods Running in {:.1} ms", elapsed.as_secs_f64() * 1e3);
+        println!(
+            "run {run}: {REPLICAS} pods Running in {:.1} ms",
+            elapsed.as_secs_f64() * 1e3
+        );
         samples.push(elapsed.as_secs_f64() * 1e3);
         cluster.kubectl(&["delete", "deployment", &name, "--wait=false"])?;
         wait_until("bench pods gone", Duration::from_secs(300), || {
-            Ok(cluster.pods(Some(&format!("app={name}")))?.is_empty().then_some(()))
+            Ok(cluster
+                .pods(Some(&format!("app={name}")))?
+                .is_empty()
+                .then_some(()))
         })?;
     }
     let mut sorted = samples.clone();
@@ -79,7 +94,10 @@ fn bench_apply() -> Result<()> {
         "machine": machine(),
     });
     println!("median apply-to-all-Running: {median:.1} ms over {RUNS} runs");
-    println!("idle RSS of shoal up: {:.1} MiB", idle_rss_kib as f64 / 1024.0);
+    println!(
+        "idle RSS of shoal up: {:.1} MiB",
+        idle_rss_kib as f64 / 1024.0
+    );
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
     let path = out_dir.join("apply.json");
@@ -112,7 +130,11 @@ fn apply(cluster: &Cluster, manifest: &str) -> Result<()> {
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()?;
-    child.stdin.take().context("stdin")?.write_all(manifest.as_bytes())?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(manifest.as_bytes())?;
     ensure!(child.wait()?.success(), "kubectl apply failed");
     Ok(())
 }
@@ -123,7 +145,12 @@ async fn client(cluster: &Cluster) -> Result<kube::Client> {
 }
 
 /// From just before `kubectl apply` until a watch has seen every replica Running.
-async fn time_to_running(client: &kube::Client, cluster: &Cluster, name: &str, image: &str) -> Result<Duration> {
+async fn time_to_running(
+    client: &kube::Client,
+    cluster: &Cluster,
+    name: &str,
+    image: &str,
+) -> Result<Duration> {
     let pods: kube::Api<Pod> = kube::Api::namespaced(client.clone(), "default");
     let config = watcher::Config::default().labels(&format!("app={name}"));
     let mut events = watcher::watcher(pods, config).boxed();
@@ -146,7 +173,11 @@ async fn time_to_running(client: &kube::Client, cluster: &Cluster, name: &str, i
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()?;
-        child.stdin.take().context("stdin")?.write_all(manifest.as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(manifest.as_bytes())?;
         ensure!(child.wait()?.success(), "kubectl apply failed");
         Ok(())
     });
@@ -156,7 +187,9 @@ async fn time_to_running(client: &kube::Client, cluster: &Cluster, name: &str, i
         let event = tokio::time::timeout_at(deadline, events.try_next())
             .await
             .context("timed out waiting for pods to run")??;
-        let Some(event) = event else { bail!("watch ended") };
+        let Some(event) = event else {
+            bail!("watch ended")
+        };
         if let Event::Apply(pod) | Event::InitApply(pod) = event {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
@@ -184,10 +217,15 @@ fn rss_kib(cluster: &Cluster) -> Result<u64> {
 }
 
 fn machine() -> serde_json::Value {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string)))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_string))
+        })
         .unwrap_or_default();
     json!({"cpus": cpus, "cpu_model": model})
 }

@@ -110,7 +110,7 @@ pub(crate) fn node_labels(facts: &NodeFacts) -> BTreeMap<String, String> {
 
 /// `2`, `1500m`: a cpu quantity from millicores.
 pub(crate) fn cpu_quantity(millis: u64) -> Quantity {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         Quantity((millis / 1000).to_string())
     } else {
         Quantity(format!("{millis}m"))
@@ -119,7 +119,7 @@ pub(crate) fn cpu_quantity(millis: u64) -> Quantity {
 
 /// `16Ki`-style memory quantity when it divides evenly, bytes otherwise.
 pub(crate) fn memory_quantity(bytes: u64) -> Quantity {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         Quantity(format!("{}Ki", bytes / 1024))
     } else {
         Quantity(bytes.to_string())

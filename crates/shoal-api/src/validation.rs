@@ -485,10 +485,7 @@ pub fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), String> {
 fn locate_shape_error<'a>(rt: &ResourceType, obj: &'a Value) -> (String, Option<&'a Value>) {
     let mut path: Vec<(bool, String)> = Vec::new();
     let mut pointer = String::new();
-    'descend: loop {
-        let Some(node) = obj.pointer(&pointer) else {
-            break;
-        };
+    'descend: while let Some(node) = obj.pointer(&pointer) {
         let children: Vec<(bool, String, Value)> = match node {
             Value::Object(m) => m
                 .iter()
@@ -1167,13 +1164,14 @@ fn validate_replicated(
         let strategy = spec.get("strategy").unwrap_or(&Value::Null);
         match strategy.get("type") {
             None => {}
-            Some(t) if t.as_str() == Some("Recreate") => {
-                if strategy.get("rollingUpdate").is_some_and(|v| !v.is_null()) {
-                    errs.push(FieldError::forbidden(
-                        "spec.strategy.rollingUpdate",
-                        "may not be specified when strategy `type` is 'Recreate'",
-                    ));
-                }
+            Some(t)
+                if t.as_str() == Some("Recreate")
+                    && strategy.get("rollingUpdate").is_some_and(|v| !v.is_null()) =>
+            {
+                errs.push(FieldError::forbidden(
+                    "spec.strategy.rollingUpdate",
+                    "may not be specified when strategy `type` is 'Recreate'",
+                ));
             }
             Some(t) if t.as_str() == Some("RollingUpdate") => {
                 let zero = |v: Option<&Value>| match v {
@@ -1372,23 +1370,19 @@ fn validate_service(obj: &Value, errs: &mut Vec<FieldError>) {
         }
         match p.get("targetPort") {
             None => {}
-            Some(Value::Number(n)) => {
-                if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) {
-                    errs.push(FieldError::invalid(
-                        format!("{pp}.targetPort"),
-                        &Value::Number(n.clone()),
-                        "must be between 1 and 65535, inclusive",
-                    ));
-                }
+            Some(Value::Number(n)) if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) => {
+                errs.push(FieldError::invalid(
+                    format!("{pp}.targetPort"),
+                    &Value::Number(n.clone()),
+                    "must be between 1 and 65535, inclusive",
+                ));
             }
-            Some(Value::String(s)) => {
-                if !is_port_name(s) {
-                    errs.push(FieldError::invalid(
+            Some(Value::String(s)) if !is_port_name(s) => {
+                errs.push(FieldError::invalid(
                         format!("{pp}.targetPort"),
                         &json!(s),
                         "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), must be no more than 15 characters, must contain at least one letter (a-z)",
                     ));
-                }
             }
             Some(other) => errs.push(FieldError::invalid(
                 format!("{pp}.targetPort"),

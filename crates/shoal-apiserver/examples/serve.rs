@@ -20,7 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tokio::signal::ctrl_c().await;
         stop.cancel();
     });
-    let config = Config { listen, ..Config::default() };
+    let config = Config {
+        listen,
+        ..Config::default()
+    };
     println!("serving on http://{listen}");
     shoal_apiserver::run(config, store, shutdown).await?;
     Ok(())

@@ -13,7 +13,8 @@ use crate::AppState;
 use crate::api::registry::{ResourceType, resource_types};
 use crate::error::{ApiError, json_response};
 
-const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
 /// Pre-rendered discovery documents.
 pub struct Documents {
@@ -40,23 +41,48 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
 }
 
 fn verbs() -> Value {
-    json!(["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"])
+    json!([
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch"
+    ])
 }
 
 /// `(name suffix, kind, group, version, verbs)` of a subresource.
-fn subresource(rt: &ResourceType, sub: &str) -> (String, &'static str, &'static str, Vec<&'static str>) {
+fn subresource(
+    rt: &ResourceType,
+    sub: &str,
+) -> (String, &'static str, &'static str, Vec<&'static str>) {
     match sub {
-        "scale" => ("scale".into(), "Scale", "autoscaling", vec!["get", "patch", "update"]),
+        "scale" => (
+            "scale".into(),
+            "Scale",
+            "autoscaling",
+            vec!["get", "patch", "update"],
+        ),
         "binding" => ("binding".into(), "Binding", "", vec!["create"]),
         "eviction" => ("eviction".into(), "Eviction", "policy", vec!["create"]),
         "log" => ("log".into(), "Pod", "", vec!["get"]),
-        other => (other.to_string(), rt.kind, "", vec!["get", "patch", "update"]),
+        other => (
+            other.to_string(),
+            rt.kind,
+            "",
+            vec!["get", "patch", "update"],
+        ),
     }
 }
 
 fn resource_list(group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for rt in resource_types().iter().filter(|t| t.group == group && t.version == version) {
+    for rt in resource_types()
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
         resources.push(json!({
             "name": rt.plural,
             "singularName": rt.singular,
@@ -82,7 +108,11 @@ fn resource_list(group: &str, version: &str) -> Value {
             resources.push(entry);
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
@@ -91,7 +121,10 @@ fn aggregated(core: bool) -> Value {
     let gvs = group_versions();
     for (group, version) in gvs.iter().filter(|(g, _)| g.is_empty() == core) {
         let mut resources = Vec::new();
-        for rt in resource_types().iter().filter(|t| t.group == *group && t.version == *version) {
+        for rt in resource_types()
+            .iter()
+            .filter(|t| t.group == *group && t.version == *version)
+        {
             let subresources: Vec<Value> = rt
                 .subresources
                 .iter()
@@ -162,7 +195,11 @@ impl Documents {
             resource_lists: gvs
                 .iter()
                 .map(|(g, v)| {
-                    let key = if g.is_empty() { v.to_string() } else { format!("{g}/{v}") };
+                    let key = if g.is_empty() {
+                        v.to_string()
+                    } else {
+                        format!("{g}/{v}")
+                    };
                     (key, to_bytes(&resource_list(g, v)))
                 })
                 .collect(),
@@ -174,7 +211,8 @@ impl Documents {
 
 fn raw_json(bytes: &[u8], content_type: &'static str) -> Response {
     let mut resp = (StatusCode::OK, bytes.to_vec()).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -221,7 +259,13 @@ pub async fn group_resources(
 }
 
 fn resource_list_response(state: &AppState, gv: &str) -> Response {
-    match state.inner.docs.resource_lists.iter().find(|(k, _)| k == gv) {
+    match state
+        .inner
+        .docs
+        .resource_lists
+        .iter()
+        .find(|(k, _)| k == gv)
+    {
         Some((_, doc)) => raw_json(doc, "application/json"),
         None => ApiError::UnknownResource.into_response(),
     }

@@ -26,7 +26,11 @@ pub struct Subject {
 
 impl Subject {
     pub fn new(rt: &'static ResourceType, name: &str) -> Subject {
-        Subject { group: rt.group, resource: rt.plural, name: name.to_string() }
+        Subject {
+            group: rt.group,
+            resource: rt.plural,
+            name: name.to_string(),
+        }
     }
 
     /// `pods` or `deployments.apps`, as Kubernetes writes the resource in messages.
@@ -49,7 +53,11 @@ pub enum ApiError {
     #[error("conflict: {message}")]
     Conflict { subject: Subject, message: String },
     #[error("invalid")]
-    Invalid { kind: &'static str, subject: Subject, causes: Vec<FieldError> },
+    Invalid {
+        kind: &'static str,
+        subject: Subject,
+        causes: Vec<FieldError>,
+    },
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error("method not allowed")]
@@ -99,17 +107,29 @@ impl ApiError {
         let (code, reason, message) = match self {
             ApiError::NotFound(s) => {
                 fill_details(&mut details, s);
-                (StatusCode::NOT_FOUND, "NotFound", format!("{} \"{}\" not found", s.qualified(), s.name))
+                (
+                    StatusCode::NOT_FOUND,
+                    "NotFound",
+                    format!("{} \"{}\" not found", s.qualified(), s.name),
+                )
             }
             ApiError::AlreadyExists(s) => {
                 fill_details(&mut details, s);
-                (StatusCode::CONFLICT, "AlreadyExists", format!("{} \"{}\" already exists", s.qualified(), s.name))
+                (
+                    StatusCode::CONFLICT,
+                    "AlreadyExists",
+                    format!("{} \"{}\" already exists", s.qualified(), s.name),
+                )
             }
             ApiError::Conflict { subject, message } => {
                 fill_details(&mut details, subject);
                 (StatusCode::CONFLICT, "Conflict", message.clone())
             }
-            ApiError::Invalid { kind, subject, causes } => {
+            ApiError::Invalid {
+                kind,
+                subject,
+                causes,
+            } => {
                 details.insert("name".into(), json!(subject.name));
                 if !subject.group.is_empty() {
                     details.insert("group".into(), json!(subject.group));
@@ -120,8 +140,11 @@ impl ApiError {
                     .map(|c| json!({"reason": c.reason(), "message": c.body(), "field": c.field}))
                     .collect();
                 details.insert("causes".into(), Value::Array(list));
-                let qualified_kind =
-                    if subject.group.is_empty() { kind.to_string() } else { format!("{kind}.{}", subject.group) };
+                let qualified_kind = if subject.group.is_empty() {
+                    kind.to_string()
+                } else {
+                    format!("{kind}.{}", subject.group)
+                };
                 let described: Vec<String> = causes.iter().map(FieldError::describe).collect();
                 let joined = if described.len() == 1 {
                     described.concat()
@@ -143,12 +166,16 @@ impl ApiError {
             ApiError::UnsupportedMediaType(t) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "UnsupportedMediaType",
-                format!("the body of the request was in an unknown format - accepted media types include: application/json, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {t:?})"),
+                format!(
+                    "the body of the request was in an unknown format - accepted media types include: application/json, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {t:?})"
+                ),
             ),
             ApiError::TooLarge { size, limit } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
-                format!("etcdserver: request is too large: {size} bytes exceeds the limit of {limit} bytes"),
+                format!(
+                    "etcdserver: request is too large: {size} bytes exceeds the limit of {limit} bytes"
+                ),
             ),
             ApiError::Gone(m) => (StatusCode::GONE, "Expired", m.clone()),
             ApiError::UnknownResource => (
@@ -157,16 +184,26 @@ impl ApiError {
                 "the server could not find the requested resource".to_string(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m.clone()),
-            ApiError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m.clone()),
+            ApiError::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                m.clone(),
+            ),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
-                (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "an internal error occurred".to_string())
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "an internal error occurred".to_string(),
+                )
             }
             ApiError::Store(e) => match e {
                 StoreError::TooLarge { size, limit } => (
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "RequestEntityTooLarge",
-                    format!("etcdserver: request is too large: {size} bytes exceeds the limit of {limit} bytes"),
+                    format!(
+                        "etcdserver: request is too large: {size} bytes exceeds the limit of {limit} bytes"
+                    ),
                 ),
                 StoreError::Compacted { requested, oldest } => (
                     StatusCode::GONE,
@@ -175,7 +212,11 @@ impl ApiError {
                 ),
                 other => {
                     tracing::error!(error = %other, "store request failed");
-                    (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "an internal error occurred: storage unavailable".to_string())
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "an internal error occurred: storage unavailable".to_string(),
+                    )
                 }
             },
         };
@@ -213,8 +254,10 @@ impl IntoResponse for ApiError {
 pub fn json_response(code: StatusCode, body: &Value) -> Response {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut resp = (code, bytes).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 

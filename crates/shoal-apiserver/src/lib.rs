@@ -6,7 +6,7 @@
 //! admission beyond defaulting and validation (quotas, limit ranges) is not done here.
 
 mod discovery;
-pub mod error;
+mod error;
 mod logs;
 mod namespace;
 mod object;
@@ -40,7 +40,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { listen: SocketAddr::from(([127, 0, 0, 1], 6443)), bookmark_interval: Duration::from_secs(10) }
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            bookmark_interval: Duration::from_secs(10),
+        }
     }
 }
 
@@ -48,7 +51,10 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("binding {addr}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("serving http")]
     Serve(#[source] std::io::Error),
     #[error("creating the initial namespaces")]
@@ -130,7 +136,10 @@ async fn not_found() -> error::ApiError {
 pub async fn run(config: Config, store: Store, shutdown: CancellationToken) -> Result<(), Error> {
     let listener = TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Bind { addr: config.listen, source })?;
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
     serve(listener, config, store, shutdown).await
 }
 
@@ -153,7 +162,8 @@ pub async fn serve(
 }
 
 /// The namespaces every cluster has; creating them again is a no-op.
-pub const INITIAL_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
+pub const INITIAL_NAMESPACES: [&str; 4] =
+    ["default", "kube-system", "kube-public", "kube-node-lease"];
 
 /// Creates the initial namespaces that do not exist yet.
 pub async fn bootstrap(store: &Store) -> Result<(), StoreError> {

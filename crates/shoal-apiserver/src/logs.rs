@@ -30,14 +30,18 @@ impl Default for LogClient {
 
 impl LogClient {
     pub fn new() -> LogClient {
-        LogClient { client: Client::builder(TokioExecutor::new()).build_http() }
+        LogClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
     }
 }
 
 fn query_escape(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -48,14 +52,22 @@ fn container_name(pod: &Value, name: &str, requested: Option<&str>) -> Result<St
     let containers: Vec<&str> = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| c.get("name").and_then(Value::as_str))
+                .collect()
+        })
         .unwrap_or_default();
     match requested {
         Some(c) => {
             let init: Vec<&str> = pod
                 .pointer("/spec/initContainers")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|c| c.get("name").and_then(Value::as_str)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|c| c.get("name").and_then(Value::as_str))
+                        .collect()
+                })
                 .unwrap_or_default();
             if containers.contains(&c) || init.contains(&c) {
                 Ok(c.to_string())
@@ -78,14 +90,20 @@ fn kubelet_address(node: &Value) -> Option<String> {
     let port = node
         .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
         .and_then(Value::as_u64)?;
-    let addresses = node.pointer("/status/addresses").and_then(Value::as_array)?;
+    let addresses = node
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)?;
     let ip = addresses
         .iter()
         .find(|a| a.get("type").and_then(Value::as_str) == Some("InternalIP"))
         .or_else(|| addresses.first())?
         .get("address")
         .and_then(Value::as_str)?;
-    if ip.contains(':') { Some(format!("[{ip}]:{port}")) } else { Some(format!("{ip}:{port}")) }
+    if ip.contains(':') {
+        Some(format!("[{ip}]:{port}"))
+    } else {
+        Some(format!("{ip}:{port}"))
+    }
 }
 
 pub async fn serve(ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
@@ -113,10 +131,20 @@ pub async fn serve(ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
         .ok_or_else(|| ApiError::NotFound(Subject::new(nodes, node_name)))?;
     let node = decode(&node_kv)?;
     let address = kubelet_address(&node).ok_or_else(|| {
-        ApiError::BadRequest(format!("node {node_name} does not report a kubelet endpoint"))
+        ApiError::BadRequest(format!(
+            "node {node_name} does not report a kubelet endpoint"
+        ))
     })?;
     let mut query = Vec::new();
-    for key in ["follow", "tailLines", "timestamps", "previous", "sinceSeconds", "sinceTime", "limitBytes"] {
+    for key in [
+        "follow",
+        "tailLines",
+        "timestamps",
+        "previous",
+        "sinceSeconds",
+        "sinceTime",
+        "limitBytes",
+    ] {
         if let Some(v) = ctx.params.get(key) {
             query.push(format!("{key}={}", query_escape(v)));
         }
@@ -132,17 +160,12 @@ pub async fn serve(ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
     let uri: Uri = url
         .parse()
         .map_err(|e| ApiError::Internal(format!("log url {url}: {e}")))?;
-    let resp = ctx
-        .state
-        .inner
-        .logs
-        .client
-        .get(uri)
-        .await
-        .map_err(|e| {
-            tracing::warn!(node = %node_name, error = %e, "log proxy request failed");
-            ApiError::Unavailable(format!("unable to reach the node agent of {node_name}: {e}"))
-        })?;
+    let resp = ctx.state.inner.logs.client.get(uri).await.map_err(|e| {
+        tracing::warn!(node = %node_name, error = %e, "log proxy request failed");
+        ApiError::Unavailable(format!(
+            "unable to reach the node agent of {node_name}: {e}"
+        ))
+    })?;
     let status = resp.status();
     let mut out = (status, Body::new(resp.into_body())).into_response();
     if status == StatusCode::OK {

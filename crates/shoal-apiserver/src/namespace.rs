@@ -34,7 +34,10 @@ pub async fn terminate(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
         if let Some(map) = ns.as_object_mut() {
             map.insert("status".into(), json!({"phase": "Terminating"}));
         }
-        match store.update(&key, encode(&mut ns), Some(kv.mod_revision)).await {
+        match store
+            .update(&key, encode(&mut ns), Some(kv.mod_revision))
+            .await
+        {
             Ok(written) => {
                 set_resource_version(&mut ns, written.mod_revision);
                 tracing::info!(namespace = %name, "namespace terminating");
@@ -50,7 +53,9 @@ pub async fn terminate(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
 
 /// Restarts the finalizer of every namespace left terminating by a previous run.
 pub async fn resume(state: &AppState) {
-    let Ok(list) = state.store().list(NAMESPACES).await else { return };
+    let Ok(list) = state.store().list(NAMESPACES).await else {
+        return;
+    };
     for kv in &list.items {
         if let Ok(ns) = decode(kv)
             && meta_str(&ns, "deletionTimestamp").is_some()
@@ -89,7 +94,12 @@ async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
                 let object_name = crate::object::name(&obj).to_string();
                 let ctx = Ctx {
                     state: state.clone(),
-                    target: Target { rt, namespace: Some(name.to_string()), name: Some(object_name.clone()), sub: None },
+                    target: Target {
+                        rt,
+                        namespace: Some(name.to_string()),
+                        name: Some(object_name.clone()),
+                        sub: None,
+                    },
                     params: Params::default(),
                     headers: HeaderMap::new(),
                     table: None,
@@ -108,8 +118,12 @@ async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
                     return Ok(());
                 }
                 Err(e) => {
-                    let rt = find_by_plural("", "v1", "namespaces").ok_or(ApiError::UnknownResource)?;
-                    return Err(ApiError::from_store(e, crate::error::Subject::new(rt, name)));
+                    let rt =
+                        find_by_plural("", "v1", "namespaces").ok_or(ApiError::UnknownResource)?;
+                    return Err(ApiError::from_store(
+                        e,
+                        crate::error::Subject::new(rt, name),
+                    ));
                 }
             }
         }

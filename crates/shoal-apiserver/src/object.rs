@@ -48,7 +48,9 @@ pub fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
         *obj = Value::Object(Map::new());
     }
     let map = obj.as_object_mut().expect("made an object above");
-    let meta = map.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let meta = map
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     if !meta.is_object() {
         *meta = Value::Object(Map::new());
     }
@@ -78,7 +80,11 @@ pub fn labels(obj: &Value) -> BTreeMap<String, String> {
 pub fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -110,8 +116,11 @@ pub fn same_apart_from_rv(a: &Value, b: &Value) -> bool {
 }
 
 fn same_metadata(a: &Value, b: &Value) -> bool {
-    let (Some(x), Some(y)) = (a.as_object(), b.as_object()) else { return a == b };
-    let significant = |m: &'_ Map<String, Value>| m.keys().filter(|k| *k != "resourceVersion").count();
+    let (Some(x), Some(y)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let significant =
+        |m: &'_ Map<String, Value>| m.keys().filter(|k| *k != "resourceVersion").count();
     significant(x) == significant(y)
         && x.iter()
             .filter(|(k, _)| *k != "resourceVersion")
@@ -132,7 +141,10 @@ mod tests {
         assert!(same_apart_from_rv(&a, &b));
         assert!(same_apart_from_rv(&a, &c));
         assert!(!same_apart_from_rv(&a, &d));
-        assert!(!same_apart_from_rv(&a, &json!({"metadata": {"name": "a"}, "spec": {"x": 2}})));
+        assert!(!same_apart_from_rv(
+            &a,
+            &json!({"metadata": {"name": "a"}, "spec": {"x": 2}})
+        ));
     }
 
     #[test]
@@ -142,7 +154,10 @@ mod tests {
         assert!(ts.ends_with('Z'));
         let s = random_suffix();
         assert_eq!(s.len(), 5);
-        assert!(s.bytes().all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b)));
+        assert!(
+            s.bytes()
+                .all(|b| b"bcdfghjklmnpqrstvwxz2456789".contains(&b))
+        );
     }
 
     #[test]

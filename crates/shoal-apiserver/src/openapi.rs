@@ -27,7 +27,11 @@ pub struct Documents {
 }
 
 fn schema_name(rt: &ResourceType) -> String {
-    let group = if rt.group.is_empty() { "core" } else { rt.group.split('.').next().unwrap_or(rt.group) };
+    let group = if rt.group.is_empty() {
+        "core"
+    } else {
+        rt.group.split('.').next().unwrap_or(rt.group)
+    };
     format!("io.k8s.api.{group}.{}.{}", rt.version, rt.kind)
 }
 
@@ -36,7 +40,11 @@ fn gvk(rt: &ResourceType) -> Value {
 }
 
 fn base_path(rt: &ResourceType) -> String {
-    if rt.group.is_empty() { format!("/api/{}", rt.version) } else { format!("/apis/{}/{}", rt.group, rt.version) }
+    if rt.group.is_empty() {
+        format!("/api/{}", rt.version)
+    } else {
+        format!("/apis/{}/{}", rt.group, rt.version)
+    }
 }
 
 fn collection_path(rt: &ResourceType) -> String {
@@ -97,7 +105,11 @@ fn operation(rt: &ResourceType, action: &str, kind: &Value, schema_ref: &str, v3
     if writes {
         if v3 {
             let types: &[&str] = if action == "patch" {
-                &["application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml"]
+                &[
+                    "application/json-patch+json",
+                    "application/merge-patch+json",
+                    "application/apply-patch+yaml",
+                ]
             } else {
                 &["application/json"]
             };
@@ -114,7 +126,11 @@ fn operation(rt: &ResourceType, action: &str, kind: &Value, schema_ref: &str, v3
 }
 
 fn paths_for(rt: &ResourceType, v3: bool) -> Vec<(String, Value)> {
-    let prefix = if v3 { "#/components/schemas/" } else { "#/definitions/" };
+    let prefix = if v3 {
+        "#/components/schemas/"
+    } else {
+        "#/definitions/"
+    };
     let own = format!("{prefix}{}", schema_name(rt));
     let kind = gvk(rt);
     let collection = collection_path(rt);
@@ -138,9 +154,16 @@ fn paths_for(rt: &ResourceType, v3: bool) -> Vec<(String, Value)> {
             }),
         ),
     ];
-    for sub in rt.subresources.iter().filter(|s| matches!(**s, "status" | "scale")) {
+    for sub in rt
+        .subresources
+        .iter()
+        .filter(|s| matches!(**s, "status" | "scale"))
+    {
         let (kind, schema) = if *sub == "scale" {
-            (json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}), format!("{prefix}io.k8s.api.autoscaling.v1.Scale"))
+            (
+                json!({"group": "autoscaling", "version": "v1", "kind": "Scale"}),
+                format!("{prefix}io.k8s.api.autoscaling.v1.Scale"),
+            )
         } else {
             (kind.clone(), own.clone())
         };
@@ -200,9 +223,12 @@ impl Documents {
         let mut v3 = Vec::new();
         let mut root_paths = Map::new();
         for (group, version) in group_versions() {
-            let types: Vec<&ResourceType> =
-                resource_types().iter().filter(|t| t.group == group && t.version == version).collect();
-            let paths: Map<String, Value> = types.iter().flat_map(|rt| paths_for(rt, true)).collect();
+            let types: Vec<&ResourceType> = resource_types()
+                .iter()
+                .filter(|t| t.group == group && t.version == version)
+                .collect();
+            let paths: Map<String, Value> =
+                types.iter().flat_map(|rt| paths_for(rt, true)).collect();
             let doc = json!({
                 "openapi": "3.0.0",
                 "info": info,
@@ -210,14 +236,21 @@ impl Documents {
                 "components": {"schemas": schemas_for(types.iter().copied())},
             });
             let bytes = serde_json::to_vec(&doc).unwrap_or_default();
-            let key = if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") };
+            let key = if group.is_empty() {
+                format!("api/{version}")
+            } else {
+                format!("apis/{group}/{version}")
+            };
             root_paths.insert(
                 key.clone(),
                 json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&bytes))}),
             );
             v3.push((key, bytes));
         }
-        let v2_paths: Map<String, Value> = resource_types().iter().flat_map(|rt| paths_for(rt, false)).collect();
+        let v2_paths: Map<String, Value> = resource_types()
+            .iter()
+            .flat_map(|rt| paths_for(rt, false))
+            .collect();
         let v2 = json!({
             "swagger": "2.0",
             "info": info,
@@ -234,8 +267,10 @@ impl Documents {
 
 fn json_bytes(bytes: &[u8]) -> Response {
     let mut resp = (StatusCode::OK, bytes.to_vec()).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -252,7 +287,11 @@ pub async fn v2(State(state): State<AppState>, headers: HeaderMap) -> Response {
             .flat_map(|v| v.split(','))
             .any(|t| t.contains("json") || t.trim().starts_with("*/*"));
     if !json_ok {
-        let mut resp = (StatusCode::NOT_ACCEPTABLE, "only application/json is served").into_response();
+        let mut resp = (
+            StatusCode::NOT_ACCEPTABLE,
+            "only application/json is served",
+        )
+            .into_response();
         resp.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return resp;
@@ -264,10 +303,7 @@ pub async fn v3_root(State(state): State<AppState>) -> Response {
     json_bytes(&state.inner.openapi.v3_root)
 }
 
-pub async fn v3_group_version(
-    State(state): State<AppState>,
-    Path(path): Path<String>,
-) -> Response {
+pub async fn v3_group_version(State(state): State<AppState>, Path(path): Path<String>) -> Response {
     let path = path.trim_matches('/');
     match state.inner.openapi.v3.iter().find(|(k, _)| k == path) {
         Some((_, doc)) => json_bytes(doc),

@@ -77,14 +77,20 @@ fn fields(buf: &[u8]) -> Result<Vec<(u64, Field<'_>)>, ()> {
 }
 
 fn string(bytes: &[u8]) -> Result<Value, ()> {
-    std::str::from_utf8(bytes).map(|s| Value::String(s.to_string())).map_err(|_| ())
+    std::str::from_utf8(bytes)
+        .map(|s| Value::String(s.to_string()))
+        .map_err(|_| ())
 }
 
 fn base64(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], chunk.get(1).copied().unwrap_or(0), chunk.get(2).copied().unwrap_or(0)];
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -335,7 +341,9 @@ fn object(kind: &str, buf: &[u8]) -> Result<Map<String, Value>, ()> {
                 }
             }
             ("ConfigMap", 2, Field::Bytes(b)) => map_entry(b, false, map_field(&mut out, "data"))?,
-            ("ConfigMap", 3, Field::Bytes(b)) => map_entry(b, true, map_field(&mut out, "binaryData"))?,
+            ("ConfigMap", 3, Field::Bytes(b)) => {
+                map_entry(b, true, map_field(&mut out, "binaryData"))?
+            }
             ("ConfigMap", 4, Field::Varint(v)) => {
                 out.insert("immutable".into(), json!(v != 0));
             }
@@ -343,11 +351,15 @@ fn object(kind: &str, buf: &[u8]) -> Result<Map<String, Value>, ()> {
             ("Secret", 3, Field::Bytes(b)) => {
                 drop_insert(&mut out, "type", string(b)?);
             }
-            ("Secret", 4, Field::Bytes(b)) => map_entry(b, false, map_field(&mut out, "stringData"))?,
+            ("Secret", 4, Field::Bytes(b)) => {
+                map_entry(b, false, map_field(&mut out, "stringData"))?
+            }
             ("Secret", 5, Field::Varint(v)) => {
                 out.insert("immutable".into(), json!(v != 0));
             }
-            ("Deployment", 2, Field::Bytes(b)) => drop_insert(&mut out, "spec", deployment_spec(b)?),
+            ("Deployment", 2, Field::Bytes(b)) => {
+                drop_insert(&mut out, "spec", deployment_spec(b)?)
+            }
             ("Job", 2, Field::Bytes(b)) => drop_insert(&mut out, "spec", job_spec(b)?),
             ("ServiceAccount", 4, Field::Varint(v)) => {
                 out.insert("automountServiceAccountToken".into(), json!(v != 0));
@@ -378,7 +390,9 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
             (1, Field::Bytes(type_meta)) => {
                 for (n, f) in fields(type_meta).map_err(|_| ProtobufError::Malformed)? {
                     match (n, f) {
-                        (1, Field::Bytes(b)) => api_version = String::from_utf8_lossy(b).into_owned(),
+                        (1, Field::Bytes(b)) => {
+                            api_version = String::from_utf8_lossy(b).into_owned()
+                        }
                         (2, Field::Bytes(b)) => kind = String::from_utf8_lossy(b).into_owned(),
                         _ => {}
                     }
@@ -390,7 +404,11 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
     }
     let known = matches!(
         (api_version.as_str(), kind.as_str()),
-        ("v1", "Namespace" | "ConfigMap" | "Secret" | "ServiceAccount") | ("apps/v1", "Deployment") | ("batch/v1", "Job")
+        (
+            "v1",
+            "Namespace" | "ConfigMap" | "Secret" | "ServiceAccount"
+        ) | ("apps/v1", "Deployment")
+            | ("batch/v1", "Job")
     );
     if !known {
         return Err(ProtobufError::Unsupported(format!("{api_version} {kind}")));
@@ -407,20 +425,33 @@ mod tests {
     use super::*;
 
     fn tagged(n: u64, bytes: &[u8]) -> Vec<u8> {
-        let mut out = vec![u8::try_from((n << 3) | 2).expect("small tag"), u8::try_from(bytes.len()).expect("short")];
+        let mut out = vec![
+            u8::try_from((n << 3) | 2).expect("small tag"),
+            u8::try_from(bytes.len()).expect("short"),
+        ];
         out.extend_from_slice(bytes);
         out
     }
 
     #[test]
     fn decodes_a_configmap() {
-        let meta = [tagged(1, b"cm1"), tagged(11, &[tagged(1, b"a"), tagged(2, b"b")].concat())].concat();
-        let raw = [tagged(1, &meta), tagged(2, &[tagged(1, b"k"), tagged(2, b"v")].concat())].concat();
+        let meta = [
+            tagged(1, b"cm1"),
+            tagged(11, &[tagged(1, b"a"), tagged(2, b"b")].concat()),
+        ]
+        .concat();
+        let raw = [
+            tagged(1, &meta),
+            tagged(2, &[tagged(1, b"k"), tagged(2, b"v")].concat()),
+        ]
+        .concat();
         let type_meta = [tagged(1, b"v1"), tagged(2, b"ConfigMap")].concat();
         let body = [MAGIC.to_vec(), tagged(1, &type_meta), tagged(2, &raw)].concat();
         assert_eq!(
             decode(&body),
-            Ok(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1", "labels": {"a": "b"}}, "data": {"k": "v"}}))
+            Ok(
+                json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm1", "labels": {"a": "b"}}, "data": {"k": "v"}})
+            )
         );
     }
 

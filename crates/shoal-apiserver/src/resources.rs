@@ -33,7 +33,10 @@ pub struct Params(pub HashMap<String, String>);
 
 impl Params {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(key)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 
     pub fn flag(&self, key: &str) -> bool {
@@ -72,7 +75,10 @@ pub struct Filter {
 
 impl Filter {
     pub fn from_params(params: &Params) -> Result<Filter, ApiError> {
-        Ok(Filter { labels: params.label_selector()?, fields: params.field_selector()? })
+        Ok(Filter {
+            labels: params.label_selector()?,
+            fields: params.field_selector()?,
+        })
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
@@ -137,7 +143,12 @@ fn parse_target(group: &str, version: &str, rest: &str) -> Result<Target, ApiErr
     if segs.len() > 3 || (rt.namespaced && segs.len() > 1) {
         return Err(ApiError::UnknownResource);
     }
-    Ok(Target { rt, namespace: None, name: owned(segs.get(1)), sub: owned(segs.get(2)) })
+    Ok(Target {
+        rt,
+        namespace: None,
+        name: owned(segs.get(1)),
+        sub: owned(segs.get(2)),
+    })
 }
 
 /// Everything a handler needs about one request.
@@ -149,8 +160,14 @@ pub struct Ctx {
     pub table: Option<TableRequest>,
 }
 
-pub async fn core(State(state): State<AppState>, Path(rest): Path<String>, req: Request) -> Response {
-    handle(state, "", "v1", &rest, req).await.unwrap_or_else(IntoResponse::into_response)
+pub async fn core(
+    State(state): State<AppState>,
+    Path(rest): Path<String>,
+    req: Request,
+) -> Response {
+    handle(state, "", "v1", &rest, req)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 pub async fn grouped(
@@ -169,15 +186,26 @@ async fn read_body(body: Body, headers: &HeaderMap) -> Result<bytes::Bytes, ApiE
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if let Some(size) = declared.filter(|s| *s > MAX_REQUEST_BYTES) {
-        return Err(ApiError::TooLarge { size, limit: MAX_REQUEST_BYTES });
+        return Err(ApiError::TooLarge {
+            size,
+            limit: MAX_REQUEST_BYTES,
+        });
     }
-    axum::body::to_bytes(body, MAX_REQUEST_BYTES).await.map_err(|_| ApiError::TooLarge {
-        size: declared.unwrap_or(MAX_REQUEST_BYTES + 1),
-        limit: MAX_REQUEST_BYTES,
-    })
+    axum::body::to_bytes(body, MAX_REQUEST_BYTES)
+        .await
+        .map_err(|_| ApiError::TooLarge {
+            size: declared.unwrap_or(MAX_REQUEST_BYTES + 1),
+            limit: MAX_REQUEST_BYTES,
+        })
 }
 
-async fn handle(state: AppState, group: &str, version: &str, rest: &str, req: Request) -> Result<Response, ApiError> {
+async fn handle(
+    state: AppState,
+    group: &str,
+    version: &str,
+    rest: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
     let params = Params(
         Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
@@ -197,14 +225,31 @@ async fn handle(state: AppState, group: &str, version: &str, rest: &str, req: Re
         let binding = parse_json(&headers, &body)?;
         let pod = object::name(&binding).to_string();
         let rt = find_by_plural("", "v1", "pods").ok_or(ApiError::UnknownResource)?;
-        let target = Target { rt, namespace: Some(segs[1].to_string()), name: Some(pod.clone()), sub: None };
-        let ctx = Ctx { state, target, params, headers, table: None };
+        let target = Target {
+            rt,
+            namespace: Some(segs[1].to_string()),
+            name: Some(pod.clone()),
+            sub: None,
+        };
+        let ctx = Ctx {
+            state,
+            target,
+            params,
+            headers,
+            table: None,
+        };
         return bind(&ctx, &pod, binding).await;
     }
 
     let target = parse_target(group, version, rest)?;
     let table = negotiate(&headers, params.get("includeObject"));
-    let ctx = Ctx { state, target, params, headers, table };
+    let ctx = Ctx {
+        state,
+        target,
+        params,
+        headers,
+        table,
+    };
     let name = ctx.target.name.clone();
     let sub = ctx.target.sub.clone();
     if let Some(sub) = &sub
@@ -227,7 +272,9 @@ async fn handle(state: AppState, group: &str, version: &str, rest: &str, req: Re
             _ => Err(ApiError::MethodNotAllowed),
         },
         (Some(name), None) => match method {
-            Method::GET if ctx.params.flag("watch") => crate::watch::serve(ctx, Some(name.to_string())).await,
+            Method::GET if ctx.params.flag("watch") => {
+                crate::watch::serve(ctx, Some(name.to_string())).await
+            }
             Method::GET => get(&ctx, name).await,
             Method::PUT => {
                 let body = read_body(body, &ctx.headers).await?;
@@ -272,8 +319,15 @@ async fn handle(state: AppState, group: &str, version: &str, rest: &str, req: Re
         }
         (Some(name), Some("eviction")) if method == Method::POST => {
             let body = read_body(body, &ctx.headers).await?;
-            let eviction = if body.is_empty() { json!({}) } else { parse_json(&ctx.headers, &body)? };
-            let options = eviction.get("deleteOptions").cloned().unwrap_or_else(|| json!({}));
+            let eviction = if body.is_empty() {
+                json!({})
+            } else {
+                parse_json(&ctx.headers, &body)?
+            };
+            let options = eviction
+                .get("deleteOptions")
+                .cloned()
+                .unwrap_or_else(|| json!({}));
             let options = DeleteOptions::from_value(&options, &ctx.params)?;
             delete(&ctx, name, &options).await?;
             Ok(success_status(StatusCode::CREATED, None))
@@ -298,7 +352,11 @@ fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
             }
         });
     }
-    if !(media.is_empty() || media == "application/json" || media == "*/*" || media.ends_with("+json")) {
+    if !(media.is_empty()
+        || media == "application/json"
+        || media == "*/*"
+        || media.ends_with("+json"))
+    {
         return Err(ApiError::UnsupportedMediaType(media.to_string()));
     }
     parse_json_bytes(body)
@@ -308,7 +366,9 @@ fn parse_json_bytes(body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("error decoding request body: {e}")))?;
     if !value.is_object() {
-        return Err(ApiError::BadRequest("the request body must be a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
     }
     Ok(value)
 }
@@ -317,7 +377,13 @@ fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
     match ctx.table {
         Some(req) if code == StatusCode::OK => {
             let rv = meta_str(obj, "resourceVersion").unwrap_or("").to_string();
-            let table = render(ctx.target.rt, req, [obj], json!({"resourceVersion": rv}), true);
+            let table = render(
+                ctx.target.rt,
+                req,
+                [obj],
+                json!({"resourceVersion": rv}),
+                true,
+            );
             json_response(code, &table)
         }
         _ => json_response(code, obj),
@@ -346,12 +412,16 @@ fn encode_continue(key: &str) -> String {
 
 fn decode_continue(token: &str) -> Result<String, ApiError> {
     let bad = || ApiError::BadRequest("continue key is not valid".into());
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..token.len())
         .step_by(2)
-        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(bad)?;
     String::from_utf8(bytes).map_err(|_| bad())
@@ -365,13 +435,20 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
             .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let start_after = ctx.params.get("continue").map(decode_continue).transpose()?;
+    let start_after = ctx
+        .params
+        .get("continue")
+        .map(decode_continue)
+        .transpose()?;
     let prefix = ctx.target.collection_prefix();
     let snapshot = ctx.state.store().list(&prefix).await?;
     let mut items = Vec::new();
     let mut next = None;
     for kv in &snapshot.items {
-        if start_after.as_deref().is_some_and(|after| kv.key.as_str() <= after) {
+        if start_after
+            .as_deref()
+            .is_some_and(|after| kv.key.as_str() <= after)
+        {
             continue;
         }
         let obj = decode(kv)?;
@@ -379,7 +456,9 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
             continue;
         }
         if limit > 0 && items.len() == limit {
-            next = items.last().map(|(k, _): &(String, Value)| encode_continue(k));
+            next = items
+                .last()
+                .map(|(k, _): &(String, Value)| encode_continue(k));
             break;
         }
         items.push((kv.key.clone(), obj));
@@ -405,7 +484,9 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
 /// Checks `kind`/`apiVersion` of a body against the resource, filling them when absent.
 fn check_type(rt: &'static ResourceType, obj: &mut Value) -> Result<(), ApiError> {
     let api_version = rt.api_version();
-    let map = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("body is not an object".into()))?;
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("body is not an object".into()))?;
     if let Some(kind) = map.get("kind").and_then(Value::as_str)
         && !kind.is_empty()
         && kind != rt.kind
@@ -435,10 +516,15 @@ fn check_namespace(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
         meta.remove("namespace");
         return Ok(());
     }
-    let path_ns = ctx.target.namespace.as_deref().ok_or(ApiError::MethodNotAllowed)?;
+    let path_ns = ctx
+        .target
+        .namespace
+        .as_deref()
+        .ok_or(ApiError::MethodNotAllowed)?;
     match meta.get("namespace").and_then(Value::as_str) {
         Some(ns) if !ns.is_empty() && ns != path_ns => Err(ApiError::BadRequest(
-            "the namespace of the provided object does not match the namespace sent on the request".into(),
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
         )),
         _ => {
             meta.insert("namespace".into(), json!(path_ns));
@@ -448,12 +534,24 @@ fn check_namespace(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
 }
 
 fn invalid(rt: &'static ResourceType, name: &str, causes: Vec<FieldError>) -> ApiError {
-    ApiError::Invalid { kind: rt.kind, subject: Subject::new(rt, name), causes }
+    ApiError::Invalid {
+        kind: rt.kind,
+        subject: Subject::new(rt, name),
+        causes,
+    }
 }
 
-fn check_valid(rt: &'static ResourceType, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+fn check_valid(
+    rt: &'static ResourceType,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     let errors = validate(rt, obj, old);
-    if errors.is_empty() { Ok(()) } else { Err(invalid(rt, object::name(obj), errors)) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(rt, object::name(obj), errors))
+    }
 }
 
 fn has_status_subresource(rt: &'static ResourceType) -> bool {
@@ -473,7 +571,13 @@ async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, ApiError> {
     check_namespace(ctx, obj)?;
     {
         let meta = metadata_mut(obj);
-        for field in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
             meta.remove(field);
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -504,19 +608,29 @@ async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, ApiError> {
         return Err(invalid(
             rt,
             "",
-            vec![FieldError::required("metadata.name", "name or generateName is required")],
+            vec![FieldError::required(
+                "metadata.name",
+                "name or generateName is required",
+            )],
         ));
     }
     if fixed_name.is_empty() {
         // Validate with a placeholder name so generateName itself is checked.
-        metadata_mut(obj).insert("name".into(), json!(format!("{generate_name}{}", random_suffix())));
+        metadata_mut(obj).insert(
+            "name".into(),
+            json!(format!("{generate_name}{}", random_suffix())),
+        );
     }
     default_object(rt, obj);
     check_valid(rt, obj, None)?;
     if let Some(ns) = ctx.target.namespace.as_deref().filter(|_| rt.namespaced) {
         let ns_key = format!("/registry/core/namespaces/{ns}");
         let Some(ns_kv) = ctx.state.store().get(&ns_key).await? else {
-            return Err(ApiError::NotFound(Subject { group: "", resource: "namespaces", name: ns.to_string() }));
+            return Err(ApiError::NotFound(Subject {
+                group: "",
+                resource: "namespaces",
+                name: ns.to_string(),
+            }));
         };
         if meta_str(&decode(&ns_kv)?, "deletionTimestamp").is_some() {
             return Err(ApiError::Forbidden(format!(
@@ -528,7 +642,10 @@ async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, ApiError> {
     }
     for attempt in 0..8 {
         if attempt > 0 {
-            metadata_mut(obj).insert("name".into(), json!(format!("{generate_name}{}", random_suffix())));
+            metadata_mut(obj).insert(
+                "name".into(),
+                json!(format!("{generate_name}{}", random_suffix())),
+            );
         }
         let name = object::name(obj).to_string();
         if ctx.params.dry_run() {
@@ -545,7 +662,9 @@ async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, ApiError> {
             Err(e) => return Err(ApiError::from_store(e, ctx.target.subject(&name))),
         }
     }
-    Err(ApiError::AlreadyExists(ctx.target.subject(object::name(obj))))
+    Err(ApiError::AlreadyExists(
+        ctx.target.subject(object::name(obj)),
+    ))
 }
 
 /// Which part of an object a write may change.
@@ -558,7 +677,12 @@ pub enum Mode {
 }
 
 /// Builds the object to store from `old` and the client's `new` under `mode`.
-fn merge_update(rt: &'static ResourceType, old: &Value, mut new: Value, mode: Mode) -> Result<Value, ApiError> {
+fn merge_update(
+    rt: &'static ResourceType,
+    old: &Value,
+    mut new: Value,
+    mode: Mode,
+) -> Result<Value, ApiError> {
     check_type(rt, &mut new)?;
     let mut out = match mode {
         Mode::Status => {
@@ -572,9 +696,21 @@ fn merge_update(rt: &'static ResourceType, old: &Value, mut new: Value, mode: Mo
             out
         }
         Mode::Main => {
-            let old_meta = old.get("metadata").and_then(Value::as_object).cloned().unwrap_or_default();
+            let old_meta = old
+                .get("metadata")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             let meta = metadata_mut(&mut new);
-            for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "name", "namespace", "generation"] {
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "name",
+                "namespace",
+                "generation",
+            ] {
                 match old_meta.get(field) {
                     Some(v) => meta.insert(field.into(), v.clone()),
                     None => meta.remove(field),
@@ -593,7 +729,11 @@ fn merge_update(rt: &'static ResourceType, old: &Value, mut new: Value, mode: Mo
     };
     default_object(rt, &mut out);
     if mode == Mode::Main && out.get("spec") != old.get("spec") {
-        let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;
+        let generation = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            + 1;
         metadata_mut(&mut out).insert("generation".into(), json!(generation));
     }
     check_valid(rt, &out, Some(old))?;
@@ -720,7 +860,12 @@ fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
     }
 }
 
-fn apply_patch(rt: &'static ResourceType, kind: PatchType, current: &Value, patch: &Value) -> Result<Value, ApiError> {
+fn apply_patch(
+    rt: &'static ResourceType,
+    kind: PatchType,
+    current: &Value,
+    patch: &Value,
+) -> Result<Value, ApiError> {
     let result = match kind {
         PatchType::Json => json_patch(current, patch),
         PatchType::Merge => merge_patch(current, patch),
@@ -732,7 +877,9 @@ fn apply_patch(rt: &'static ResourceType, kind: PatchType, current: &Value, patc
 fn parse_patch(kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {
         if kind == PatchType::Apply {
-            ApiError::UnsupportedMediaType("application/apply-patch+yaml (only JSON is accepted)".into())
+            ApiError::UnsupportedMediaType(
+                "application/apply-patch+yaml (only JSON is accepted)".into(),
+            )
         } else {
             ApiError::BadRequest(format!("error decoding patch: {e}"))
         }
@@ -742,7 +889,9 @@ fn parse_patch(kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
         _ => value.is_object(),
     };
     if !shape_ok {
-        return Err(ApiError::BadRequest("the patch has the wrong shape for its type".into()));
+        return Err(ApiError::BadRequest(
+            "the patch has the wrong shape for its type".into(),
+        ));
     }
     Ok(value)
 }
@@ -792,38 +941,58 @@ impl DeleteOptions {
     fn from_value(v: &Value, params: &Params) -> Result<DeleteOptions, ApiError> {
         let mut o = DeleteOptions {
             grace_period_seconds: v.get("gracePeriodSeconds").and_then(Value::as_i64),
-            propagation_policy: v.get("propagationPolicy").and_then(Value::as_str).map(str::to_string),
-            uid: v.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_string),
+            propagation_policy: v
+                .get("propagationPolicy")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            uid: v
+                .pointer("/preconditions/uid")
+                .and_then(Value::as_str)
+                .map(str::to_string),
             resource_version: v
                 .pointer("/preconditions/resourceVersion")
                 .and_then(Value::as_str)
                 .map(str::to_string),
         };
-        if o.propagation_policy.is_none() && v.get("orphanDependents").and_then(Value::as_bool) == Some(true) {
+        if o.propagation_policy.is_none()
+            && v.get("orphanDependents").and_then(Value::as_bool) == Some(true)
+        {
             o.propagation_policy = Some("Orphan".into());
         }
         if let Some(g) = params.get("gracePeriodSeconds") {
             o.grace_period_seconds =
-                Some(g.parse().map_err(|_| ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}")))?);
+                Some(g.parse().map_err(|_| {
+                    ApiError::BadRequest(format!("invalid gracePeriodSeconds {g:?}"))
+                })?);
         }
         if let Some(p) = params.get("propagationPolicy") {
             o.propagation_policy = Some(p.to_string());
         }
         match o.propagation_policy.as_deref() {
             None | Some("Background" | "Foreground" | "Orphan") => Ok(o),
-            Some(other) => Err(ApiError::BadRequest(format!("invalid propagationPolicy {other:?}"))),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "invalid propagationPolicy {other:?}"
+            ))),
         }
     }
 }
 
 fn delete_options(ctx: &Ctx, body: &[u8]) -> Result<DeleteOptions, ApiError> {
-    let value = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { parse_json_bytes(body)? };
+    let value = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        parse_json_bytes(body)?
+    };
     DeleteOptions::from_value(&value, &ctx.params)
 }
 
 /// Deletes `name` honouring finalizers and pod grace periods. Returns the object as it was
 /// deleted (or as it now is, when deletion is pending) and whether it is gone.
-pub async fn delete(ctx: &Ctx, name: &str, options: &DeleteOptions) -> Result<(Value, bool), ApiError> {
+pub async fn delete(
+    ctx: &Ctx,
+    name: &str,
+    options: &DeleteOptions,
+) -> Result<(Value, bool), ApiError> {
     let rt = ctx.target.rt;
     let key = ctx.target.key(name);
     let store = ctx.state.store();
@@ -862,7 +1031,10 @@ pub async fn delete(ctx: &Ctx, name: &str, options: &DeleteOptions) -> Result<(V
             metadata_mut(&mut next).insert("finalizers".into(), json!(fins));
         }
         let bound_pod = rt.kind == "Pod"
-            && current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+            && current
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty());
         let grace = if bound_pod {
             options.grace_period_seconds.unwrap_or_else(|| {
                 current
@@ -874,7 +1046,9 @@ pub async fn delete(ctx: &Ctx, name: &str, options: &DeleteOptions) -> Result<(V
             0
         }
         .max(0);
-        let current_grace = current.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64);
+        let current_grace = current
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
         let already = meta_str(&current, "deletionTimestamp").is_some();
         if grace > 0 {
             // Graceful: the node agent stops the pod and deletes it with grace 0.
@@ -925,7 +1099,11 @@ pub async fn delete(ctx: &Ctx, name: &str, options: &DeleteOptions) -> Result<(V
 async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError> {
     let options = delete_options(ctx, body)?;
     let filter = Filter::from_params(&ctx.params)?;
-    let snapshot = ctx.state.store().list(&ctx.target.collection_prefix()).await?;
+    let snapshot = ctx
+        .state
+        .store()
+        .list(&ctx.target.collection_prefix())
+        .await?;
     let rt = ctx.target.rt;
     let mut deleted = Vec::new();
     for kv in &snapshot.items {
@@ -935,7 +1113,12 @@ async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError>
         }
         let ns = meta_str(&obj, "namespace").map(str::to_string);
         let name = object::name(&obj).to_string();
-        let target = Target { rt, namespace: ns, name: Some(name.clone()), sub: None };
+        let target = Target {
+            rt,
+            namespace: ns,
+            name: Some(name.clone()),
+            sub: None,
+        };
         let one = Ctx {
             state: ctx.state.clone(),
             target,
@@ -960,7 +1143,9 @@ async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError>
 
 /// `spec.selector` (a LabelSelector) in the string form `Scale.status.selector` carries.
 fn selector_string(selector: Option<&Value>) -> String {
-    let Some(sel) = selector else { return String::new() };
+    let Some(sel) = selector else {
+        return String::new();
+    };
     let mut parts = Vec::new();
     if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
         for (k, v) in m {
@@ -988,9 +1173,18 @@ fn selector_string(selector: Option<&Value>) -> String {
 }
 
 fn scale_of(obj: &Value) -> Value {
-    let meta = obj.get("metadata").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let meta = obj
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     let mut scale_meta = Map::new();
-    for field in ["name", "namespace", "uid", "resourceVersion", "creationTimestamp"] {
+    for field in [
+        "name",
+        "namespace",
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+    ] {
         if let Some(v) = meta.get(field) {
             scale_meta.insert(field.into(), v.clone());
         }
@@ -1016,12 +1210,19 @@ async fn scale(ctx: &Ctx, name: &str, method: &Method, body: &[u8]) -> Result<Re
         {
             return Err(ApiError::stale(subject.clone()));
         }
-        let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+        let replicas = scale
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         if replicas < 0 {
             return Err(ApiError::Invalid {
                 kind: "Scale",
                 subject: subject.clone(),
-                causes: vec![FieldError::invalid("spec.replicas", &json!(replicas), "must be greater than or equal to 0")],
+                causes: vec![FieldError::invalid(
+                    "spec.replicas",
+                    &json!(replicas),
+                    "must be greater than or equal to 0",
+                )],
             });
         }
         let mut next = current.clone();
@@ -1037,7 +1238,10 @@ async fn scale(ctx: &Ctx, name: &str, method: &Method, body: &[u8]) -> Result<Re
         }
         Method::PUT => {
             let scale = parse_json(&ctx.headers, body)?;
-            guaranteed_update(ctx, name, |current, rev| new_scale(current, rev, scale.clone())).await?
+            guaranteed_update(ctx, name, |current, rev| {
+                new_scale(current, rev, scale.clone())
+            })
+            .await?
         }
         Method::PATCH => {
             let kind = patch_type(&ctx.headers)?;
@@ -1069,14 +1273,20 @@ async fn bind(ctx: &Ctx, name: &str, binding: Value) -> Result<Response, ApiErro
                 message: format!("pod {name} is being deleted, cannot be assigned to a host"),
             });
         }
-        if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        if let Some(existing) = current
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
             return Err(ApiError::Conflict {
                 subject: subject.clone(),
                 message: format!("pod {name} is already assigned to node {existing:?}"),
             });
         }
         let mut next = current.clone();
-        let map = next.as_object_mut().ok_or_else(|| ApiError::Internal("pod is not an object".into()))?;
+        let map = next
+            .as_object_mut()
+            .ok_or_else(|| ApiError::Internal("pod is not an object".into()))?;
         let spec = map.entry("spec").or_insert_with(|| json!({}));
         if let Some(spec) = spec.as_object_mut() {
             spec.insert("nodeName".into(), json!(node));
@@ -1106,28 +1316,59 @@ mod tests {
     use super::*;
 
     fn describe(t: &Target) -> String {
-        format!("{} ns={:?} name={:?} sub={:?}", t.rt.plural, t.namespace, t.name, t.sub)
+        format!(
+            "{} ns={:?} name={:?} sub={:?}",
+            t.rt.plural, t.namespace, t.name, t.sub
+        )
     }
 
     #[test]
     fn targets() {
-        let ok = |g, v, rest| parse_target(g, v, rest).map(|t| describe(&t)).unwrap_or_else(|e| format!("error: {e}"));
+        let ok = |g, v, rest| {
+            parse_target(g, v, rest)
+                .map(|t| describe(&t))
+                .unwrap_or_else(|e| format!("error: {e}"))
+        };
         assert_eq!(ok("", "v1", "pods"), "pods ns=None name=None sub=None");
-        assert_eq!(ok("", "v1", "namespaces/default/pods"), "pods ns=Some(\"default\") name=None sub=None");
-        assert_eq!(ok("", "v1", "namespaces/default/pods/a/status"), "pods ns=Some(\"default\") name=Some(\"a\") sub=Some(\"status\")");
-        assert_eq!(ok("", "v1", "namespaces/default"), "namespaces ns=None name=Some(\"default\") sub=None");
-        assert_eq!(ok("", "v1", "namespaces/default/status"), "namespaces ns=None name=Some(\"default\") sub=Some(\"status\")");
-        assert_eq!(ok("", "v1", "nodes/n1/status"), "nodes ns=None name=Some(\"n1\") sub=Some(\"status\")");
-        assert_eq!(ok("apps", "v1", "namespaces/x/deployments/web/scale"), "deployments ns=Some(\"x\") name=Some(\"web\") sub=Some(\"scale\")");
+        assert_eq!(
+            ok("", "v1", "namespaces/default/pods"),
+            "pods ns=Some(\"default\") name=None sub=None"
+        );
+        assert_eq!(
+            ok("", "v1", "namespaces/default/pods/a/status"),
+            "pods ns=Some(\"default\") name=Some(\"a\") sub=Some(\"status\")"
+        );
+        assert_eq!(
+            ok("", "v1", "namespaces/default"),
+            "namespaces ns=None name=Some(\"default\") sub=None"
+        );
+        assert_eq!(
+            ok("", "v1", "namespaces/default/status"),
+            "namespaces ns=None name=Some(\"default\") sub=Some(\"status\")"
+        );
+        assert_eq!(
+            ok("", "v1", "nodes/n1/status"),
+            "nodes ns=None name=Some(\"n1\") sub=Some(\"status\")"
+        );
+        assert_eq!(
+            ok("apps", "v1", "namespaces/x/deployments/web/scale"),
+            "deployments ns=Some(\"x\") name=Some(\"web\") sub=Some(\"scale\")"
+        );
         assert_eq!(ok("", "v1", "pods/a"), "error: unknown resource");
         assert_eq!(ok("", "v1", "nope"), "error: unknown resource");
-        assert_eq!(ok("", "v1", "namespaces/default/pods/a/status/extra"), "error: unknown resource");
+        assert_eq!(
+            ok("", "v1", "namespaces/default/pods/a/status/extra"),
+            "error: unknown resource"
+        );
     }
 
     #[test]
     fn continue_tokens_round_trip() {
         let key = "/registry/core/pods/default/a-ü";
-        assert_eq!(decode_continue(&encode_continue(key)).ok().as_deref(), Some(key));
+        assert_eq!(
+            decode_continue(&encode_continue(key)).ok().as_deref(),
+            Some(key)
+        );
         assert!(decode_continue("zz").is_err());
         assert!(decode_continue("abc").is_err());
     }
@@ -1141,13 +1382,17 @@ mod tests {
                 {"key": "gone", "operator": "DoesNotExist"},
             ],
         });
-        assert_eq!(selector_string(Some(&sel)), "app=web,tier=front,env in (a,b),!gone");
+        assert_eq!(
+            selector_string(Some(&sel)),
+            "app=web,tier=front,env in (a,b),!gone"
+        );
         assert_eq!(selector_string(None), "");
     }
 
     #[test]
     fn completes_deletion_only_without_finalizers_and_grace() {
-        let mut obj = json!({"metadata": {"name": "a", "deletionTimestamp": "2026-01-01T00:00:00Z"}});
+        let mut obj =
+            json!({"metadata": {"name": "a", "deletionTimestamp": "2026-01-01T00:00:00Z"}});
         assert!(completes_deletion(&obj));
         obj["metadata"]["deletionGracePeriodSeconds"] = json!(30);
         assert!(!completes_deletion(&obj));

@@ -27,13 +27,21 @@ pub struct TableRequest {
 /// A Table request when some `Accept` entry names `as=Table`.
 pub fn negotiate(headers: &HeaderMap, include_object: Option<&str>) -> Option<TableRequest> {
     let mut found = None;
-    for value in headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()) {
+    for value in headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+    {
         for entry in value.split(',') {
             let params: Vec<&str> = entry.split(';').map(str::trim).collect();
             if !params.contains(&"as=Table") {
                 continue;
             }
-            let version = if params.contains(&"v=v1beta1") { "meta.k8s.io/v1beta1" } else { "meta.k8s.io/v1" };
+            let version = if params.contains(&"v=v1beta1") {
+                "meta.k8s.io/v1beta1"
+            } else {
+                "meta.k8s.io/v1"
+            };
             if found.is_none() || version == "meta.k8s.io/v1" {
                 found = Some(version);
             }
@@ -44,7 +52,10 @@ pub fn negotiate(headers: &HeaderMap, include_object: Option<&str>) -> Option<Ta
         Some("Object") => IncludeObject::Object,
         _ => IncludeObject::Metadata,
     };
-    found.map(|api_version| TableRequest { api_version, include })
+    found.map(|api_version| TableRequest {
+        api_version,
+        include,
+    })
 }
 
 fn column_definitions(rt: &ResourceType) -> Value {
@@ -114,12 +125,17 @@ mod tests {
 
     #[test]
     fn negotiation() {
-        let kubectl = accept("application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json");
+        let kubectl = accept(
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json",
+        );
         let req = negotiate(&kubectl, None).expect("table");
         assert_eq!(req.api_version, "meta.k8s.io/v1");
         assert_eq!(req.include, IncludeObject::Metadata);
         let beta = accept("application/json;as=Table;v=v1beta1;g=meta.k8s.io");
-        assert_eq!(negotiate(&beta, Some("Object")).map(|r| (r.api_version, r.include)), Some(("meta.k8s.io/v1beta1", IncludeObject::Object)));
+        assert_eq!(
+            negotiate(&beta, Some("Object")).map(|r| (r.api_version, r.include)),
+            Some(("meta.k8s.io/v1beta1", IncludeObject::Object))
+        );
         assert!(negotiate(&accept("application/json"), None).is_none());
         assert!(negotiate(&HeaderMap::new(), None).is_none());
     }

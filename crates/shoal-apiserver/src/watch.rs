@@ -65,8 +65,10 @@ pub async fn serve(ctx: Ctx, name: Option<String>) -> Result<Response, ApiError>
     tokio::spawn(watcher.run(events, initial, start, bookmarks, send_initial, timeout));
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     let mut resp = (StatusCode::OK, body).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 
@@ -93,13 +95,20 @@ impl Watcher {
                     .pointer("/metadata/resourceVersion")
                     .cloned()
                     .unwrap_or(Value::Null);
-                let table = render(self.ctx.target.rt, req, [&object], json!({"resourceVersion": rv}), self.first_table);
+                let table = render(
+                    self.ctx.target.rt,
+                    req,
+                    [&object],
+                    json!({"resourceVersion": rv}),
+                    self.first_table,
+                );
                 self.first_table = false;
                 table
             }
             _ => object,
         };
-        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
+        let mut line =
+            serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
         self.tx.send(Bytes::from(line)).await.is_ok()
     }
@@ -124,8 +133,9 @@ impl Watcher {
             WatchEvent::Put { kv, prev } => {
                 let new = decode(&kv)?;
                 let now = self.selects(&new);
-                let unfiltered =
-                    self.name.is_none() && self.filter.labels.is_none() && self.filter.fields.is_none();
+                let unfiltered = self.name.is_none()
+                    && self.filter.labels.is_none()
+                    && self.filter.fields.is_none();
                 let before = match &prev {
                     None => false,
                     Some(_) if unfiltered => true,
@@ -151,7 +161,10 @@ impl Watcher {
 
     async fn run(
         mut self,
-        events: Result<futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError>,
+        events: Result<
+            futures::stream::BoxStream<'static, Result<WatchEvent, StoreError>>,
+            StoreError,
+        >,
         initial: Option<Vec<KeyValue>>,
         start: u64,
         bookmarks: bool,
@@ -184,7 +197,12 @@ impl Watcher {
             }
         }
         let shutdown = self.ctx.state.inner.shutdown.clone();
-        let period = self.ctx.state.inner.bookmark_interval.max(Duration::from_millis(10));
+        let period = self
+            .ctx
+            .state
+            .inner
+            .bookmark_interval
+            .max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
         let expired = async {

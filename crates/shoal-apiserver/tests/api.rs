@@ -24,9 +24,16 @@ async fn setup() -> Api {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).await.expect("store opens");
     bootstrap(&store).await.expect("namespaces created");
-    let config = Config { bookmark_interval: Duration::from_millis(200), ..Config::default() };
+    let config = Config {
+        bookmark_interval: Duration::from_millis(200),
+        ..Config::default()
+    };
     let state = AppState::new(store.clone(), &config, CancellationToken::new());
-    Api { _dir: dir, store, router: app(state) }
+    Api {
+        _dir: dir,
+        store,
+        router: app(state),
+    }
 }
 
 struct Reply {
@@ -52,7 +59,13 @@ impl Reply {
 }
 
 impl Api {
-    async fn send(&self, method: Method, uri: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Reply {
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
         let mut req = Request::builder().method(method).uri(uri);
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -70,8 +83,18 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let body = resp.into_body().collect().await.expect("body").to_bytes().to_vec();
-        Reply { status, content_type, body }
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes()
+            .to_vec();
+        Reply {
+            status,
+            content_type,
+            body,
+        }
     }
 
     async fn get(&self, uri: &str) -> Reply {
@@ -80,12 +103,14 @@ impl Api {
 
     async fn json(&self, method: Method, uri: &str, body: &Value) -> Reply {
         let bytes = serde_json::to_vec(body).expect("json");
-        self.send(method, uri, &[("content-type", "application/json")], bytes).await
+        self.send(method, uri, &[("content-type", "application/json")], bytes)
+            .await
     }
 
     async fn patch(&self, uri: &str, content_type: &str, body: &Value) -> Reply {
         let bytes = serde_json::to_vec(body).expect("json");
-        self.send(Method::PATCH, uri, &[("content-type", content_type)], bytes).await
+        self.send(Method::PATCH, uri, &[("content-type", content_type)], bytes)
+            .await
     }
 }
 
@@ -118,7 +143,10 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 
 fn rv(obj: &Value) -> String {
-    obj["metadata"]["resourceVersion"].as_str().expect("resourceVersion").to_string()
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("resourceVersion")
+        .to_string()
 }
 
 #[tokio::test]
@@ -129,20 +157,50 @@ async fn discovery_version_and_health() {
     assert_eq!(r.json()["versions"], json!(["v1"]));
 
     let v1 = api.get("/api/v1").await.json();
-    let names: Vec<&str> = v1["resources"].as_array().expect("resources").iter().filter_map(|r| r["name"].as_str()).collect();
-    for want in ["pods", "pods/status", "pods/binding", "pods/log", "namespaces", "nodes"] {
+    let names: Vec<&str> = v1["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for want in [
+        "pods",
+        "pods/status",
+        "pods/binding",
+        "pods/log",
+        "namespaces",
+        "nodes",
+    ] {
         assert!(names.contains(&want), "{want} missing from {names:?}");
     }
-    let pods = v1["resources"].as_array().expect("resources").iter().find(|r| r["name"] == "pods").expect("pods").clone();
+    let pods = v1["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["name"] == "pods")
+        .expect("pods")
+        .clone();
     assert_eq!(pods["kind"], "Pod");
     assert_eq!(pods["namespaced"], true);
     assert_eq!(pods["shortNames"], json!(["po"]));
 
     let groups = api.get("/apis").await.json();
     assert_eq!(groups["kind"], "APIGroupList");
-    assert!(groups["groups"].as_array().expect("groups").iter().any(|g| g["name"] == "apps"));
+    assert!(
+        groups["groups"]
+            .as_array()
+            .expect("groups")
+            .iter()
+            .any(|g| g["name"] == "apps")
+    );
     let apps = api.get("/apis/apps/v1").await.json();
-    assert!(apps["resources"].as_array().expect("resources").iter().any(|r| r["name"] == "deployments/scale"));
+    assert!(
+        apps["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .any(|r| r["name"] == "deployments/scale")
+    );
 
     let agg = api
         .send(
@@ -160,26 +218,48 @@ async fn discovery_version_and_health() {
     assert_eq!(version["minor"], "35");
     for path in ["/healthz", "/readyz", "/livez"] {
         let r = api.get(path).await;
-        assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, b"ok".as_slice()));
+        assert_eq!(
+            (r.status, r.body.as_slice()),
+            (StatusCode::OK, b"ok".as_slice())
+        );
     }
     let openapi = api.get("/openapi/v3").await.json();
-    let url = openapi["paths"]["apis/apps/v1"]["serverRelativeURL"].as_str().expect("apps/v1 url").to_string();
+    let url = openapi["paths"]["apis/apps/v1"]["serverRelativeURL"]
+        .as_str()
+        .expect("apps/v1 url")
+        .to_string();
     let doc = api.get(&url).await.json();
     let op = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
     assert_eq!(op["x-kubernetes-group-version-kind"]["kind"], "Deployment");
-    assert!(op["parameters"].as_array().expect("params").iter().any(|p| p["name"] == "fieldValidation"));
-    assert_eq!(api.get("/apis/nope/v1/things").await.status, StatusCode::NOT_FOUND);
+    assert!(
+        op["parameters"]
+            .as_array()
+            .expect("params")
+            .iter()
+            .any(|p| p["name"] == "fieldValidation")
+    );
+    assert_eq!(
+        api.get("/apis/nope/v1/things").await.status,
+        StatusCode::NOT_FOUND
+    );
 }
 
 #[tokio::test]
 async fn create_get_list_with_selectors_and_pages() {
     let api = setup().await;
     let r = api.json(Method::POST, PODS, &pod("a")).await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let created = r.json();
     assert_eq!(created["metadata"]["namespace"], "default");
     assert_eq!(created["metadata"]["uid"].as_str().expect("uid").len(), 36);
-    let ts = created["metadata"]["creationTimestamp"].as_str().expect("timestamp");
+    let ts = created["metadata"]["creationTimestamp"]
+        .as_str()
+        .expect("timestamp");
     assert!(ts.ends_with('Z') && ts.len() == 20, "{ts}");
     assert!(rv(&created).parse::<u64>().is_ok());
 
@@ -189,7 +269,10 @@ async fn create_get_list_with_selectors_and_pages() {
 
     let mut b = pod("b");
     b["metadata"]["labels"] = json!({"app": "db"});
-    assert_eq!(api.json(Method::POST, PODS, &b).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.json(Method::POST, PODS, &b).await.status,
+        StatusCode::CREATED
+    );
     let mut generated = pod("");
     generated["metadata"] = json!({"generateName": "gen-", "labels": {"app": "web"}});
     let g = api.json(Method::POST, PODS, &generated).await.json();
@@ -200,9 +283,15 @@ async fn create_get_list_with_selectors_and_pages() {
     assert_eq!(all["kind"], "PodList");
     assert_eq!(all["items"].as_array().expect("items").len(), 3);
     assert!(all["metadata"]["resourceVersion"].as_str().is_some());
-    let web = api.get(&format!("{PODS}?labelSelector=app%3Dweb")).await.json();
+    let web = api
+        .get(&format!("{PODS}?labelSelector=app%3Dweb"))
+        .await
+        .json();
     assert_eq!(web["items"].as_array().expect("items").len(), 2);
-    let by_name = api.get(&format!("{PODS}?fieldSelector=metadata.name%3Db")).await.json();
+    let by_name = api
+        .get(&format!("{PODS}?fieldSelector=metadata.name%3Db"))
+        .await
+        .json();
     assert_eq!(by_name["items"][0]["metadata"]["name"], "b");
     assert_eq!(by_name["items"].as_array().expect("items").len(), 1);
     let across = api.get("/api/v1/pods").await.json();
@@ -210,14 +299,28 @@ async fn create_get_list_with_selectors_and_pages() {
 
     let page1 = api.get(&format!("{PODS}?limit=2")).await.json();
     assert_eq!(page1["items"].as_array().expect("items").len(), 2);
-    let token = page1["metadata"]["continue"].as_str().expect("continue token").to_string();
-    let page2 = api.get(&format!("{PODS}?limit=2&continue={token}")).await.json();
+    let token = page1["metadata"]["continue"]
+        .as_str()
+        .expect("continue token")
+        .to_string();
+    let page2 = api
+        .get(&format!("{PODS}?limit=2&continue={token}"))
+        .await
+        .json();
     assert_eq!(page2["items"].as_array().expect("items").len(), 1);
     assert!(page2["metadata"].get("continue").is_none());
 
     let namespaces = api.get("/api/v1/namespaces").await.json();
-    let names: Vec<&str> = namespaces["items"].as_array().expect("items").iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
-    assert_eq!(names, ["default", "kube-node-lease", "kube-public", "kube-system"]);
+    let names: Vec<&str> = namespaces["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["default", "kube-node-lease", "kube-public", "kube-system"]
+    );
 }
 
 #[tokio::test]
@@ -226,33 +329,63 @@ async fn error_statuses() {
     let r = api.get(&format!("{PODS}/missing")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let s = r.json();
-    assert_eq!((s["kind"].as_str(), s["reason"].as_str(), s["code"].as_u64()), (Some("Status"), Some("NotFound"), Some(404)));
+    assert_eq!(
+        (s["kind"].as_str(), s["reason"].as_str(), s["code"].as_u64()),
+        (Some("Status"), Some("NotFound"), Some(404))
+    );
     assert_eq!(s["message"], "pods \"missing\" not found");
 
-    assert_eq!(api.json(Method::POST, PODS, &pod("a")).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.json(Method::POST, PODS, &pod("a")).await.status,
+        StatusCode::CREATED
+    );
     let dup = api.json(Method::POST, PODS, &pod("a")).await;
     assert_eq!(dup.status, StatusCode::CONFLICT);
     assert_eq!(dup.json()["reason"], "AlreadyExists");
     assert_eq!(dup.json()["message"], "pods \"a\" already exists");
 
-    let bad = api.send(Method::POST, PODS, &[("content-type", "application/json")], b"{not json".to_vec()).await;
+    let bad = api
+        .send(
+            Method::POST,
+            PODS,
+            &[("content-type", "application/json")],
+            b"{not json".to_vec(),
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.json()["reason"], "BadRequest");
 
-    let yaml = api.send(Method::POST, PODS, &[("content-type", "application/yaml")], b"kind: Pod".to_vec()).await;
+    let yaml = api
+        .send(
+            Method::POST,
+            PODS,
+            &[("content-type", "application/yaml")],
+            b"kind: Pod".to_vec(),
+        )
+        .await;
     assert_eq!(yaml.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 
     let mut other_ns = pod("x");
     other_ns["metadata"]["namespace"] = json!("kube-system");
-    assert_eq!(api.json(Method::POST, PODS, &other_ns).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.json(Method::POST, PODS, &other_ns).await.status,
+        StatusCode::BAD_REQUEST
+    );
 
-    let nowhere = api.json(Method::POST, "/api/v1/namespaces/nowhere/pods", &pod("x")).await;
+    let nowhere = api
+        .json(Method::POST, "/api/v1/namespaces/nowhere/pods", &pod("x"))
+        .await;
     assert_eq!(nowhere.status, StatusCode::NOT_FOUND);
-    assert_eq!(nowhere.json()["message"], "namespaces \"nowhere\" not found");
+    assert_eq!(
+        nowhere.json()["message"],
+        "namespaces \"nowhere\" not found"
+    );
 
     let mut huge = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "big"}});
     huge["data"] = json!({"blob": "x".repeat(4 * 1024 * 1024)});
-    let r = api.json(Method::POST, "/api/v1/namespaces/default/configmaps", &huge).await;
+    let r = api
+        .json(Method::POST, "/api/v1/namespaces/default/configmaps", &huge)
+        .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(r.json()["reason"], "RequestEntityTooLarge");
     let lease = json!({
@@ -261,8 +394,18 @@ async fn error_statuses() {
         "metadata": {"name": "big"},
         "spec": {"holderIdentity": "x".repeat(2 * 1024 * 1024)},
     });
-    let r = api.json(Method::POST, "/apis/coordination.k8s.io/v1/namespaces/default/leases", &lease).await;
-    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "the store refuses values over 1.5 MiB");
+    let r = api
+        .json(
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/default/leases",
+            &lease,
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "the store refuses values over 1.5 MiB"
+    );
 
     let mut nameless = pod("");
     nameless["metadata"] = json!({});
@@ -272,7 +415,10 @@ async fn error_statuses() {
     assert_eq!(s["reason"], "Invalid");
     assert_eq!(s["details"]["causes"][0]["field"], "metadata.name");
 
-    assert_eq!(api.get("/api/v1/nope").await.json()["message"], "the server could not find the requested resource");
+    assert_eq!(
+        api.get("/api/v1/nope").await.json()["message"],
+        "the server could not find the requested resource"
+    );
 }
 
 #[tokio::test]
@@ -284,10 +430,21 @@ async fn invalid_deployment_names_the_field() {
         .expect("container")
         .remove("image");
     let r = api.json(Method::POST, DEPLOYMENTS, &d).await;
-    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
     let s = r.json();
-    assert_eq!(s["message"], "Deployment.apps \"x\" is invalid: spec.template.spec.containers[0].image: Required value");
-    assert_eq!(s["details"]["causes"][0]["field"], "spec.template.spec.containers[0].image");
+    assert_eq!(
+        s["message"],
+        "Deployment.apps \"x\" is invalid: spec.template.spec.containers[0].image: Required value"
+    );
+    assert_eq!(
+        s["details"]["causes"][0]["field"],
+        "spec.template.spec.containers[0].image"
+    );
     assert_eq!(s["details"]["causes"][0]["reason"], "FieldValueRequired");
     assert_eq!(s["details"]["causes"][0]["message"], "Required value");
     assert_eq!(s["details"]["kind"], "Deployment");
@@ -297,7 +454,10 @@ async fn invalid_deployment_names_the_field() {
 #[tokio::test]
 async fn update_conflicts_generation_and_status() {
     let api = setup().await;
-    let created = api.json(Method::POST, DEPLOYMENTS, &deployment("web", 1)).await.json();
+    let created = api
+        .json(Method::POST, DEPLOYMENTS, &deployment("web", 1))
+        .await
+        .json();
     assert_eq!(created["metadata"]["generation"], 1);
     let url = format!("{DEPLOYMENTS}/web");
 
@@ -316,26 +476,38 @@ async fn update_conflicts_generation_and_status() {
     let updated = api.json(Method::PUT, &url, &next).await.json();
     assert_eq!(updated["metadata"]["generation"], 2);
     assert_eq!(updated["spec"]["replicas"], 3);
-    assert!(updated.get("status").is_none() || updated["status"].get("replicas").is_none(), "status ignored on main PUT");
+    assert!(
+        updated.get("status").is_none() || updated["status"].get("replicas").is_none(),
+        "status ignored on main PUT"
+    );
     assert_ne!(rv(&updated), rv(&created));
 
     let mut label_only = updated.clone();
     label_only["metadata"]["labels"] = json!({"a": "b"});
     label_only["metadata"]["resourceVersion"] = json!("");
     let relabelled = api.json(Method::PUT, &url, &label_only).await.json();
-    assert_eq!(relabelled["metadata"]["generation"], 2, "metadata changes keep the generation");
+    assert_eq!(
+        relabelled["metadata"]["generation"], 2,
+        "metadata changes keep the generation"
+    );
 
     let mut status = relabelled.clone();
     status["status"] = json!({"replicas": 3, "readyReplicas": 3});
     status["spec"]["replicas"] = json!(7);
-    let r = api.json(Method::PUT, &format!("{url}/status"), &status).await;
+    let r = api
+        .json(Method::PUT, &format!("{url}/status"), &status)
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let after = r.json();
     assert_eq!(after["status"]["readyReplicas"], 3);
     assert_eq!(after["spec"]["replicas"], 3, "spec ignored on status PUT");
 
     let patched = api
-        .patch(&format!("{url}/status"), "application/merge-patch+json", &json!({"status": {"observedGeneration": 2}}))
+        .patch(
+            &format!("{url}/status"),
+            "application/merge-patch+json",
+            &json!({"status": {"observedGeneration": 2}}),
+        )
         .await
         .json();
     assert_eq!(patched["status"]["observedGeneration"], 2);
@@ -347,26 +519,61 @@ async fn patch_types() {
     let api = setup().await;
     api.json(Method::POST, PODS, &pod("p")).await;
     let url = format!("{PODS}/p");
-    let merged = api.patch(&url, "application/merge-patch+json", &json!({"metadata": {"labels": {"m": "1"}}})).await;
+    let merged = api
+        .patch(
+            &url,
+            "application/merge-patch+json",
+            &json!({"metadata": {"labels": {"m": "1"}}}),
+        )
+        .await;
     assert_eq!(merged.status, StatusCode::OK);
-    assert_eq!(merged.json()["metadata"]["labels"], json!({"app": "web", "m": "1"}));
+    assert_eq!(
+        merged.json()["metadata"]["labels"],
+        json!({"app": "web", "m": "1"})
+    );
     let strategic = api
-        .patch(&url, "application/strategic-merge-patch+json", &json!({"metadata": {"labels": {"s": "1", "app": null}}}))
+        .patch(
+            &url,
+            "application/strategic-merge-patch+json",
+            &json!({"metadata": {"labels": {"s": "1", "app": null}}}),
+        )
         .await
         .json();
     assert_eq!(strategic["metadata"]["labels"], json!({"m": "1", "s": "1"}));
     let jp = api
-        .patch(&url, "application/json-patch+json", &json!([{"op": "add", "path": "/metadata/annotations", "value": {"j": "1"}}]))
+        .patch(
+            &url,
+            "application/json-patch+json",
+            &json!([{"op": "add", "path": "/metadata/annotations", "value": {"j": "1"}}]),
+        )
         .await
         .json();
     assert_eq!(jp["metadata"]["annotations"], json!({"j": "1"}));
-    let bad = api.patch(&url, "application/json-patch+json", &json!([{"op": "remove", "path": "/nope"}])).await;
+    let bad = api
+        .patch(
+            &url,
+            "application/json-patch+json",
+            &json!([{"op": "remove", "path": "/nope"}]),
+        )
+        .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
-    let stale = api.patch(&url, "application/merge-patch+json", &json!({"metadata": {"resourceVersion": "1"}})).await;
+    let stale = api
+        .patch(
+            &url,
+            "application/merge-patch+json",
+            &json!({"metadata": {"resourceVersion": "1"}}),
+        )
+        .await;
     assert_eq!(stale.status, StatusCode::CONFLICT);
     let unknown = api.patch(&url, "text/plain", &json!({})).await;
     assert_eq!(unknown.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    let missing = api.patch(&format!("{PODS}/nope"), "application/merge-patch+json", &json!({})).await;
+    let missing = api
+        .patch(
+            &format!("{PODS}/nope"),
+            "application/merge-patch+json",
+            &json!({}),
+        )
+        .await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
 
@@ -374,45 +581,109 @@ async fn patch_types() {
 async fn delete_unbound_bound_and_finalized() {
     let api = setup().await;
     api.json(Method::POST, PODS, &pod("free")).await;
-    let r = api.send(Method::DELETE, &format!("{PODS}/free"), &[], Vec::new()).await;
+    let r = api
+        .send(Method::DELETE, &format!("{PODS}/free"), &[], Vec::new())
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["metadata"]["name"], "free");
-    assert_eq!(api.get(&format!("{PODS}/free")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{PODS}/free")).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Bound pods wait for the node agent's grace-0 delete.
     api.json(Method::POST, PODS, &pod("bound")).await;
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bound"}, "target": {"kind": "Node", "name": "n1"}});
-    assert_eq!(api.json(Method::POST, &format!("{PODS}/bound/binding"), &binding).await.status, StatusCode::CREATED);
-    let r = api.send(Method::DELETE, &format!("{PODS}/bound"), &[], Vec::new()).await.json();
+    assert_eq!(
+        api.json(Method::POST, &format!("{PODS}/bound/binding"), &binding)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let r = api
+        .send(Method::DELETE, &format!("{PODS}/bound"), &[], Vec::new())
+        .await
+        .json();
     assert!(r["metadata"]["deletionTimestamp"].is_string());
     assert_eq!(r["metadata"]["deletionGracePeriodSeconds"], 30);
-    assert_eq!(api.get(&format!("{PODS}/bound")).await.status, StatusCode::OK);
-    let zero = serde_json::to_vec(&json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0})).expect("json");
-    assert_eq!(api.send(Method::DELETE, &format!("{PODS}/bound"), &[], zero).await.status, StatusCode::OK);
-    assert_eq!(api.get(&format!("{PODS}/bound")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{PODS}/bound")).await.status,
+        StatusCode::OK
+    );
+    let zero = serde_json::to_vec(
+        &json!({"kind": "DeleteOptions", "apiVersion": "v1", "gracePeriodSeconds": 0}),
+    )
+    .expect("json");
+    assert_eq!(
+        api.send(Method::DELETE, &format!("{PODS}/bound"), &[], zero)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.get(&format!("{PODS}/bound")).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Finalizers hold the object until removed.
     let mut held = pod("held");
     held["metadata"]["finalizers"] = json!(["example.com/hold"]);
     api.json(Method::POST, PODS, &held).await;
-    let r = api.send(Method::DELETE, &format!("{PODS}/held"), &[], Vec::new()).await.json();
+    let r = api
+        .send(Method::DELETE, &format!("{PODS}/held"), &[], Vec::new())
+        .await
+        .json();
     assert!(r["metadata"]["deletionTimestamp"].is_string());
-    assert_eq!(api.get(&format!("{PODS}/held")).await.status, StatusCode::OK);
-    let r = api.patch(&format!("{PODS}/held"), "application/merge-patch+json", &json!({"metadata": {"finalizers": null}})).await;
+    assert_eq!(
+        api.get(&format!("{PODS}/held")).await.status,
+        StatusCode::OK
+    );
+    let r = api
+        .patch(
+            &format!("{PODS}/held"),
+            "application/merge-patch+json",
+            &json!({"metadata": {"finalizers": null}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(api.get(&format!("{PODS}/held")).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{PODS}/held")).await.status,
+        StatusCode::NOT_FOUND
+    );
 
     // Foreground propagation adds its finalizer.
-    api.json(Method::POST, DEPLOYMENTS, &deployment("fg", 1)).await;
-    let r = api.send(Method::DELETE, &format!("{DEPLOYMENTS}/fg?propagationPolicy=Foreground"), &[], Vec::new()).await.json();
+    api.json(Method::POST, DEPLOYMENTS, &deployment("fg", 1))
+        .await;
+    let r = api
+        .send(
+            Method::DELETE,
+            &format!("{DEPLOYMENTS}/fg?propagationPolicy=Foreground"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .json();
     assert_eq!(r["metadata"]["finalizers"], json!(["foregroundDeletion"]));
 
     // deletecollection with a label selector.
     api.json(Method::POST, PODS, &pod("c1")).await;
     api.json(Method::POST, PODS, &pod("c2")).await;
-    let r = api.send(Method::DELETE, &format!("{PODS}?labelSelector=app%3Dweb"), &[], Vec::new()).await;
+    let r = api
+        .send(
+            Method::DELETE,
+            &format!("{PODS}?labelSelector=app%3Dweb"),
+            &[],
+            Vec::new(),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(api.get(PODS).await.json()["items"].as_array().expect("items").len(), 0);
+    assert_eq!(
+        api.get(PODS).await.json()["items"]
+            .as_array()
+            .expect("items")
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -420,24 +691,38 @@ async fn binding_and_scale() {
     let api = setup().await;
     api.json(Method::POST, PODS, &pod("p")).await;
     let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "n1"}});
-    let r = api.json(Method::POST, &format!("{PODS}/p/binding"), &binding).await;
+    let r = api
+        .json(Method::POST, &format!("{PODS}/p/binding"), &binding)
+        .await;
     assert_eq!(r.status, StatusCode::CREATED);
     assert_eq!(r.json()["status"], "Success");
     let p = api.get(&format!("{PODS}/p")).await.json();
     assert_eq!(p["spec"]["nodeName"], "n1");
     assert_eq!(p["status"]["conditions"][0]["type"], "PodScheduled");
     assert_eq!(p["status"]["conditions"][0]["status"], "True");
-    let again = api.json(Method::POST, &format!("{PODS}/p/binding"), &binding).await;
+    let again = api
+        .json(Method::POST, &format!("{PODS}/p/binding"), &binding)
+        .await;
     assert_eq!(again.status, StatusCode::CONFLICT);
-    assert_eq!(again.json()["message"], "pod p is already assigned to node \"n1\"");
+    assert_eq!(
+        again.json()["message"],
+        "pod p is already assigned to node \"n1\""
+    );
 
-    api.json(Method::POST, DEPLOYMENTS, &deployment("web", 2)).await;
+    api.json(Method::POST, DEPLOYMENTS, &deployment("web", 2))
+        .await;
     let scale = api.get(&format!("{DEPLOYMENTS}/web/scale")).await.json();
     assert_eq!(scale["kind"], "Scale");
     assert_eq!(scale["apiVersion"], "autoscaling/v1");
     assert_eq!(scale["spec"]["replicas"], 2);
     assert_eq!(scale["status"]["selector"], "app=web");
-    let r = api.patch(&format!("{DEPLOYMENTS}/web/scale"), "application/merge-patch+json", &json!({"spec": {"replicas": 5}})).await;
+    let r = api
+        .patch(
+            &format!("{DEPLOYMENTS}/web/scale"),
+            "application/merge-patch+json",
+            &json!({"spec": {"replicas": 5}}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["spec"]["replicas"], 5);
     let d = api.get(&format!("{DEPLOYMENTS}/web")).await.json();
@@ -445,10 +730,21 @@ async fn binding_and_scale() {
     assert_eq!(d["metadata"]["generation"], 2);
     let mut put = scale.clone();
     put["spec"]["replicas"] = json!(1);
-    let r = api.json(Method::PUT, &format!("{DEPLOYMENTS}/web/scale"), &put).await;
-    assert_eq!(r.status, StatusCode::CONFLICT, "the Scale's resourceVersion is stale");
+    let r = api
+        .json(Method::PUT, &format!("{DEPLOYMENTS}/web/scale"), &put)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CONFLICT,
+        "the Scale's resourceVersion is stale"
+    );
     put["metadata"]["resourceVersion"] = json!(rv(&d));
-    assert_eq!(api.json(Method::PUT, &format!("{DEPLOYMENTS}/web/scale"), &put).await.json()["spec"]["replicas"], 1);
+    assert_eq!(
+        api.json(Method::PUT, &format!("{DEPLOYMENTS}/web/scale"), &put)
+            .await
+            .json()["spec"]["replicas"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -456,7 +752,10 @@ async fn table_output() {
     let api = setup().await;
     api.json(Method::POST, PODS, &pod("a")).await;
     let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-    let list = api.send(Method::GET, PODS, &[("accept", accept)], Vec::new()).await.json();
+    let list = api
+        .send(Method::GET, PODS, &[("accept", accept)], Vec::new())
+        .await
+        .json();
     assert_eq!(list["kind"], "Table");
     assert_eq!(list["apiVersion"], "meta.k8s.io/v1");
     assert!(list["metadata"]["resourceVersion"].is_string());
@@ -464,7 +763,15 @@ async fn table_output() {
     assert_eq!(list["rows"][0]["cells"][0], "a");
     assert_eq!(list["rows"][0]["object"]["kind"], "PartialObjectMetadata");
     assert_eq!(list["rows"][0]["object"]["metadata"]["name"], "a");
-    let one = api.send(Method::GET, &format!("{PODS}/a"), &[("accept", accept)], Vec::new()).await.json();
+    let one = api
+        .send(
+            Method::GET,
+            &format!("{PODS}/a"),
+            &[("accept", accept)],
+            Vec::new(),
+        )
+        .await
+        .json();
     assert_eq!(one["kind"], "Table");
     assert_eq!(one["rows"].as_array().expect("rows").len(), 1);
 }
@@ -474,29 +781,61 @@ async fn watch_from_resource_version_with_selectors() {
     let api = setup().await;
     let a = api.json(Method::POST, PODS, &pod("a")).await.json();
     let start = rv(&a);
-    api.patch(&format!("{PODS}/a"), "application/merge-patch+json", &json!({"metadata": {"labels": {"app": "other"}}})).await;
+    api.patch(
+        &format!("{PODS}/a"),
+        "application/merge-patch+json",
+        &json!({"metadata": {"labels": {"app": "other"}}}),
+    )
+    .await;
     api.json(Method::POST, PODS, &pod("b")).await;
-    let deleted_b = api.send(Method::DELETE, &format!("{PODS}/b"), &[], Vec::new()).await.json();
+    let deleted_b = api
+        .send(Method::DELETE, &format!("{PODS}/b"), &[], Vec::new())
+        .await
+        .json();
 
-    let all = api.get(&format!("{PODS}?watch=1&resourceVersion={start}&timeoutSeconds=1")).await;
+    let all = api
+        .get(&format!(
+            "{PODS}?watch=1&resourceVersion={start}&timeoutSeconds=1"
+        ))
+        .await;
     assert_eq!(all.status, StatusCode::OK);
-    let types: Vec<String> = all.events().iter().map(|e| e["type"].as_str().unwrap_or("").to_string()).collect();
+    let types: Vec<String> = all
+        .events()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap_or("").to_string())
+        .collect();
     assert_eq!(types, ["MODIFIED", "ADDED", "DELETED"]);
     let events = all.events();
     let deleted = &events[2]["object"];
     assert_eq!(deleted["metadata"]["name"], "b");
-    assert_eq!(rv(deleted), rv(&deleted_b), "DELETED carries the deletion revision");
-    assert!(rv(deleted).parse::<u64>().expect("number") > rv(&events[1]["object"]).parse::<u64>().expect("number"));
+    assert_eq!(
+        rv(deleted),
+        rv(&deleted_b),
+        "DELETED carries the deletion revision"
+    );
+    assert!(
+        rv(deleted).parse::<u64>().expect("number")
+            > rv(&events[1]["object"]).parse::<u64>().expect("number")
+    );
 
     let selected = api
-        .get(&format!("{PODS}?watch=true&labelSelector=app%3Dweb&resourceVersion={start}&timeoutSeconds=1"))
+        .get(&format!(
+            "{PODS}?watch=true&labelSelector=app%3Dweb&resourceVersion={start}&timeoutSeconds=1"
+        ))
         .await
         .events();
     let types: Vec<&str> = selected.iter().filter_map(|e| e["type"].as_str()).collect();
-    assert_eq!(types, ["DELETED", "ADDED", "DELETED"], "a leaves the selection, b comes and goes");
+    assert_eq!(
+        types,
+        ["DELETED", "ADDED", "DELETED"],
+        "a leaves the selection, b comes and goes"
+    );
 
     // No resourceVersion: current objects first.
-    let fresh = api.get(&format!("{PODS}?watch=1&timeoutSeconds=1")).await.events();
+    let fresh = api
+        .get(&format!("{PODS}?watch=1&timeoutSeconds=1"))
+        .await
+        .events();
     assert_eq!(fresh.len(), 1);
     assert_eq!(fresh[0]["type"], "ADDED");
     assert_eq!(fresh[0]["object"]["metadata"]["name"], "a");
@@ -507,16 +846,34 @@ async fn watch_from_resource_version_with_selectors() {
         .events();
     assert_eq!(named.len(), 2);
 
-    let marks = api.get(&format!("{PODS}?watch=1&allowWatchBookmarks=true&timeoutSeconds=1")).await.events();
-    assert!(marks.iter().any(|e| e["type"] == "BOOKMARK" && e["object"]["metadata"]["resourceVersion"].is_string()));
+    let marks = api
+        .get(&format!(
+            "{PODS}?watch=1&allowWatchBookmarks=true&timeoutSeconds=1"
+        ))
+        .await
+        .events();
+    assert!(
+        marks
+            .iter()
+            .any(|e| e["type"] == "BOOKMARK"
+                && e["object"]["metadata"]["resourceVersion"].is_string())
+    );
 
     let accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
     let table = api
-        .send(Method::GET, &format!("{PODS}?watch=1&resourceVersion={start}&timeoutSeconds=1"), &[("accept", accept)], Vec::new())
+        .send(
+            Method::GET,
+            &format!("{PODS}?watch=1&resourceVersion={start}&timeoutSeconds=1"),
+            &[("accept", accept)],
+            Vec::new(),
+        )
         .await
         .events();
     assert_eq!(table[0]["object"]["kind"], "Table");
-    assert_eq!(table[0]["object"]["rows"].as_array().expect("rows").len(), 1);
+    assert_eq!(
+        table[0]["object"]["rows"].as_array().expect("rows").len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -524,16 +881,30 @@ async fn watch_after_compaction_is_gone() {
     let api = setup().await;
     let first = api.json(Method::POST, PODS, &pod("a")).await.json();
     for i in 0..5 {
-        api.patch(&format!("{PODS}/a"), "application/merge-patch+json", &json!({"metadata": {"labels": {"i": i.to_string()}}})).await;
+        api.patch(
+            &format!("{PODS}/a"),
+            "application/merge-patch+json",
+            &json!({"metadata": {"labels": {"i": i.to_string()}}}),
+        )
+        .await;
     }
     api.store.compact(1).await.expect("compaction");
     let old = rv(&first).parse::<u64>().expect("number") - 1;
-    let r = api.get(&format!("{PODS}?watch=1&resourceVersion={old}&timeoutSeconds=1")).await;
+    let r = api
+        .get(&format!(
+            "{PODS}?watch=1&resourceVersion={old}&timeoutSeconds=1"
+        ))
+        .await;
     assert_eq!(r.status, StatusCode::OK);
     let events = r.events();
     assert_eq!(events[0]["type"], "ERROR");
     assert_eq!(events[0]["object"]["code"], 410);
-    assert!(events[0]["object"]["message"].as_str().expect("message").starts_with("too old resource version"));
+    assert!(
+        events[0]["object"]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("too old resource version")
+    );
     // A list at a too-old resourceVersion serves the current state.
     let list = api.get(&format!("{PODS}?resourceVersion={old}")).await;
     assert_eq!(list.status, StatusCode::OK);
@@ -547,7 +918,11 @@ fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
         .env("HOME", kubeconfig.parent().expect("folder"))
         .output()
         .expect("kubectl runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), text)
 }
 
@@ -559,10 +934,17 @@ async fn real_kubectl_apply_get_scale_delete() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(&dir.path().join("store")).await.expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(shoal_apiserver::serve(listener, Config::default(), store, shutdown.clone()));
+    let server = tokio::spawn(shoal_apiserver::serve(
+        listener,
+        Config::default(),
+        store,
+        shutdown.clone(),
+    ));
 
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(
@@ -587,22 +969,85 @@ async fn real_kubectl_apply_get_scale_delete() {
         log.push(kubectl(&k, &["apply", "-f", mf]));
         std::fs::write(&m, yaml(3, "example.com/web:2")).expect("manifest");
         log.push(kubectl(&k, &["apply", "-f", mf]));
-        log.push(kubectl(&k, &["get", "deployment", "web", "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}"]));
+        log.push(kubectl(
+            &k,
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].image}",
+            ],
+        ));
         log.push(kubectl(&k, &["get", "deployments"]));
         log.push(kubectl(&k, &["scale", "deployment", "web", "--replicas=4"]));
-        log.push(kubectl(&k, &["get", "deployment", "web", "-o", "jsonpath={.spec.replicas}"]));
+        log.push(kubectl(
+            &k,
+            &[
+                "get",
+                "deployment",
+                "web",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ],
+        ));
         log.push(kubectl(&k, &["delete", "deployment", "web"]));
         log.push(kubectl(&k, &["get", "deployments"]));
         // Typed clients send protobuf bodies.
         log.push(kubectl(&k, &["create", "namespace", "demo"]));
-        log.push(kubectl(&k, &["create", "configmap", "cm", "-n", "demo", "--from-literal=a=b"]));
-        log.push(kubectl(&k, &["get", "configmap", "cm", "-n", "demo", "-o", "jsonpath={.data.a}"]));
-        log.push(kubectl(&k, &["create", "deployment", "d2", "-n", "demo", "--image=example.com/d:2"]));
-        log.push(kubectl(&k, &["get", "deployment", "d2", "-n", "demo", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]));
+        log.push(kubectl(
+            &k,
+            &[
+                "create",
+                "configmap",
+                "cm",
+                "-n",
+                "demo",
+                "--from-literal=a=b",
+            ],
+        ));
+        log.push(kubectl(
+            &k,
+            &[
+                "get",
+                "configmap",
+                "cm",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.data.a}",
+            ],
+        ));
+        log.push(kubectl(
+            &k,
+            &[
+                "create",
+                "deployment",
+                "d2",
+                "-n",
+                "demo",
+                "--image=example.com/d:2",
+            ],
+        ));
+        log.push(kubectl(
+            &k,
+            &[
+                "get",
+                "deployment",
+                "d2",
+                "-n",
+                "demo",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].image}",
+            ],
+        ));
         // An invalid Deployment gets the 422 naming the field.
         let bad = m.with_file_name("bad.yaml");
         std::fs::write(&bad, yaml(1, "x").replace("        image: x\n", "")).expect("manifest");
-        log.push(kubectl(&k, &["apply", "-f", bad.to_str().expect("utf-8 path")]));
+        log.push(kubectl(
+            &k,
+            &["apply", "-f", bad.to_str().expect("utf-8 path")],
+        ));
         log
     })
     .await
@@ -622,31 +1067,63 @@ async fn real_kubectl_apply_get_scale_delete() {
         "{}",
         invalid.1
     );
-    assert!(results[0].1.contains("deployment.apps/web created"), "{}", results[0].1);
-    assert!(results[1].1.contains("deployment.apps/web configured"), "{}", results[1].1);
+    assert!(
+        results[0].1.contains("deployment.apps/web created"),
+        "{}",
+        results[0].1
+    );
+    assert!(
+        results[1].1.contains("deployment.apps/web configured"),
+        "{}",
+        results[1].1
+    );
     assert_eq!(results[2].1.trim(), "3 example.com/web:2");
     assert!(results[3].1.contains("web"), "{}", results[3].1);
     assert!(results[4].1.contains("scaled"), "{}", results[4].1);
     assert_eq!(results[5].1.trim(), "4");
     assert!(results[6].1.contains("deleted"), "{}", results[6].1);
-    assert!(results[7].1.contains("No resources found"), "{}", results[7].1);
+    assert!(
+        results[7].1.contains("No resources found"),
+        "{}",
+        results[7].1
+    );
 }
 
 #[tokio::test]
 async fn namespace_deletion_empties_it_first() {
     let api = setup().await;
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}});
-    assert_eq!(api.json(Method::POST, "/api/v1/namespaces", &ns).await.status, StatusCode::CREATED);
+    assert_eq!(
+        api.json(Method::POST, "/api/v1/namespaces", &ns)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
     let cms = "/api/v1/namespaces/demo/configmaps";
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "b"}});
-    assert_eq!(api.json(Method::POST, cms, &cm).await.status, StatusCode::CREATED);
-    let r = api.send(Method::DELETE, "/api/v1/namespaces/demo", &[], Vec::new()).await.json();
+    assert_eq!(
+        api.json(Method::POST, cms, &cm).await.status,
+        StatusCode::CREATED
+    );
+    let r = api
+        .send(Method::DELETE, "/api/v1/namespaces/demo", &[], Vec::new())
+        .await
+        .json();
     assert_eq!(r["status"]["phase"], "Terminating");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while api.get("/api/v1/namespaces/demo").await.status != StatusCode::NOT_FOUND {
-        assert!(tokio::time::Instant::now() < deadline, "namespace never went away");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "namespace never went away"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(api.get(&format!("{cms}/c")).await.status, StatusCode::NOT_FOUND);
-    assert_eq!(api.json(Method::POST, cms, &cm).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        api.get(&format!("{cms}/c")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.json(Method::POST, cms, &cm).await.status,
+        StatusCode::NOT_FOUND
+    );
 }

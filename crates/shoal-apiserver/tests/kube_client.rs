@@ -16,10 +16,17 @@ use tokio_util::sync::CancellationToken;
 async fn kube_rs_crud_status_apply_and_watch() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path()).await.expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(shoal_apiserver::serve(listener, Config::default(), store, shutdown.clone()));
+    let server = tokio::spawn(shoal_apiserver::serve(
+        listener,
+        Config::default(),
+        store,
+        shutdown.clone(),
+    ));
 
     let uri: http::Uri = format!("http://{addr}").parse().expect("uri");
     let client = kube::Client::try_from(kube::Config::new(uri)).expect("client");
@@ -30,10 +37,26 @@ async fn kube_rs_crud_status_apply_and_watch() {
         "spec": {"containers": [{"name": "c", "image": "example.com/app:1"}]},
     }))
     .expect("pod");
-    let created = pods.create(&PostParams::default(), &pod).await.expect("create");
+    let created = pods
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create");
     assert!(created.metadata.uid.is_some());
-    assert_eq!(pods.list(&ListParams::default().labels("app=web")).await.expect("list").items.len(), 1);
-    assert!(pods.list(&ListParams::default().labels("app=db")).await.expect("list").items.is_empty());
+    assert_eq!(
+        pods.list(&ListParams::default().labels("app=web"))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    assert!(
+        pods.list(&ListParams::default().labels("app=db"))
+            .await
+            .expect("list")
+            .items
+            .is_empty()
+    );
 
     // The runtime watcher sees a status change made through pods/status.
     let watch = watcher(pods.clone(), watcher::Config::default()).applied_objects();
@@ -44,9 +67,13 @@ async fn kube_rs_crud_status_apply_and_watch() {
         .expect("no watch error")
         .expect("an object");
     assert_eq!(first.metadata.name.as_deref(), Some("a"));
-    pods.patch_status("a", &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "Running"}})))
-        .await
-        .expect("status patch");
+    pods.patch_status(
+        "a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"phase": "Running"}})),
+    )
+    .await
+    .expect("status patch");
     let running = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(p) = watch.next().await {
             let p = p.expect("no watch error");
@@ -64,10 +91,18 @@ async fn kube_rs_crud_status_apply_and_watch() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let apply = PatchParams::apply("test").force();
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "1"}});
-    cms.patch("c", &apply, &Patch::Apply(&cm)).await.expect("apply creates");
+    cms.patch("c", &apply, &Patch::Apply(&cm))
+        .await
+        .expect("apply creates");
     let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "2"}});
-    let applied = cms.patch("c", &apply, &Patch::Apply(&cm)).await.expect("apply updates");
-    assert_eq!(applied.data.and_then(|d| d.get("k").cloned()).as_deref(), Some("2"));
+    let applied = cms
+        .patch("c", &apply, &Patch::Apply(&cm))
+        .await
+        .expect("apply updates");
+    assert_eq!(
+        applied.data.and_then(|d| d.get("k").cloned()).as_deref(),
+        Some("2")
+    );
 
     // Cluster-scoped objects keep their status on create.
     let nodes: Api<Node> = Api::all(client.clone());
@@ -76,11 +111,20 @@ async fn kube_rs_crud_status_apply_and_watch() {
         "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
     }))
     .expect("node");
-    nodes.create(&PostParams::default(), &node).await.expect("node create");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("node create");
     let got = nodes.get_status("n1").await.expect("node status");
-    assert_eq!(got.status.and_then(|s| s.addresses).map(|a| a.len()), Some(1));
+    assert_eq!(
+        got.status.and_then(|s| s.addresses).map(|a| a.len()),
+        Some(1)
+    );
 
-    let deleted = pods.delete("a", &DeleteParams::default()).await.expect("delete");
+    let deleted = pods
+        .delete("a", &DeleteParams::default())
+        .await
+        .expect("delete");
     assert!(deleted.is_left());
     assert!(pods.get_opt("a").await.expect("get").is_none());
     let missing = pods.get("a").await.expect_err("gone");

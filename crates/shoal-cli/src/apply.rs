@@ -23,7 +23,8 @@ pub async fn run(args: Args) -> Result<()> {
     let text = if args.file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading standard input")?
     } else {
-        std::fs::read_to_string(&args.file).with_context(|| format!("reading {}", args.file.display()))?
+        std::fs::read_to_string(&args.file)
+            .with_context(|| format!("reading {}", args.file.display()))?
     };
     let objects = client::parse_manifests(&text)?;
     let (api, default_namespace) = client::connect(&args.client).await?;
@@ -52,19 +53,37 @@ pub async fn run(args: Args) -> Result<()> {
         };
         match client::send(&api, http::Method::GET, &path, None, None, Vec::new()).await {
             Ok(current) => {
-                let current: Value = serde_json::from_str(&current).context("decoding the stored object")?;
-                object["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"].clone();
+                let current: Value =
+                    serde_json::from_str(&current).context("decoding the stored object")?;
+                object["metadata"]["resourceVersion"] =
+                    current["metadata"]["resourceVersion"].clone();
                 if current.get("status").is_some() {
                     object["status"] = current["status"].clone();
                 }
                 let body = serde_json::to_vec(&object)?;
-                client::send(&api, http::Method::PUT, &path, Some("application/json"), None, body).await?;
+                client::send(
+                    &api,
+                    http::Method::PUT,
+                    &path,
+                    Some("application/json"),
+                    None,
+                    body,
+                )
+                .await?;
                 println!("{display} configured");
             }
             Err(err) if client::is_not_found(&err) => {
                 let body = serde_json::to_vec(&object)?;
                 let collection = client::collection_path(rt, Some(&namespace));
-                client::send(&api, http::Method::POST, &collection, Some("application/json"), None, body).await?;
+                client::send(
+                    &api,
+                    http::Method::POST,
+                    &collection,
+                    Some("application/json"),
+                    None,
+                    body,
+                )
+                .await?;
                 println!("{display} created");
             }
             Err(err) => return Err(err),

@@ -45,7 +45,8 @@ fn default_kubeconfig() -> Result<PathBuf> {
     {
         return Ok(first);
     }
-    let home = std::env::var_os("HOME").ok_or_else(|| anyhow!("neither KUBECONFIG nor HOME is set"))?;
+    let home =
+        std::env::var_os("HOME").ok_or_else(|| anyhow!("neither KUBECONFIG nor HOME is set"))?;
     Ok(PathBuf::from(home).join(".kube").join("config"))
 }
 
@@ -120,7 +121,8 @@ pub async fn send(
 
 /// Whether an error is the API's 404.
 pub fn is_not_found(err: &anyhow::Error) -> bool {
-    err.downcast_ref::<ApiError>().is_some_and(|e| e.code == 404)
+    err.downcast_ref::<ApiError>()
+        .is_some_and(|e| e.code == 404)
 }
 
 /// A Kubernetes `Status` failure, printed like kubectl prints it.
@@ -162,11 +164,17 @@ pub fn parse_manifests(text: &str) -> Result<Vec<serde_json::Value>> {
         if doc.is_null() {
             continue;
         }
-        if doc.get("kind").and_then(|k| k.as_str()).is_some_and(|k| k.ends_with("List")) {
-            if let Some(items) = doc.get("items").and_then(|i| i.as_array()) {
-                objects.extend(items.iter().cloned());
-                continue;
-            }
+        let is_list = doc
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k.ends_with("List"));
+        if let Some(items) = doc
+            .get("items")
+            .and_then(|i| i.as_array())
+            .filter(|_| is_list)
+        {
+            objects.extend(items.iter().cloned());
+            continue;
         }
         if !doc.is_object() {
             bail!("manifest document is not an object: {doc}");

@@ -23,7 +23,15 @@ pub async fn run(args: Args) -> Result<()> {
     }))?;
     for name in &args.names {
         let path = client::object_path(rt, &namespace, name);
-        client::send(&api, http::Method::DELETE, &path, Some("application/json"), None, body.clone()).await?;
+        client::send(
+            &api,
+            http::Method::DELETE,
+            &path,
+            Some("application/json"),
+            None,
+            body.clone(),
+        )
+        .await?;
         println!("{} \"{name}\" deleted", rt.singular);
     }
     Ok(())

@@ -45,13 +45,28 @@ pub async fn run(args: Args) -> Result<()> {
             if args.output == "json" {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
-                print!("{}", serde_saphyr::to_string(&value).context("encoding YAML")?);
+                print!(
+                    "{}",
+                    serde_saphyr::to_string(&value).context("encoding YAML")?
+                );
             }
         }
         "table" | "wide" => {
-            let body = client::send(&api, http::Method::GET, &path, None, Some(TABLE_ACCEPT), Vec::new()).await?;
+            let body = client::send(
+                &api,
+                http::Method::GET,
+                &path,
+                None,
+                Some(TABLE_ACCEPT),
+                Vec::new(),
+            )
+            .await?;
             let table: Value = serde_json::from_str(&body).context("decoding the table")?;
-            print_table(&table, args.output == "wide", args.all_namespaces && rt.namespaced);
+            print_table(
+                &table,
+                args.output == "wide",
+                args.all_namespaces && rt.namespaced,
+            );
         }
         other => bail!("unknown output format {other:?}: use table, wide, json or yaml"),
     }
@@ -75,7 +90,12 @@ fn print_table(table: &Value, wide: bool, with_namespace: bool) {
     let mut lines: Vec<Vec<String>> = Vec::new();
     let mut header: Vec<String> = shown
         .iter()
-        .map(|&i| columns[i]["name"].as_str().unwrap_or("").to_ascii_uppercase())
+        .map(|&i| {
+            columns[i]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_ascii_uppercase()
+        })
         .collect();
     if with_namespace {
         header.insert(0, "NAMESPACE".to_string());
@@ -92,7 +112,10 @@ fn print_table(table: &Value, wide: bool, with_namespace: bool) {
             })
             .collect();
         if with_namespace {
-            let ns = row["object"]["metadata"]["namespace"].as_str().unwrap_or("").to_string();
+            let ns = row["object"]["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             line.insert(0, ns);
         }
         lines.push(line);
@@ -113,7 +136,9 @@ fn print_table(table: &Value, wide: bool, with_namespace: bool) {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

@@ -48,7 +48,11 @@ pub async fn run(args: Args) -> Result<()> {
     if args.timestamps {
         query.push("timestamps=true".to_string());
     }
-    let path = format!("/api/v1/namespaces/{namespace}/pods/{}/log?{}", args.pod, query.join("&"));
+    let path = format!(
+        "/api/v1/namespaces/{namespace}/pods/{}/log?{}",
+        args.pod,
+        query.join("&")
+    );
     let request = http::Request::get(path).body(Vec::new())?;
     let reader = api.request_stream(request).await.map_err(|err| match err {
         kube::Error::Api(status) => anyhow::anyhow!("{}", status.message),

@@ -13,7 +13,11 @@ mod up;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "shoal", version, about = "Kubernetes-compatible orchestrator for WebAssembly pods")]
+#[command(
+    name = "shoal",
+    version,
+    about = "Kubernetes-compatible orchestrator for WebAssembly pods"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,7 +44,10 @@ fn main() -> std::process::ExitCode {
     init_tracing(matches!(cli.command, Command::Up(_)));
     // The OCI client uses rustls without a default provider: install ring once, up front.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -14,7 +14,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let digest = shoal_runtime_wasm::oci::push(bytes, &args.reference)
         .await
         .with_context(|| format!("pushing {} to {}", args.file.display(), args.reference))?;

@@ -79,9 +79,9 @@ pub async fn run(args: Args) -> Result<()> {
         });
     }
     {
-        let wasm = shoal_runtime_wasm::WasmRuntime::new(shoal_runtime_wasm::WasmRuntimeConfig::new(
-            data_dir.join("wasm"),
-        ))
+        let wasm = shoal_runtime_wasm::WasmRuntime::new(
+            shoal_runtime_wasm::WasmRuntimeConfig::new(data_dir.join("wasm")),
+        )
         .context("starting the wasm runtime")?;
         let runtimes: Vec<Arc<dyn shoal_runtime::Runtime>> = vec![Arc::new(wasm)];
         let node_name = match args.node_name.clone() {
@@ -135,7 +135,10 @@ pub async fn run(args: Args) -> Result<()> {
             }
         }
     };
-    if tokio::time::timeout(Duration::from_secs(30), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(30), drain)
+        .await
+        .is_err()
+    {
         error!("components did not stop within 30s");
     }
     if let Err(err) = store.shutdown().await {
@@ -188,7 +191,9 @@ async fn readyz(listen: SocketAddr) -> bool {
 }
 
 fn api_client(listen: SocketAddr) -> Result<kube::Client> {
-    let uri: http::Uri = format!("http://{listen}").parse().context("apiserver address")?;
+    let uri: http::Uri = format!("http://{listen}")
+        .parse()
+        .context("apiserver address")?;
     let config = kube::Config::new(uri);
     kube::Client::try_from(config).context("building the API client")
 }
@@ -216,13 +221,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

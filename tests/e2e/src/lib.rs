@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-pub use shoal_runtime_wasm::testing::{GuestTarget, Registry, build_guest, hello_guest, test_guest, workspace_root};
+pub use shoal_runtime_wasm::testing::{
+    GuestTarget, Registry, build_guest, hello_guest, test_guest, workspace_root,
+};
 
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -58,13 +60,12 @@ pub fn wait_until<T>(
     mut check: impl FnMut() -> Result<Option<T>>,
 ) -> Result<T> {
     let deadline = Instant::now() + timeout;
-    let mut last = String::from("never checked");
     loop {
-        match check() {
+        let last = match check() {
             Ok(Some(value)) => return Ok(value),
-            Ok(None) => last = "condition not met".to_string(),
-            Err(err) => last = format!("{err:#}"),
-        }
+            Ok(None) => "condition not met".to_string(),
+            Err(err) => format!("{err:#}"),
+        };
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}: {last}");
         }
@@ -76,7 +77,11 @@ fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
@@ -112,15 +117,25 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .context("starting shoal up")?;
-        let mut cluster = Cluster { child: Some(child), data_dir: data_dir.to_path_buf(), api };
+        let mut cluster = Cluster {
+            child: Some(child),
+            data_dir: data_dir.to_path_buf(),
+            api,
+        };
         wait_until("shoal up to be ready", Duration::from_secs(60), || {
-            if let Some(child) = cluster.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!("shoal up exited with {status}: {}", cluster.log_tail());
-                }
+            if let Some(status) = cluster
+                .child
+                .as_mut()
+                .map(Child::try_wait)
+                .transpose()?
+                .flatten()
+            {
+                bail!("shoal up exited with {status}: {}", cluster.log_tail());
             }
-            Ok((http_get_status(api, "/readyz") == Some(200) && cluster.kubeconfig().exists())
-                .then_some(()))
+            Ok(
+                (http_get_status(api, "/readyz") == Some(200) && cluster.kubeconfig().exists())
+                    .then_some(()),
+            )
         })?;
         wait_until("the node to be Ready", Duration::from_secs(60), || {
             let out = cluster.kubectl(&["get", "nodes", "-o", "json"])?;
@@ -128,7 +143,8 @@ impl Cluster {
             let ready = nodes["items"].as_array().is_some_and(|items| {
                 items.iter().any(|n| {
                     n["status"]["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")
+                        cs.iter()
+                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
                     })
                 })
             });
@@ -259,7 +275,9 @@ pub fn phases(pods: &[serde_json::Value]) -> Vec<(String, String)> {
 /// Number of pods that are Running and not being deleted.
 pub fn running(pods: &[serde_json::Value]) -> usize {
     pods.iter()
-        .filter(|p| p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
         .count()
 }
 

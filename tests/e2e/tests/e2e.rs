@@ -10,9 +10,11 @@ use shoal_e2e::{Cluster, GuestTarget, Registry, hello_guest, running, test_guest
 const LONG: Duration = Duration::from_secs(120);
 
 fn deployment(image: &str, replicas: u32, greeting: &str) -> String {
-    let template = std::fs::read_to_string(shoal_e2e::workspace_root().join("examples/hello/deployment.yaml"))
-        .expect("examples/hello/deployment.yaml");
-    let mut doc: Value = serde_saphyr::from_str(&template).expect("examples/hello/deployment.yaml parses");
+    let template =
+        std::fs::read_to_string(shoal_e2e::workspace_root().join("examples/hello/deployment.yaml"))
+            .expect("examples/hello/deployment.yaml");
+    let mut doc: Value =
+        serde_saphyr::from_str(&template).expect("examples/hello/deployment.yaml parses");
     doc["spec"]["replicas"] = replicas.into();
     doc["spec"]["template"]["spec"]["containers"][0]["image"] = image.into();
     doc["spec"]["template"]["spec"]["containers"][0]["env"] =
@@ -20,17 +22,20 @@ fn deployment(image: &str, replicas: u32, greeting: &str) -> String {
     doc.to_string()
 }
 
-
 fn wait_running(cluster: &Cluster, selector: &str, want: usize) -> Result<Vec<Value>> {
-    wait_until(&format!("{want} running pods with {selector}"), LONG, || {
-        let pods = cluster.pods(Some(selector))?;
-        let live: Vec<Value> = pods
-            .iter()
-            .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-            .cloned()
-            .collect();
-        Ok((running(&live) == want && live.len() == want).then_some(live))
-    })
+    wait_until(
+        &format!("{want} running pods with {selector}"),
+        LONG,
+        || {
+            let pods = cluster.pods(Some(selector))?;
+            let live: Vec<Value> = pods
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .cloned()
+                .collect();
+            Ok((running(&live) == want && live.len() == want).then_some(live))
+        },
+    )
     .with_context(|| cluster.log_tail())
 }
 
@@ -44,23 +49,40 @@ fn deployment_lifecycle_survives_restart() -> Result<()> {
     // Push with the CLI: it prints the manifest digest.
     let image = registry.reference("hello", "v1");
     let out = cluster.shoal(&["push", wasm.to_str().context("path")?, &image])?;
-    ensure!(out.status.success(), "shoal push failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "shoal push failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let digest = String::from_utf8(out.stdout)?;
-    ensure!(digest.trim().starts_with("sha256:"), "push printed {digest:?}");
+    ensure!(
+        digest.trim().starts_with("sha256:"),
+        "push printed {digest:?}"
+    );
 
     // Apply a 3-replica Deployment with kubectl; three pods reach Running.
     let out = cluster.apply(&deployment(&image, 3, "hello"))?;
-    ensure!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pods = wait_running(&cluster, "app=hello", 3)?;
 
     // Their output reaches kubectl logs.
-    let name = pods[0]["metadata"]["name"].as_str().context("pod name")?.to_string();
+    let name = pods[0]["metadata"]["name"]
+        .as_str()
+        .context("pod name")?
+        .to_string();
     wait_until("hello output in kubectl logs", LONG, || {
         let logs = cluster.kubectl(&["logs", &name])?;
         Ok(logs.contains("Hello from Shoal").then_some(()))
     })?;
     let table = cluster.kubectl(&["get", "pods"])?;
-    ensure!(table.starts_with("NAME") && table.contains("READY") && table.contains("Running"), "table: {table}");
+    ensure!(
+        table.starts_with("NAME") && table.contains("READY") && table.contains("Running"),
+        "table: {table}"
+    );
 
     // Scale to 5.
     cluster.kubectl(&["scale", "deployment/hello", "--replicas=5"])?;
@@ -68,42 +90,80 @@ fn deployment_lifecycle_survives_restart() -> Result<()> {
 
     // Change the template: a rolling update that kubectl rollout status sees through.
     let out = cluster.apply(&deployment(&image, 5, "bonjour"))?;
-    ensure!(out.status.success(), "re-apply: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "re-apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cluster
         .kubectl(&["rollout", "status", "deployment/hello", "--timeout=120s"])
         .with_context(|| cluster.log_tail())?;
     let pods = wait_running(&cluster, "app=hello", 5)?;
     for pod in &pods {
         let env = &pod["spec"]["containers"][0]["env"][0]["value"];
-        ensure!(env == "bonjour", "pod {} still has the old template: {env}", pod["metadata"]["name"]);
+        ensure!(
+            env == "bonjour",
+            "pod {} still has the old template: {env}",
+            pod["metadata"]["name"]
+        );
     }
-    let name = pods[0]["metadata"]["name"].as_str().context("pod name")?.to_string();
+    let name = pods[0]["metadata"]["name"]
+        .as_str()
+        .context("pod name")?
+        .to_string();
     wait_until("the new greeting in logs", LONG, || {
-        Ok(cluster.kubectl(&["logs", &name])?.contains("bonjour").then_some(()))
+        Ok(cluster
+            .kubectl(&["logs", &name])?
+            .contains("bonjour")
+            .then_some(()))
     })?;
 
     // Delete: the ReplicaSets and every pod go with it.
     cluster.kubectl(&["delete", "deployment", "hello"])?;
     wait_until("every hello pod and replicaset gone", LONG, || {
         let pods = cluster.pods(Some("app=hello"))?;
-        let rs: Value = serde_json::from_str(&cluster.kubectl(&["get", "replicasets", "-o", "json"])?)?;
+        let rs: Value =
+            serde_json::from_str(&cluster.kubectl(&["get", "replicasets", "-o", "json"])?)?;
         let rs_left = rs["items"].as_array().map_or(0, Vec::len);
         Ok((pods.is_empty() && rs_left == 0).then_some(()))
     })?;
 
     // Objects survive a SIGKILL of the whole control plane.
     cluster.kubectl(&["create", "namespace", "keep"])?;
-    cluster.kubectl(&["create", "configmap", "survivor", "-n", "keep", "--from-literal=a=b"])?;
+    cluster.kubectl(&[
+        "create",
+        "configmap",
+        "survivor",
+        "-n",
+        "keep",
+        "--from-literal=a=b",
+    ])?;
     let out = cluster.apply(&deployment(&image, 0, "idle"))?;
-    ensure!(out.status.success(), "apply idle: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "apply idle: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let api = cluster.api;
     cluster.kill9()?;
     let cluster = Cluster::start_on(data.path(), api)?;
     cluster.kubectl(&["get", "namespace", "keep"])?;
-    let cm: Value = serde_json::from_str(&cluster.kubectl(&["get", "configmap", "survivor", "-n", "keep", "-o", "json"])?)?;
+    let cm: Value = serde_json::from_str(&cluster.kubectl(&[
+        "get",
+        "configmap",
+        "survivor",
+        "-n",
+        "keep",
+        "-o",
+        "json",
+    ])?)?;
     ensure!(cm["data"]["a"] == "b", "configmap after restart: {cm}");
-    let deploy: Value = serde_json::from_str(&cluster.kubectl(&["get", "deployment", "hello", "-o", "json"])?)?;
-    ensure!(deploy["spec"]["replicas"] == 0, "deployment after restart: {deploy}");
+    let deploy: Value =
+        serde_json::from_str(&cluster.kubectl(&["get", "deployment", "hello", "-o", "json"])?)?;
+    ensure!(
+        deploy["spec"]["replicas"] == 0,
+        "deployment after restart: {deploy}"
+    );
     Ok(())
 }
 
@@ -144,7 +204,8 @@ fn bad_input_gets_clear_errors() -> Result<()> {
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "invalid deployment was accepted");
     ensure!(
-        stderr.contains("spec.template.spec.containers[0].image") && stderr.contains("Required value"),
+        stderr.contains("spec.template.spec.containers[0].image")
+            && stderr.contains("Required value"),
         "422 message does not name the field: {stderr}"
     );
     let out = cluster.kubectl_output(&["get", "deployment", "bad"])?;
@@ -153,7 +214,11 @@ fn bad_input_gets_clear_errors() -> Result<()> {
     // An image that is not in the registry: ErrImagePull / ImagePullBackOff with its message.
     let missing = registry.reference("missing", "v1");
     let out = cluster.apply(&pod_manifest("missing", &missing, &[], "Never"))?;
-    ensure!(out.status.success(), "apply: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_until("ErrImagePull on the missing image", LONG, || {
         let state = container_state(&cluster, "missing")?;
         let waiting = &state["state"]["waiting"];
@@ -170,23 +235,35 @@ fn bad_input_gets_clear_errors() -> Result<()> {
     std::fs::write(&junk, b"#!/bin/sh\necho this is not wasm\n")?;
     let junk_ref = registry.reference("junk", "v1");
     let out = cluster.shoal(&["push", junk.to_str().context("path")?, &junk_ref])?;
-    ensure!(out.status.success(), "push junk: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "push junk: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cluster.apply(&pod_manifest("junk", &junk_ref, &[], "Never"))?;
     wait_until("a clear error for a non-Wasm artifact", LONG, || {
         let state = container_state(&cluster, "junk")?;
         let waiting = &state["state"]["waiting"];
         let message = waiting["message"].as_str().unwrap_or("").to_lowercase();
-        Ok((waiting["reason"] == "CreateContainerError" && message.contains("webassembly")).then_some(()))
+        Ok(
+            (waiting["reason"] == "CreateContainerError" && message.contains("webassembly"))
+                .then_some(()),
+        )
     })
     .with_context(|| cluster.log_tail())?;
 
     // A guest that exits non-zero shows its exit code; a Never pod ends Failed.
     let guest = registry.reference("testguest", "p1");
     let out = cluster.shoal(&["push", p1.to_str().context("path")?, &guest])?;
-    ensure!(out.status.success(), "push guest: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "push guest: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     cluster.apply(&pod_manifest("exit3", &guest, &["exit", "3"], "Never"))?;
     wait_until("exit code 3 reported", LONG, || {
-        let pod: Value = serde_json::from_str(&cluster.kubectl(&["get", "pod", "exit3", "-o", "json"])?)?;
+        let pod: Value =
+            serde_json::from_str(&cluster.kubectl(&["get", "pod", "exit3", "-o", "json"])?)?;
         let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
         Ok((pod["status"]["phase"] == "Failed" && terminated["exitCode"] == 3).then_some(()))
     })
@@ -195,12 +272,20 @@ fn bad_input_gets_clear_errors() -> Result<()> {
     // The guest sees nothing of the host file system.
     cluster.apply(&pod_manifest("ls", &guest, &["ls", "/"], "Never"))?;
     wait_until("the ls guest to finish", LONG, || {
-        let pod: Value = serde_json::from_str(&cluster.kubectl(&["get", "pod", "ls", "-o", "json"])?)?;
-        Ok(matches!(pod["status"]["phase"].as_str(), Some("Succeeded" | "Failed")).then_some(()))
+        let pod: Value =
+            serde_json::from_str(&cluster.kubectl(&["get", "pod", "ls", "-o", "json"])?)?;
+        Ok(matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        )
+        .then_some(()))
     })?;
     let listing = cluster.kubectl(&["logs", "ls"])?;
     for host_entry in ["etc", "proc", "usr", "root"] {
-        if listing.lines().any(|l| l.trim() == host_entry || l.trim().ends_with(&format!("/{host_entry}"))) {
+        if listing
+            .lines()
+            .any(|l| l.trim() == host_entry || l.trim().ends_with(&format!("/{host_entry}")))
+        {
             bail!("guest saw the host file system: {listing}");
         }
     }
@@ -212,10 +297,14 @@ fn bad_input_gets_clear_errors() -> Result<()> {
         Ok(state["state"]["running"].is_object().then_some(()))
     })?;
     cluster.kubectl(&["delete", "pod", "spin", "--wait=false"])?;
-    wait_until("the spinning pod to be gone", Duration::from_secs(30), || {
-        let out = cluster.kubectl_output(&["get", "pod", "spin"])?;
-        Ok((!out.status.success()).then_some(()))
-    })
+    wait_until(
+        "the spinning pod to be gone",
+        Duration::from_secs(30),
+        || {
+            let out = cluster.kubectl_output(&["get", "pod", "spin"])?;
+            Ok((!out.status.success()).then_some(()))
+        },
+    )
     .with_context(|| cluster.log_tail())?;
     Ok(())
 }
