@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -57,7 +58,7 @@ fn bench_apply() -> Result<()> {
     let idle_rss_kib = rss_kib(&cluster)?;
 
     // Warm the image and compile caches.
-    apply(&cluster, &manifest("warm", &image, 1))?;
+    apply(&cluster.kubeconfig(), &manifest("warm", &image, 1))?;
     wait_until("the warm-up pod", Duration::from_secs(120), || {
         let pods = cluster.pods(Some("app=warm"))?;
         Ok((shoal_e2e::running(&pods) == 1).then_some(()))
@@ -122,10 +123,11 @@ fn manifest(name: &str, image: &str, replicas: usize) -> String {
     .to_string()
 }
 
-fn apply(cluster: &Cluster, manifest: &str) -> Result<()> {
+/// `kubectl apply -f -` of `manifest` against the cluster of `kubeconfig`.
+fn apply(kubeconfig: &Path, manifest: &str) -> Result<()> {
     let mut child = Command::new("kubectl")
         .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
+        .arg(kubeconfig)
         .args(["apply", "-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -165,22 +167,7 @@ async fn time_to_running(
     let started = Instant::now();
     let kubeconfig = cluster.kubeconfig();
     let manifest = manifest(name, image, REPLICAS);
-    let apply = tokio::task::spawn_blocking(move || -> Result<()> {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(["apply", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .context("stdin")?
-            .write_all(manifest.as_bytes())?;
-        ensure!(child.wait()?.success(), "kubectl apply failed");
-        Ok(())
-    });
+    let apply = tokio::task::spawn_blocking(move || apply(&kubeconfig, &manifest));
     let mut running = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
     while running.len() < REPLICAS {

@@ -1173,6 +1173,7 @@ fn validate_replicated(
                     "may not be specified when strategy `type` is 'Recreate'",
                 ));
             }
+            Some(t) if t.as_str() == Some("Recreate") => {}
             Some(t) if t.as_str() == Some("RollingUpdate") => {
                 let zero = |v: Option<&Value>| match v {
                     Some(Value::Number(n)) => n.as_i64() == Some(0),
@@ -1384,6 +1385,7 @@ fn validate_service(obj: &Value, errs: &mut Vec<FieldError>) {
                         "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), must be no more than 15 characters, must contain at least one letter (a-z)",
                     ));
             }
+            Some(Value::Number(_) | Value::String(_)) => {}
             Some(other) => errs.push(FieldError::invalid(
                 format!("{pp}.targetPort"),
                 other,
@@ -2032,6 +2034,20 @@ mod tests {
             expect![[r#"
                 FieldValueInvalid spec.replicas: Invalid value: -1: must be greater than or equal to 0
                 FieldValueInvalid spec.template.metadata.labels: Invalid value: map[string]string{"app":"b"}: `selector` does not match template `labels`"#]],
+        );
+        // Recreate is valid without rollingUpdate, and forbids it.
+        let mut recreate = d(json!({"matchLabels": {"app": "a"}}), json!({"app": "a"}), 1);
+        recreate["spec"]["strategy"] = json!({"type": "Recreate"});
+        check("apps", "Deployment", recreate.clone(), None, expect![[""]]);
+        recreate["spec"]["strategy"]["rollingUpdate"] = json!({"maxSurge": 1});
+        check(
+            "apps",
+            "Deployment",
+            recreate,
+            None,
+            expect![
+                "FieldValueForbidden spec.strategy.rollingUpdate: Forbidden: may not be specified when strategy `type` is 'Recreate'"
+            ],
         );
         check(
             "apps",
