@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Owne
 use kube::api::{Api, PostParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::backoff::BackoffPolicy;
 
@@ -109,28 +109,25 @@ pub(crate) async fn run(
             Err(_) => return,
         },
     };
-    let mut delay: Option<Duration> = None;
+    let mut retry = crate::ApiRetry::new(api_backoff);
     loop {
-        let wait = match renew(&client, &node, &uid).await {
+        let outcome = match renew(&client, &node, &uid).await {
             Ok(()) => {
                 debug!(node = %node, "renewed node lease");
-                delay = None;
-                interval
+                retry.reset();
+                Ok(interval)
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 debug!(node = %node, "lease conflict, retrying");
-                Duration::from_millis(50)
+                Ok(Duration::from_millis(50))
             }
-            Err(error) => {
-                let next = api_backoff.next(delay);
-                delay = Some(next);
-                warn!(node = %node, %error, retry_in = ?next, "cannot renew node lease");
-                next
-            }
+            Err(error) => Err(error),
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        if !retry
+            .wait(outcome, &node, "cannot renew node lease", &shutdown)
+            .await
+        {
+            return;
         }
     }
 }

@@ -214,5 +214,53 @@ pub(crate) async fn run_with(
     result
 }
 
+/// The back-off of a loop that keeps something up to date through the API server (the node
+/// status, the node lease).
+pub(crate) struct ApiRetry {
+    policy: backoff::BackoffPolicy,
+    /// The last delay used since the last success.
+    delay: Option<std::time::Duration>,
+}
+
+impl ApiRetry {
+    pub(crate) fn new(policy: backoff::BackoffPolicy) -> ApiRetry {
+        ApiRetry {
+            policy,
+            delay: None,
+        }
+    }
+
+    /// Starts the back-off over (after a success).
+    pub(crate) fn reset(&mut self) {
+        self.delay = None;
+    }
+
+    /// Waits before the next attempt and says whether to go on. `outcome` is `Ok(wait)` to wait
+    /// that long with the back-off left as it is, or the error of a failed call: it is logged
+    /// with `what` failed and the wait is the next back-off delay. Returns false when
+    /// `shutdown` comes first.
+    pub(crate) async fn wait(
+        &mut self,
+        outcome: Result<std::time::Duration, kube::Error>,
+        node: &str,
+        what: &str,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        let wait = match outcome {
+            Ok(wait) => wait,
+            Err(error) => {
+                let next = self.policy.next(self.delay);
+                self.delay = Some(next);
+                warn!(node = %node, %error, retry_in = ?next, "{what}");
+                next
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::NodeResources;
 use crate::backoff::BackoffPolicy;
@@ -275,7 +275,7 @@ pub(crate) async fn run(
     let api: Api<Node> = Api::all(client);
     let since = Timestamp::now();
     let mut registered = false;
-    let mut delay: Option<Duration> = None;
+    let mut retry = crate::ApiRetry::new(api_backoff);
     loop {
         let status = node_status(&facts, since, Timestamp::now());
         let result = if registered {
@@ -291,24 +291,23 @@ pub(crate) async fn run(
                 Err(error) => Err(error),
             }
         };
-        let wait = match result {
+        let outcome = match result {
             Ok(()) => {
-                delay = None;
-                STATUS_INTERVAL
+                retry.reset();
+                Ok(STATUS_INTERVAL)
             }
             Err(error) => {
                 if matches!(&error, kube::Error::Api(s) if s.code == 404) {
                     registered = false;
                 }
-                let next = api_backoff.next(delay);
-                delay = Some(next);
-                warn!(node = %facts.name, %error, retry_in = ?next, "cannot update node");
-                next
+                Err(error)
             }
         };
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        if !retry
+            .wait(outcome, &facts.name, "cannot update node", &shutdown)
+            .await
+        {
+            return;
         }
     }
 }

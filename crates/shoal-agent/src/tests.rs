@@ -1130,3 +1130,24 @@ async fn pods_keep_running_while_the_api_is_away() {
     );
     agent.stop().await;
 }
+
+#[tokio::test]
+async fn api_retry_backs_off_on_errors_only_and_stops_on_shutdown() {
+    let mut retry = crate::ApiRetry::new(BackoffPolicy {
+        initial: Duration::from_secs(1),
+        max: Duration::from_secs(3),
+        reset_after: Duration::from_secs(60),
+    });
+    let shutdown = CancellationToken::new();
+    shutdown.cancel();
+    let failed = || Err(kube::Error::LinesCodecMaxLineLengthExceeded);
+    let mut seen = Vec::new();
+    for outcome in [failed(), failed(), Ok(Duration::from_millis(50)), failed()] {
+        assert!(!retry.wait(outcome, "n1", "cannot test", &shutdown).await);
+        seen.push(retry.delay.map(|d| d.as_secs()));
+    }
+    // A short wait (a conflict) keeps the back-off; a success resets it.
+    assert_eq!(seen, [Some(1), Some(2), Some(2), Some(3)]);
+    retry.reset();
+    assert_eq!(retry.delay, None);
+}

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use shoal_apiserver::testing::TestApiServer;
 use shoal_runtime::{
     Container, ContainerSpec, ExitStatus, ImageRef, LogStream, PullPolicy, Runtime, RuntimeError,
 };
@@ -125,32 +126,19 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_runs_pods_against_the_real_apiserver() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = shoal_store::Store::open(&dir.path().join("store"))
-        .await
-        .expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let apiserver = tokio::spawn(shoal_apiserver::serve(
-        listener,
-        shoal_apiserver::Config {
-            listen: addr,
-            bookmark_interval: Duration::from_secs(1),
-        },
-        store,
-        shutdown.clone(),
-    ));
-    let url: axum::http::Uri = format!("http://{addr}").parse().expect("uri");
-    let client = kube::Client::try_from(kube::Config::new(url)).expect("client");
+    let apiserver = TestApiServer::start_with(shoal_apiserver::Config {
+        bookmark_interval: Duration::from_secs(1),
+        ..shoal_apiserver::Config::default()
+    })
+    .await
+    .expect("apiserver");
+    let client = apiserver.client();
 
     let runtime = Arc::new(FakeRuntime::default());
     let stops = Arc::clone(&runtime.stops);
     let config = shoal_agent::Config {
         node_name: "n1".to_owned(),
-        data_dir: dir.path().join("agent"),
+        data_dir: apiserver.dir().join("agent"),
         listen: "127.0.0.1:0".parse().expect("addr"),
         capacity: shoal_agent::NodeResources {
             cpu_millis: 2000,
@@ -259,6 +247,5 @@ async fn agent_runs_pods_against_the_real_apiserver() {
         .await
         .expect("agent task")
         .expect("agent stops cleanly");
-    shutdown.cancel();
-    let _ = apiserver.await;
+    let _ = apiserver.shutdown().await;
 }

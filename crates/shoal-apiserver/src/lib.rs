@@ -14,6 +14,8 @@ mod openapi;
 mod protobuf;
 mod resources;
 mod table;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod watch;
 
 use std::net::SocketAddr;

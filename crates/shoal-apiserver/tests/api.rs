@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
+use shoal_apiserver::testing::TestApiServer;
 use shoal_apiserver::{AppState, Config, app, bootstrap};
 use shoal_store::Store;
 use tempfile::TempDir;
@@ -932,21 +933,11 @@ async fn real_kubectl_apply_get_scale_delete() {
         eprintln!("kubectl not installed; skipping");
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(&dir.path().join("store")).await.expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(shoal_apiserver::serve(
-        listener,
-        Config::default(),
-        store,
-        shutdown.clone(),
-    ));
+    let server = TestApiServer::start().await.expect("apiserver");
+    let addr = server.addr();
+    let dir = server.dir();
 
-    let kubeconfig = dir.path().join("kubeconfig");
+    let kubeconfig = dir.join("kubeconfig");
     std::fs::write(
         &kubeconfig,
         format!(
@@ -954,7 +945,7 @@ async fn real_kubectl_apply_get_scale_delete() {
         ),
     )
     .expect("kubeconfig");
-    let manifest = dir.path().join("web.yaml");
+    let manifest = dir.join("web.yaml");
     let yaml = |replicas: u32, image: &str| {
         format!(
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: {replicas}\n  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers:\n      - name: web\n        image: {image}\n"
@@ -1052,8 +1043,7 @@ async fn real_kubectl_apply_get_scale_delete() {
     })
     .await
     .expect("kubectl thread");
-    shutdown.cancel();
-    let _ = server.await;
+    let _ = server.shutdown().await;
     let ok = |i: usize| assert!(results[i].0, "step {i} failed: {}", results[i].1);
     for i in 0..results.len() - 1 {
         ok(i);

@@ -8,28 +8,12 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use shoal_apiserver::Config;
-use shoal_store::Store;
-use tokio_util::sync::CancellationToken;
+use shoal_apiserver::testing::TestApiServer;
 
 #[tokio::test]
 async fn kube_rs_crud_status_apply_and_watch() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Store::open(dir.path()).await.expect("store");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let server = tokio::spawn(shoal_apiserver::serve(
-        listener,
-        Config::default(),
-        store,
-        shutdown.clone(),
-    ));
-
-    let uri: http::Uri = format!("http://{addr}").parse().expect("uri");
-    let client = kube::Client::try_from(kube::Config::new(uri)).expect("client");
+    let server = TestApiServer::start().await.expect("apiserver");
+    let client = server.client();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
 
     let pod: Pod = serde_json::from_value(json!({
@@ -133,6 +117,5 @@ async fn kube_rs_crud_status_apply_and_watch() {
         other => panic!("unexpected {other}"),
     }
 
-    shutdown.cancel();
-    let _ = server.await;
+    let _ = server.shutdown().await;
 }

@@ -27,8 +27,8 @@ use kube::runtime::reflector::Store;
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
+use crate::Error;
 use crate::pods::{controller_of, controller_ref};
-use crate::{Error, selector};
 
 /// The label that ties a ReplicaSet and its pods to one pod template.
 pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
@@ -269,7 +269,9 @@ pub fn plan(
     let mut out = Plan::default();
     let spec = deployment.spec.clone().unwrap_or_default();
     let uid = deployment.metadata.uid.as_deref().unwrap_or_default();
-    if selector::is_empty(&spec.selector) {
+    // An invalid selector matches nothing, as in Kubernetes.
+    let selector = shoal_api::selector::LabelSelector::from_api(&spec.selector).ok();
+    if selector.as_ref().is_some_and(|s| s.is_empty()) {
         return Err(Error::Invalid {
             field: "spec.selector",
             reason: "empty selector".into(),
@@ -281,7 +283,7 @@ pub fn plan(
     let mut owned: Vec<&ReplicaSet> = Vec::new();
     for rs in replicasets {
         let labels = rs.metadata.labels.as_ref().unwrap_or(&no_labels);
-        let matching = selector::matches(&spec.selector, labels);
+        let matching = selector.as_ref().is_some_and(|s| s.matches(labels));
         let rs_name = rs.metadata.name.clone().unwrap_or_default();
         match controller_of(&rs.metadata) {
             Some(owner) if owner.uid == uid => {

@@ -12,7 +12,6 @@ pub mod garbage_collector;
 pub mod informer;
 pub mod pods;
 pub mod replicaset;
-pub mod selector;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -23,8 +23,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::Error;
 use crate::pods::{controller_of, controller_ref, is_active, is_available, is_ready};
-use crate::{Error, selector};
 
 /// At most this many pods are created or deleted in one reconcile (Kubernetes'
 /// `burstReplicas`).
@@ -57,14 +57,16 @@ pub fn plan(rs: &ReplicaSet, pods: &[&Pod], now: Timestamp, manage: bool) -> Pla
     let mut out = Plan::default();
     let spec = rs.spec.as_ref();
     let uid = rs.metadata.uid.as_deref().unwrap_or_default();
-    let rs_selector = spec.map(|s| &s.selector);
+    // An empty selector matches nothing here; an invalid one matches nothing, as in Kubernetes.
+    let rs_selector = spec
+        .and_then(|s| shoal_api::selector::LabelSelector::from_api(&s.selector).ok())
+        .filter(|s| !s.is_empty());
     let deleting = rs.metadata.deletion_timestamp.is_some();
     let no_labels = Default::default();
     let mut owned: Vec<&Pod> = Vec::new();
     for pod in pods {
         let labels = pod.metadata.labels.as_ref().unwrap_or(&no_labels);
-        let matching =
-            rs_selector.is_some_and(|s| !selector::is_empty(s) && selector::matches(s, labels));
+        let matching = rs_selector.as_ref().is_some_and(|s| s.matches(labels));
         match controller_of(&pod.metadata) {
             Some(owner) if owner.uid == uid => {
                 if matching || deleting {
@@ -518,6 +520,25 @@ mod tests {
         assert_eq!(p.release, ["stray"]);
         assert_eq!(p.create, 0);
         assert_eq!(p.status.replicas, 1);
+    }
+
+    #[test]
+    fn empty_or_invalid_selector_matches_nothing() {
+        let owned = pod("owned", json!({}));
+        let orphan = pod("orphan", json!({"metadata": {"ownerReferences": null}}));
+        for selector in [
+            json!({}),
+            json!({"matchExpressions": [{"key": "app", "operator": "Bogus", "values": ["web"]}]}),
+            json!({"matchExpressions": [{"key": "app", "operator": "In", "values": []}]}),
+        ] {
+            let mut set = rs(1);
+            if let Some(spec) = set.spec.as_mut() {
+                spec.selector = serde_json::from_value(selector).expect("selector");
+            }
+            let p = plan(&set, &[&owned, &orphan], now(), true);
+            assert!(p.adopt.is_empty(), "{:?}", set.spec);
+            assert_eq!(p.release, ["owned"]);
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tokio::net::TcpListener;
+use shoal_apiserver::testing::TestApiServer;
 use tokio_util::sync::CancellationToken;
 
 async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
@@ -32,7 +32,8 @@ where
     }
 }
 
-async fn start() -> anyhow::Result<(kube::Client, CancellationToken, tempfile::TempDir)> {
+/// A fresh apiserver, a client for it and the shutdown token of the components under test.
+async fn start() -> anyhow::Result<(TestApiServer, kube::Client, CancellationToken)> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -40,23 +41,9 @@ async fn start() -> anyhow::Result<(kube::Client, CancellationToken, tempfile::T
         )
         .with_test_writer()
         .try_init();
-    let dir = tempfile::tempdir()?;
-    let store = shoal_store::Store::open(dir.path()).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    let config = shoal_apiserver::Config {
-        listen: addr,
-        ..shoal_apiserver::Config::default()
-    };
-    tokio::spawn(shoal_apiserver::serve(
-        listener,
-        config,
-        store,
-        shutdown.clone(),
-    ));
-    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse()?))?;
-    Ok((client, shutdown, dir))
+    let server = TestApiServer::start().await?;
+    let client = server.client();
+    Ok((server, client, CancellationToken::new()))
 }
 
 /// Marks every live pod Running and Ready, as a node agent would.
@@ -114,7 +101,7 @@ async fn rollout_done(deployments: &Api<Deployment>, revision: &str) -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_rolls_out_updates_and_is_collected() -> anyhow::Result<()> {
-    let (client, shutdown, _dir) = start().await?;
+    let (_server, client, shutdown) = start().await?;
     let controllers = tokio::spawn(shoal_controllers::run(
         shoal_controllers::Config::default(),
         client.clone(),
@@ -216,7 +203,7 @@ async fn deployment_rolls_out_updates_and_is_collected() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreground_deletion_waits_for_dependents() -> anyhow::Result<()> {
-    let (client, shutdown, _dir) = start().await?;
+    let (_server, client, shutdown) = start().await?;
     let controllers = tokio::spawn(shoal_controllers::run(
         shoal_controllers::Config::default(),
         client.clone(),

@@ -9,7 +9,7 @@ use anyhow::bail;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use tokio::net::TcpListener;
+use shoal_apiserver::testing::TestApiServer;
 use tokio_util::sync::CancellationToken;
 
 async fn wait_until<F, Fut>(what: &str, mut check: F) -> anyhow::Result<()>
@@ -82,22 +82,9 @@ async fn binds_pods_reports_unschedulable_and_retries_on_new_nodes() -> anyhow::
         )
         .with_test_writer()
         .try_init();
-    let dir = tempfile::tempdir()?;
-    let store = shoal_store::Store::open(dir.path()).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let server = TestApiServer::start().await?;
+    let client = server.client();
     let shutdown = CancellationToken::new();
-    let config = shoal_apiserver::Config {
-        listen: addr,
-        ..shoal_apiserver::Config::default()
-    };
-    tokio::spawn(shoal_apiserver::serve(
-        listener,
-        config,
-        store,
-        shutdown.clone(),
-    ));
-    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse()?))?;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     add_node(&nodes, "a", "2", json!({"disk": "ssd"})).await?;
@@ -176,22 +163,9 @@ async fn binds_pods_reports_unschedulable_and_retries_on_new_nodes() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binds_many_pods() -> anyhow::Result<()> {
     const PODS: usize = 500;
-    let dir = tempfile::tempdir()?;
-    let store = shoal_store::Store::open(dir.path()).await?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
+    let server = TestApiServer::start().await?;
+    let client = server.client();
     let shutdown = CancellationToken::new();
-    let config = shoal_apiserver::Config {
-        listen: addr,
-        ..shoal_apiserver::Config::default()
-    };
-    tokio::spawn(shoal_apiserver::serve(
-        listener,
-        config,
-        store,
-        shutdown.clone(),
-    ));
-    let client = kube::Client::try_from(kube::Config::new(format!("http://{addr}").parse()?))?;
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     for i in 0..20 {

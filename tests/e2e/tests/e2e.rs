@@ -83,6 +83,21 @@ fn deployment_lifecycle_survives_restart() -> Result<()> {
         table.starts_with("NAME") && table.contains("READY") && table.contains("Running"),
         "table: {table}"
     );
+    // kubectl logs -f follows: the guest's next heartbeat arrives on the open stream.
+    follow_until(&cluster, &name, "heartbeat")?;
+    // The shoal CLI reads the same API: its own get (server-side Table) and logs.
+    let out = cluster.shoal(&["get", "deployments"])?;
+    let table = String::from_utf8(out.stdout)?;
+    ensure!(
+        out.status.success() && table.contains("hello") && table.contains("3/3"),
+        "shoal get: {table}"
+    );
+    let out = cluster.shoal(&["logs", &name])?;
+    ensure!(
+        String::from_utf8(out.stdout)?.contains("Hello from Shoal"),
+        "shoal logs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Scale to 5.
     cluster.kubectl(&["scale", "deployment/hello", "--replicas=5"])?;
@@ -130,14 +145,23 @@ fn deployment_lifecycle_survives_restart() -> Result<()> {
 
     // Objects survive a SIGKILL of the whole control plane.
     cluster.kubectl(&["create", "namespace", "keep"])?;
-    cluster.kubectl(&[
-        "create",
-        "configmap",
-        "survivor",
-        "-n",
-        "keep",
-        "--from-literal=a=b",
-    ])?;
+    let manifest = data.path().join("survivor.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: survivor\n  namespace: keep\ndata:\n  a: b\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: doomed\n  namespace: keep\n",
+    )?;
+    let out = cluster.shoal(&["apply", "-f", manifest.to_str().context("path")?])?;
+    ensure!(
+        out.status.success(),
+        "shoal apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cluster.shoal(&["delete", "configmap", "doomed", "-n", "keep"])?;
+    ensure!(
+        out.status.success(),
+        "shoal delete: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = cluster.apply(&deployment(&image, 0, "idle"))?;
     ensure!(
         out.status.success(),
@@ -158,12 +182,51 @@ fn deployment_lifecycle_survives_restart() -> Result<()> {
         "json",
     ])?)?;
     ensure!(cm["data"]["a"] == "b", "configmap after restart: {cm}");
+    let out = cluster.kubectl_output(&["get", "configmap", "doomed", "-n", "keep"])?;
+    ensure!(
+        !out.status.success(),
+        "a deleted configmap came back after restart"
+    );
     let deploy: Value =
         serde_json::from_str(&cluster.kubectl(&["get", "deployment", "hello", "-o", "json"])?)?;
     ensure!(
         deploy["spec"]["replicas"] == 0,
         "deployment after restart: {deploy}"
     );
+    Ok(())
+}
+
+/// Runs `kubectl logs -f POD` until a line containing `needle` arrives on the stream.
+fn follow_until(cluster: &Cluster, pod: &str, needle: &str) -> Result<()> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(["logs", "-f", "--tail=0", pod])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("kubectl stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let found = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    ensure!(found, "kubectl logs -f {pod} never showed {needle:?}");
     Ok(())
 }
 
@@ -266,6 +329,17 @@ fn bad_input_gets_clear_errors() -> Result<()> {
             serde_json::from_str(&cluster.kubectl(&["get", "pod", "exit3", "-o", "json"])?)?;
         let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
         Ok((pod["status"]["phase"] == "Failed" && terminated["exitCode"] == 3).then_some(()))
+    })
+    .with_context(|| cluster.log_tail())?;
+
+    // A guest that keeps failing is restarted with back-off (OnFailure).
+    cluster.apply(&pod_manifest("crash", &guest, &["exit", "3"], "OnFailure"))?;
+    wait_until("CrashLoopBackOff after a restart", LONG, || {
+        let state = container_state(&cluster, "crash")?;
+        let restarted = state["restartCount"].as_i64().unwrap_or(0) >= 1;
+        let backoff = state["state"]["waiting"]["reason"] == "CrashLoopBackOff";
+        let last = &state["lastState"]["terminated"]["exitCode"];
+        Ok((restarted && backoff && last == 3).then_some(()))
     })
     .with_context(|| cluster.log_tail())?;
 
