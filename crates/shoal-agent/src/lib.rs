@@ -2,7 +2,8 @@
 //!
 //! [`run`] registers the Node and keeps its status fresh (`node.rs`), renews the node Lease
 //! (`lease.rs`), runs the pods bound to the node through a [`shoal_runtime::Runtime`]
-//! (`pods.rs`, with the pure parts in `spec.rs`, `status.rs` and `backoff.rs`), and serves
+//! (`pods.rs`, with the pure parts in `spec.rs`, `status.rs` and `backoff.rs`, and volumes
+//! opened in `volumes.rs`), and serves
 //! container logs over HTTP for the API server's `pods/log` proxy (`logs.rs`).
 //!
 //! The agent reaches the cluster only through the Kubernetes API and runtimes only through the
@@ -18,6 +19,7 @@ mod node;
 mod pods;
 pub mod spec;
 pub mod status;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -124,6 +126,9 @@ pub(crate) async fn run_with(
     let pods_dir = config.data_dir.join("pods");
     std::fs::create_dir_all(&pods_dir)
         .map_err(|e| Error::DataDir(pods_dir.display().to_string(), e))?;
+    // Canonical, so that hostPath volumes can be checked against it.
+    let data_dir = std::fs::canonicalize(&config.data_dir)
+        .map_err(|e| Error::DataDir(config.data_dir.display().to_string(), e))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Error::Bind(config.listen, e))?;
@@ -183,6 +188,7 @@ pub(crate) async fn run_with(
         host_ip,
         runtimes,
         logs,
+        data_dir,
         pods_dir,
         timing,
     });

@@ -21,14 +21,15 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use shoal_runtime::{ContainerSpec, LogSink, Runtime, RuntimeError};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::task::{self, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::{BackoffPolicy, format_go_duration};
 use crate::logs::{LogStore, pod_log_dir};
 use crate::spec::{self, ConfigError, DownwardValues, SourceKind, Sources};
 use crate::status::{self, StatusInput};
+use crate::volumes::{self, ResolvedMounts};
 
 /// Tunables of the pod workers; tests shrink the delays.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +63,8 @@ pub(crate) struct PodsContext {
     pub host_ip: String,
     pub runtimes: Vec<Arc<dyn Runtime>>,
     pub logs: Arc<LogStore>,
+    /// The agent's data directory, canonical: hostPath volumes must stay out of it.
+    pub data_dir: PathBuf,
     /// `data_dir/pods`: volumes under `<uid>/volumes`, logs under `<ns>_<pod>_<uid>`.
     pub pods_dir: PathBuf,
     pub timing: Timing,
@@ -82,7 +85,7 @@ pub(crate) async fn run(ctx: Arc<PodsContext>, shutdown: CancellationToken) {
     let mut workers: HashMap<String, WorkerHandle> = HashMap::new();
     // Pods whose worker finished (deleted by it); ignored until they leave the watch.
     let mut finished: HashSet<String> = HashSet::new();
-    let mut tasks: JoinSet<String> = JoinSet::new();
+    let mut tasks = WorkerTasks::default();
     let workers_shutdown = shutdown.child_token();
     loop {
         tokio::select! {
@@ -110,17 +113,66 @@ pub(crate) async fn run(ctx: Arc<PodsContext>, shutdown: CancellationToken) {
                 Some(Err(error)) => warn!(node = %ctx.node_name, %error, "pod watch failed, retrying"),
                 None => break,
             },
-            Some(joined) = tasks.join_next() => match joined {
-                Ok(uid) => {
-                    workers.remove(&uid);
-                    finished.insert(uid);
+            Some(joined) = tasks.join_next() => {
+                workers.remove(&joined.uid);
+                match joined.failure {
+                    None => {
+                        finished.insert(joined.uid);
+                    }
+                    // Forget the worker so that the pod's next event starts a new one.
+                    Some(failure) => error!(
+                        pod = %joined.key,
+                        uid = %joined.uid,
+                        error = %failure,
+                        "pod worker panicked, a new one starts on the pod's next event"
+                    ),
                 }
-                Err(error) => warn!(%error, "pod worker panicked"),
-            },
+            }
         }
     }
     workers_shutdown.cancel();
     while tasks.join_next().await.is_some() {}
+}
+
+/// The pod worker tasks, with the pod each one runs (a panic's `JoinError` only has the task id).
+#[derive(Default)]
+struct WorkerTasks {
+    set: JoinSet<()>,
+    pods: HashMap<task::Id, (String, String)>,
+}
+
+/// A pod worker that ended.
+struct JoinedWorker {
+    uid: String,
+    /// `namespace/name`.
+    key: String,
+    /// Why it ended early (panic or abort); `None` when it returned.
+    failure: Option<JoinError>,
+}
+
+impl WorkerTasks {
+    fn spawn(
+        &mut self,
+        uid: String,
+        key: String,
+        worker: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let handle = self.set.spawn(worker);
+        self.pods.insert(handle.id(), (uid, key));
+    }
+
+    /// The next worker to end; `None` (at once) when there is none.
+    async fn join_next(&mut self) -> Option<JoinedWorker> {
+        loop {
+            let (id, failure) = match self.set.join_next_with_id().await? {
+                Ok((id, ())) => (id, None),
+                Err(error) => (error.id(), Some(error)),
+            };
+            if let Some((uid, key)) = self.pods.remove(&id) {
+                return Some(JoinedWorker { uid, key, failure });
+            }
+        }
+    }
 }
 
 /// The watch loop's view of its workers, borrowed for one event.
@@ -128,7 +180,7 @@ struct Workers<'a> {
     ctx: &'a Arc<PodsContext>,
     workers: &'a mut HashMap<String, WorkerHandle>,
     finished: &'a mut HashSet<String>,
-    tasks: &'a mut JoinSet<String>,
+    tasks: &'a mut WorkerTasks,
     shutdown: &'a CancellationToken,
 }
 
@@ -161,11 +213,12 @@ impl Workers<'_> {
                     vanished.clone(),
                     self.shutdown.clone(),
                 );
-                let task_uid = uid.clone();
-                self.tasks.spawn(async move {
-                    worker.run().await;
-                    task_uid
-                });
+                let key = format!(
+                    "{}/{}",
+                    pod.metadata.namespace.as_deref().unwrap_or("default"),
+                    pod.metadata.name.as_deref().unwrap_or_default()
+                );
+                self.tasks.spawn(uid.clone(), key, worker.run());
                 self.workers.insert(uid, WorkerHandle { pod: tx, vanished });
             }
         }
@@ -716,21 +769,6 @@ async fn fetch_sources(
     Ok(sources)
 }
 
-/// Writes ConfigMap and Secret volume files under `volumes_dir/<volume>/`.
-fn write_projected(
-    volumes_dir: &std::path::Path,
-    files: &[(String, PathBuf, Vec<u8>)],
-) -> std::io::Result<()> {
-    for (volume, relative, content) in files {
-        let path = volumes_dir.join(volume).join(relative);
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::write(&path, content)?;
-    }
-    Ok(())
-}
-
 /// One container of a pod: its pull/start/wait/restart loop.
 struct ContainerRun {
     ctx: Arc<PodsContext>,
@@ -861,15 +899,27 @@ impl ContainerRun {
             let config = sources.and_then(|sources| {
                 let env = spec::container_env(&self.pod, &container, &downward, &sources)?;
                 let args = spec::container_argv(&container, &env);
-                let mounts = spec::container_mounts(&self.pod, &container, &self.volumes_dir)?;
+                let planned = spec::container_mounts(&self.pod, &container, &self.volumes_dir)?;
                 let limits = spec::container_limits(&container)?;
                 let files = spec::projected_files(&self.pod, &container, &sources)?;
-                write_projected(&self.volumes_dir, &files).map_err(|e| {
+                volumes::write_projected(&self.volumes_dir, &files).map_err(|e| {
                     ConfigError::Unsupported(format!("cannot write volume files: {e}"))
                 })?;
+                // After the files: a subPath may name a directory of a ConfigMap volume.
+                let mounts = volumes::resolve_mounts(&planned, &self.ctx.data_dir)?;
                 Ok((env, args, mounts, limits))
             });
-            let (env, args, mounts, limits) = match config {
+            // `mount_fds` keep the mounts' `/proc/self/fd` paths valid: the runtime may open
+            // them again after `start` returns, so they live as long as the container.
+            let (
+                env,
+                args,
+                ResolvedMounts {
+                    mounts,
+                    fds: mount_fds,
+                },
+                limits,
+            ) = match config {
                 Ok(config) => config,
                 Err(error) => {
                     let delay = self.ctx.timing.pull.next(config_delay);
@@ -964,6 +1014,7 @@ impl ContainerRun {
                 grace = stop_requested(&mut self.stop) => (handle.stop(grace).await, true),
             };
             drop(handle);
+            drop(mount_fds);
             drop(writer);
             let finished_at = Timestamp::now();
             info!(container = %key, exit_code = exit.exit_code, reason = %exit.reason, "container exited");
@@ -1110,6 +1161,29 @@ mod tests {
             let got = resume("c", "img", rec.as_ref(), policy, terminal, now);
             assert_eq!(summary(&got), want, "{rec:?} {policy} {terminal}");
         }
+    }
+
+    #[tokio::test]
+    async fn ended_workers_are_reported_with_their_pod() {
+        let mut tasks = WorkerTasks::default();
+        tasks.spawn("u1".into(), "ns/done".into(), async {});
+        tasks.spawn("u2".into(), "ns/broken".into(), async {
+            panic!("worker bug");
+        });
+        let mut ended = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let panicked = joined.failure.is_some_and(|e| e.is_panic());
+            ended.push((joined.uid, joined.key, panicked));
+        }
+        ended.sort();
+        assert_eq!(
+            ended,
+            [
+                ("u1".to_owned(), "ns/done".to_owned(), false),
+                ("u2".to_owned(), "ns/broken".to_owned(), true)
+            ]
+        );
+        assert!(tasks.pods.is_empty());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Translation of a pod's container spec into the runtime's vocabulary: argv, environment,
 //! limits, pull policy and volume mounts.
 //!
-//! Pure functions only: no IO, no clock. Creating volume directories on disk is the pod worker's
-//! job (`pods.rs`), as is fetching ConfigMaps and Secrets: this module says which ones a container
+//! Pure functions only: no IO, no clock. Creating volume directories and opening mounts on disk
+//! is the pod worker's job (`pods.rs`, `volumes.rs`), as is fetching ConfigMaps and Secrets: this module says which ones a container
 //! needs ([`referenced_sources`]) and builds the environment and volume files from the
 //! [`Sources`] it is given. Errors are [`ConfigError`]s, shown as `CreateContainerConfigError`.
 //! Projected, downwardAPI and persistent volumes are not supported.
@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use shoal_runtime::{Limits, Mount, PullPolicy};
+use shoal_runtime::{Limits, PullPolicy};
 
 /// Why a container's configuration cannot be built (becomes `CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -395,13 +395,59 @@ pub fn pull_policy(container: &Container) -> PullPolicy {
     }
 }
 
-/// The mounts of `container`: only volumes of the pod it names in `volumeMounts`. emptyDir
-/// volumes live under `volumes_dir/<name>`; hostPath volumes are the host path itself.
+/// Where a mounted volume lives on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeSource {
+    /// A directory the agent made for the pod (emptyDir, configMap, secret): `volumes_dir/<name>`.
+    Pod(PathBuf),
+    /// A `hostPath` volume: the path exactly as the pod spec gives it.
+    Host(PathBuf),
+}
+
+/// One `volumeMount` of a container, checked against the pod's volumes but not yet resolved on
+/// disk: the pod worker turns it into a [`shoal_runtime::Mount`] (see `volumes.rs`), opening the
+/// subPath one component at a time so that symlinks a guest planted cannot redirect it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedMount {
+    /// The volume's name in the pod spec.
+    pub volume: String,
+    pub source: VolumeSource,
+    /// The `subPath` as given (empty: the whole volume).
+    pub sub_path: String,
+    /// The subPath's components: never empty, `.` or `..`.
+    pub sub_components: Vec<String>,
+    /// Absolute path inside the guest.
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// Whether `name` can name a directory under `volumes_dir`: one plain path component.
+fn valid_volume_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// The components of a `subPath`: relative, without `..`; empty and `.` components are dropped.
+pub fn sub_path_components(sub: &str) -> Result<Vec<String>, ConfigError> {
+    if sub.starts_with('/') || sub.split('/').any(|c| c == "..") || sub.contains('\0') {
+        return Err(ConfigError::Unsupported(format!(
+            "subPath {sub:?} must be a relative path without '..'"
+        )));
+    }
+    Ok(sub
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The mounts of `container`: only volumes of the pod it names in `volumeMounts`. emptyDir,
+/// configMap and secret volumes live under `volumes_dir/<name>`; hostPath volumes are the host
+/// path itself.
 pub fn container_mounts(
     pod: &Pod,
     container: &Container,
     volumes_dir: &Path,
-) -> Result<Vec<Mount>, ConfigError> {
+) -> Result<Vec<PlannedMount>, ConfigError> {
     let volumes = pod
         .spec
         .as_ref()
@@ -413,27 +459,30 @@ pub fn container_mounts(
             .iter()
             .find(|v| v.name == vm.name)
             .ok_or_else(|| ConfigError::MissingVolume(vm.name.clone()))?;
+        if !valid_volume_name(&volume.name) {
+            return Err(ConfigError::Unsupported(format!(
+                "invalid volume name {:?}",
+                volume.name
+            )));
+        }
         let projected = volume.config_map.is_some() || volume.secret.is_some();
-        let mut host_path = if volume.empty_dir.is_some() || projected {
-            volumes_dir.join(&volume.name)
+        let source = if volume.empty_dir.is_some() || projected {
+            VolumeSource::Pod(volumes_dir.join(&volume.name))
         } else if let Some(host) = &volume.host_path {
-            Path::new(&host.path).to_path_buf()
+            VolumeSource::Host(PathBuf::from(&host.path))
         } else {
             return Err(ConfigError::Unsupported(format!(
                 "volume {:?}: only emptyDir, hostPath, configMap and secret volumes are supported",
                 volume.name
             )));
         };
-        if let Some(sub) = vm.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            if Path::new(sub).is_absolute() || sub.split('/').any(|c| c == "..") {
-                return Err(ConfigError::Unsupported(format!(
-                    "subPath {sub:?} must be a relative path without '..'"
-                )));
-            }
-            host_path = host_path.join(sub);
-        }
-        mounts.push(Mount {
-            host_path,
+        let sub_path = vm.sub_path.clone().unwrap_or_default();
+        let sub_components = sub_path_components(&sub_path)?;
+        mounts.push(PlannedMount {
+            volume: volume.name.clone(),
+            source,
+            sub_path,
+            sub_components,
             container_path: vm.mount_path.clone(),
             // ConfigMap and Secret volumes are always read-only, as in Kubernetes.
             read_only: projected || vm.read_only.unwrap_or(false),
@@ -514,14 +563,15 @@ pub fn projected_files(
     Ok(files)
 }
 
-/// Names of the pod's emptyDir volumes (the worker creates and deletes their directories).
+/// Names of the pod's emptyDir volumes (the worker creates and deletes their directories);
+/// names that are not one plain path component are left out ([`container_mounts`] refuses them).
 pub fn empty_dir_volumes(pod: &Pod) -> Vec<String> {
     pod.spec
         .as_ref()
         .and_then(|s| s.volumes.as_deref())
         .unwrap_or_default()
         .iter()
-        .filter(|v| v.empty_dir.is_some())
+        .filter(|v| v.empty_dir.is_some() && valid_volume_name(&v.name))
         .map(|v| v.name.clone())
         .collect()
 }
@@ -803,13 +853,25 @@ mod tests {
         let dir = Path::new("/var/shoal/pods/u1/volumes");
         expect![[r#"
             [
-                Mount {
-                    host_path: "/var/shoal/pods/u1/volumes/scratch",
+                PlannedMount {
+                    volume: "scratch",
+                    source: Pod(
+                        "/var/shoal/pods/u1/volumes/scratch",
+                    ),
+                    sub_path: "",
+                    sub_components: [],
                     container_path: "/tmp",
                     read_only: false,
                 },
-                Mount {
-                    host_path: "/srv/data/sub",
+                PlannedMount {
+                    volume: "host",
+                    source: Host(
+                        "/srv/data",
+                    ),
+                    sub_path: "sub",
+                    sub_components: [
+                        "sub",
+                    ],
                     container_path: "/data",
                     read_only: true,
                 },
@@ -817,7 +879,7 @@ mod tests {
         "#]]
         .assert_debug_eq(&container_mounts(&p, &cs[0], dir).expect("mounts"));
         let cfg = container_mounts(&p, &cs[1], dir).expect("cfg");
-        assert_eq!(cfg[0].host_path, dir.join("cfg"));
+        assert_eq!(cfg[0].source, VolumeSource::Pod(dir.join("cfg")));
         assert!(cfg[0].read_only);
         expect![[r#"volume "nope" referenced by a volumeMount is not defined in the pod"#]]
             .assert_eq(
@@ -826,5 +888,35 @@ mod tests {
                     .to_string(),
             );
         assert_eq!(empty_dir_volumes(&p), ["scratch", "unused"]);
+    }
+
+    #[test]
+    fn sub_paths_and_volume_names_are_checked() {
+        let cases = [
+            ("a/./b//c", "Ok([\"a\", \"b\", \"c\"])"),
+            ("", "Ok([])"),
+            (
+                "/etc",
+                "Err(Unsupported(\"subPath \\\"/etc\\\" must be a relative path without '..'\"))",
+            ),
+            (
+                "a/../b",
+                "Err(Unsupported(\"subPath \\\"a/../b\\\" must be a relative path without '..'\"))",
+            ),
+        ];
+        for (sub, want) in cases {
+            assert_eq!(format!("{:?}", sub_path_components(sub)), want, "{sub:?}");
+        }
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p"},
+            "spec": {
+                "volumes": [{"name": "../..", "emptyDir": {}}],
+                "containers": [{"name": "a", "volumeMounts": [{"name": "../..", "mountPath": "/x"}]}]
+            }
+        }));
+        let c = &p.spec.as_ref().expect("spec").containers[0];
+        let err = container_mounts(&p, c, Path::new("/v")).expect_err("bad name");
+        expect![[r#"invalid volume name "../..""#]].assert_eq(&err.to_string());
+        assert!(empty_dir_volumes(&p).is_empty());
     }
 }

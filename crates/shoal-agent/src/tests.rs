@@ -908,6 +908,48 @@ async fn unsupported_volume_is_a_config_error() {
 }
 
 #[tokio::test]
+async fn escaping_sub_paths_and_host_paths_into_the_data_dir_are_config_errors() {
+    let h = Harness::new().await;
+    let host = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink("../../../../../../..", host.path().join("esc")).expect("symlink");
+    let agent = h.start_agent().await;
+    let pod = |name: &str, path: &std::path::Path, sub_path: &str| {
+        json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": "n1",
+                     "volumes": [{"name": "data", "hostPath": {"path": path}}],
+                     "containers": [{"name": "c", "image": "fake/run",
+                                     "volumeMounts": [{"name": "data", "mountPath": "/d",
+                                                       "subPath": sub_path}]}]}
+        })
+    };
+    h.api.create_pod(pod("esc", host.path(), "esc"));
+    h.api
+        .create_pod(pod("own", &h.data.path().join("pods"), ""));
+    let cases = [
+        (
+            "esc",
+            "subPath \"esc\" of volume \"data\" is not a directory inside the volume",
+        ),
+        ("own", "overlaps the node agent's data directory"),
+    ];
+    for (name, want) in cases {
+        let pod = eventually("config error", || {
+            h.api.pod(name).filter(|p| {
+                container_status(p)["state"]["waiting"]["reason"] == "CreateContainerConfigError"
+            })
+        })
+        .await;
+        let message = container_status(&pod)["state"]["waiting"]["message"].clone();
+        assert!(
+            message.as_str().expect("message").contains(want),
+            "{name}: {message}"
+        );
+    }
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn graceful_deletion_stops_a_stuck_container_and_deletes_the_pod() {
     let h = Harness::new().await;
     let agent = h.start_agent().await;

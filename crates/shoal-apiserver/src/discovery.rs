@@ -40,8 +40,9 @@ pub fn group_versions() -> Vec<(&'static str, &'static str)> {
     out
 }
 
-fn verbs() -> Value {
-    json!([
+/// Verbs of a resource; Namespace has no `deletecollection`, as in Kubernetes.
+fn verbs(rt: &ResourceType) -> Value {
+    let all = [
         "create",
         "delete",
         "deletecollection",
@@ -49,8 +50,14 @@ fn verbs() -> Value {
         "list",
         "patch",
         "update",
-        "watch"
-    ])
+        "watch",
+    ];
+    let namespace = crate::resources::is_namespace(rt);
+    json!(
+        all.iter()
+            .filter(|v| !(namespace && **v == "deletecollection"))
+            .collect::<Vec<_>>()
+    )
 }
 
 /// `(name suffix, kind, group, version, verbs)` of a subresource.
@@ -88,7 +95,7 @@ fn resource_list(group: &str, version: &str) -> Value {
             "singularName": rt.singular,
             "namespaced": rt.namespaced,
             "kind": rt.kind,
-            "verbs": verbs(),
+            "verbs": verbs(rt),
             "shortNames": rt.short_names,
             "categories": rt.categories,
         }));
@@ -142,7 +149,7 @@ fn aggregated(core: bool) -> Value {
                 "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
                 "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
                 "singularResource": rt.singular,
-                "verbs": verbs(),
+                "verbs": verbs(rt),
                 "shortNames": rt.short_names,
                 "categories": rt.categories,
                 "subresources": subresources,

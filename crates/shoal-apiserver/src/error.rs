@@ -210,6 +210,15 @@ impl ApiError {
                     "Expired",
                     format!("too old resource version: {requested} ({oldest})"),
                 ),
+                // As Kubernetes does when etcd does not answer in time: the write may still land.
+                StoreError::Timeout(detail) => {
+                    tracing::warn!(error = %detail, "store write timed out");
+                    (
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "Timeout",
+                        "Timeout: request did not complete within the allowed duration; it may or may not have been applied".to_string(),
+                    )
+                }
                 other => {
                     tracing::error!(error = %other, "store request failed");
                     (

@@ -1,7 +1,8 @@
 //! Namespace deletion: a deleted Namespace turns `Terminating` (deletionTimestamp,
 //! `status.phase`), a task owned by the server's shutdown token deletes everything in it with
 //! the ordinary delete semantics (bound pods still get their grace period from the node agent)
-//! and removes the Namespace once nothing is left. Interrupted terminations resume at start.
+//! and removes the Namespace once nothing is left. Failures are retried with backoff until
+//! done or shutdown; interrupted terminations resume at start.
 
 use std::time::Duration;
 
@@ -65,16 +66,35 @@ pub async fn resume(state: &AppState) {
     }
 }
 
+/// First and largest pause before the finalizer retries after a failure.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Empties and removes namespace `name` in a task that retries failures (backing off from
+/// `RETRY_FIRST` to `RETRY_MAX`) until it is done or the server shuts down.
 fn spawn_finalizer(state: AppState, name: String) {
     let shutdown = state.inner.shutdown.clone();
     tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            result = finalize(&state, &name) => {
-                if let Err(e) = result {
-                    tracing::warn!(namespace = %name, error = %e, "namespace finalizer stopped");
-                }
+        let mut backoff = RETRY_FIRST;
+        loop {
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                result = finalize(&state, &name) => result,
+            };
+            let Err(e) = result else {
+                return;
+            };
+            tracing::warn!(
+                namespace = %name,
+                error = %e,
+                retry_in_secs = backoff.as_secs(),
+                "namespace finalizer failed, retrying"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
             }
+            backoff = (backoff * 2).min(RETRY_MAX);
         }
     });
 }

@@ -287,7 +287,7 @@ async fn handle(
             Method::DELETE => {
                 let body = read_body(body, &ctx.headers).await?;
                 let options = delete_options(&ctx, &body)?;
-                if ctx.target.rt.kind == "Namespace" && ctx.target.rt.group.is_empty() {
+                if is_namespace(ctx.target.rt) {
                     let obj = crate::namespace::terminate(&ctx, name).await?;
                     return Ok(json_response(StatusCode::OK, &obj));
                 }
@@ -406,11 +406,22 @@ async fn get(ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
     Ok(object_response(ctx, StatusCode::OK, &obj))
 }
 
-fn encode_continue(key: &str) -> String {
-    key.bytes().map(|b| format!("{b:02x}")).collect()
+/// Where a paginated list resumes: the revision of its first page and the last key returned.
+#[derive(Debug, PartialEq, Eq)]
+struct Continue {
+    revision: u64,
+    key: String,
 }
 
-fn decode_continue(token: &str) -> Result<String, ApiError> {
+/// Hex of `REVISION:KEY` (opaque to clients, as Kubernetes' base64 JSON token is).
+fn encode_continue(revision: u64, key: &str) -> String {
+    format!("{revision}:{key}")
+        .bytes()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn decode_continue(token: &str) -> Result<Continue, ApiError> {
     let bad = || ApiError::BadRequest("continue key is not valid".into());
     if !token.len().is_multiple_of(2) {
         return Err(bad());
@@ -424,9 +435,39 @@ fn decode_continue(token: &str) -> Result<String, ApiError> {
         })
         .collect::<Option<Vec<u8>>>()
         .ok_or_else(bad)?;
-    String::from_utf8(bytes).map_err(|_| bad())
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (revision, key) = text.split_once(':').ok_or_else(bad)?;
+    let revision = revision.parse::<u64>().map_err(|_| bad())?;
+    if revision == 0 || key.is_empty() {
+        return Err(bad());
+    }
+    Ok(Continue {
+        revision,
+        key: key.to_string(),
+    })
 }
 
+/// The 410 Kubernetes answers when a continue token's revision has been compacted.
+fn continue_expired() -> ApiError {
+    ApiError::Gone(
+        "The provided continue parameter is too old to display a consistent list result. \
+         You can start a new list without the continue parameter, or use the continue token \
+         in this response to retrieve the remainder of the results. Continuing with the \
+         provided token results in an inconsistent list - objects that were created, \
+         modified, or deleted between the time the first chunk was returned and now may show \
+         up in the list."
+            .into(),
+    )
+}
+
+/// Lists a collection, `limit` objects a page when asked.
+///
+/// Every page reports the revision of the first page as `metadata.resourceVersion` (the
+/// continue token carries it), as Kubernetes does: a client that watches from the list's
+/// revision then sees every change made while it paged. The store cannot read at an old
+/// revision, so later pages hold current data; changes after the first page's revision are
+/// replayed by the watch, which clients tolerate. A token whose revision has been compacted
+/// is refused with 410 Expired, since the watch could no longer replay from it.
 async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
     let filter = Filter::from_params(&ctx.params)?;
     let limit = match ctx.params.get("limit") {
@@ -435,19 +476,33 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
             .map_err(|_| ApiError::BadRequest(format!("invalid limit {l:?}")))?,
         None => 0,
     };
-    let start_after = ctx
+    let resume = ctx
         .params
         .get("continue")
         .map(decode_continue)
         .transpose()?;
     let prefix = ctx.target.collection_prefix();
-    let snapshot = ctx.state.store().list(&prefix).await?;
+    let store = ctx.state.store();
+    let snapshot = store.list(&prefix).await?;
+    let revision = match &resume {
+        Some(resume) => {
+            // Probe for compaction: a watch from the token's revision is refused once the
+            // history after it is gone. The stream is dropped unread.
+            match store.watch(&prefix, resume.revision) {
+                Ok(_) => {}
+                Err(StoreError::Compacted { .. }) => return Err(continue_expired()),
+                Err(e) => return Err(e.into()),
+            }
+            resume.revision
+        }
+        None => snapshot.revision,
+    };
     let mut items = Vec::new();
     let mut next = None;
     for kv in &snapshot.items {
-        if start_after
-            .as_deref()
-            .is_some_and(|after| kv.key.as_str() <= after)
+        if resume
+            .as_ref()
+            .is_some_and(|resume| kv.key.as_str() <= resume.key.as_str())
         {
             continue;
         }
@@ -458,12 +513,12 @@ async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         if limit > 0 && items.len() == limit {
             next = items
                 .last()
-                .map(|(k, _): &(String, Value)| encode_continue(k));
+                .map(|(k, _): &(String, Value)| encode_continue(revision, k));
             break;
         }
         items.push((kv.key.clone(), obj));
     }
-    let mut meta = json!({"resourceVersion": snapshot.revision.to_string()});
+    let mut meta = json!({"resourceVersion": revision.to_string()});
     if let Some(token) = next {
         meta["continue"] = json!(token);
     }
@@ -1096,7 +1151,17 @@ pub async fn delete(
     Err(ApiError::stale(subject))
 }
 
+/// Whether `rt` is the core Namespace, whose deletion goes through `namespace::terminate`.
+pub fn is_namespace(rt: &ResourceType) -> bool {
+    rt.kind == "Namespace" && rt.group.is_empty()
+}
+
+/// `DELETE` on a collection. Namespaces have no `deletecollection` (as in Kubernetes): a
+/// namespace is only deleted one at a time, through termination.
 async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError> {
+    if is_namespace(ctx.target.rt) {
+        return Err(ApiError::MethodNotAllowed);
+    }
     let options = delete_options(ctx, body)?;
     let filter = Filter::from_params(&ctx.params)?;
     let snapshot = ctx
@@ -1364,13 +1429,21 @@ mod tests {
 
     #[test]
     fn continue_tokens_round_trip() {
-        let key = "/registry/core/pods/default/a-ü";
+        let key = "/registry/core/pods/default/a-ü:b";
         assert_eq!(
-            decode_continue(&encode_continue(key)).ok().as_deref(),
-            Some(key)
+            decode_continue(&encode_continue(42, key)).ok(),
+            Some(Continue {
+                revision: 42,
+                key: key.to_string()
+            })
         );
         assert!(decode_continue("zz").is_err());
         assert!(decode_continue("abc").is_err());
+        let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+        // A bare key (the old format), a bad revision, no key.
+        assert!(decode_continue(&hex("/registry/core/pods/default/a")).is_err());
+        assert!(decode_continue(&hex("x:/registry/core/pods/default/a")).is_err());
+        assert!(decode_continue(&hex("7:")).is_err());
     }
 
     #[test]

@@ -110,7 +110,11 @@ impl Watcher {
         let mut line =
             serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
-        self.tx.send(Bytes::from(line)).await.is_ok()
+        // A client that stays connected but stops reading must not hold the task past shutdown.
+        tokio::select! {
+            sent = self.tx.send(Bytes::from(line)) => sent.is_ok(),
+            _ = self.ctx.state.inner.shutdown.cancelled() => false,
+        }
     }
 
     async fn send_error(&mut self, err: ApiError) -> Open {
@@ -254,5 +258,58 @@ impl Watcher {
             }
         }
         tracing::trace!(resource = self.ctx.target.rt.plural, "watch ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::api::registry::find_by_plural;
+    use crate::resources::{Params, Target};
+    use crate::{AppState, Config};
+
+    #[tokio::test]
+    async fn send_blocked_on_a_slow_client_ends_at_shutdown() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = shoal_store::Store::open(dir.path())
+            .await
+            .expect("store opens");
+        let shutdown = CancellationToken::new();
+        let state = AppState::new(store.clone(), &Config::default(), shutdown.clone());
+        let rt = find_by_plural("", "v1", "pods").expect("pods");
+        let ctx = Ctx {
+            state,
+            target: Target {
+                rt,
+                namespace: None,
+                name: None,
+                sub: None,
+            },
+            params: Params::default(),
+            headers: HeaderMap::new(),
+            table: None,
+        };
+        // The client is connected (the receiver lives) but reads nothing.
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut watcher = Watcher {
+            ctx,
+            filter: Filter::default(),
+            name: None,
+            first_table: true,
+            tx,
+        };
+        assert!(watcher.send("BOOKMARK", json!({})).await);
+        let blocked = tokio::spawn(async move { watcher.send("BOOKMARK", json!({})).await });
+        shutdown.cancel();
+        let open = tokio::time::timeout(Duration::from_secs(10), blocked)
+            .await
+            .expect("send returns at shutdown")
+            .expect("send task");
+        assert!(!open);
+        assert!(rx.recv().await.is_some(), "the first event was queued");
+        store.shutdown().await.expect("store shuts down");
     }
 }

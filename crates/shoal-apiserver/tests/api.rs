@@ -1117,3 +1117,172 @@ async fn namespace_deletion_empties_it_first() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn paged_list_reports_the_first_page_revision() {
+    let api = setup().await;
+    for name in ["a", "b"] {
+        assert_eq!(
+            api.json(Method::POST, PODS, &pod(name)).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let page1 = api.get(&format!("{PODS}?limit=1")).await.json();
+    assert_eq!(page1["items"][0]["metadata"]["name"], "a");
+    let first_rv = rv(&page1);
+    let token = page1["metadata"]["continue"]
+        .as_str()
+        .expect("continue token")
+        .to_string();
+
+    // `a` changes between the pages; page 2 still reports the first page's revision.
+    let patched = api
+        .patch(
+            &format!("{PODS}/a"),
+            "application/merge-patch+json",
+            &json!({"metadata": {"labels": {"step": "2"}}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    let page2 = api
+        .get(&format!("{PODS}?limit=1&continue={token}"))
+        .await
+        .json();
+    assert_eq!(page2["items"][0]["metadata"]["name"], "b");
+    assert!(page2["metadata"].get("continue").is_none());
+    assert_eq!(rv(&page2), first_rv);
+
+    // A watcher starting from the last page's revision sees the change made while paging.
+    let events = api
+        .get(&format!(
+            "{PODS}?watch=1&resourceVersion={}&timeoutSeconds=1",
+            rv(&page2)
+        ))
+        .await
+        .events();
+    let modified: Vec<&Value> = events.iter().filter(|e| e["type"] == "MODIFIED").collect();
+    assert_eq!(modified.len(), 1, "{events:?}");
+    assert_eq!(modified[0]["object"]["metadata"]["name"], "a");
+    assert_eq!(modified[0]["object"]["metadata"]["labels"]["step"], "2");
+
+    // Once the first page's revision is compacted, the token has expired.
+    for i in 0..3 {
+        api.patch(
+            &format!("{PODS}/b"),
+            "application/merge-patch+json",
+            &json!({"metadata": {"labels": {"i": i.to_string()}}}),
+        )
+        .await;
+    }
+    api.store.compact(1).await.expect("compaction");
+    let expired = api.get(&format!("{PODS}?limit=1&continue={token}")).await;
+    assert_eq!(expired.status, StatusCode::GONE);
+    let status = expired.json();
+    assert_eq!(status["reason"], "Expired");
+    assert!(
+        status["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("The provided continue parameter is too old")
+    );
+    let bad = api.get(&format!("{PODS}?limit=1&continue=zz")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn namespace_collection_delete_is_not_allowed() {
+    let api = setup().await;
+    let r = api
+        .send(Method::DELETE, "/api/v1/namespaces", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.json()["reason"], "MethodNotAllowed");
+    let r = api
+        .send(
+            Method::DELETE,
+            "/api/v1/namespaces?labelSelector=kubernetes.io%2Fmetadata.name%3Ddefault",
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let namespaces = api.get("/api/v1/namespaces").await.json();
+    assert_eq!(namespaces["items"].as_array().expect("items").len(), 4);
+    for item in namespaces["items"].as_array().expect("items") {
+        assert!(item["metadata"].get("deletionTimestamp").is_none());
+    }
+
+    // Discovery agrees: no deletecollection on namespaces, still there on pods.
+    let v1 = api.get("/api/v1").await.json();
+    let verbs = |name: &str| {
+        v1["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["verbs"].clone())
+            .expect("resource listed")
+    };
+    assert!(
+        !verbs("namespaces")
+            .as_array()
+            .expect("verbs")
+            .contains(&json!("deletecollection"))
+    );
+    assert!(
+        verbs("pods")
+            .as_array()
+            .expect("verbs")
+            .contains(&json!("deletecollection"))
+    );
+}
+
+#[tokio::test]
+async fn namespace_finalizer_retries_after_a_failure() {
+    let api = setup().await;
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "retry"}});
+    assert_eq!(
+        api.json(Method::POST, "/api/v1/namespaces", &ns)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let cms = "/api/v1/namespaces/retry/configmaps";
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ok"}});
+    assert_eq!(
+        api.json(Method::POST, cms, &cm).await.status,
+        StatusCode::CREATED
+    );
+    // Sorted after `ok`: the finalizer deletes `ok`, then fails to decode this one.
+    let bad = "/registry/core/configmaps/retry/zz-bad";
+    api.store
+        .create(bad, b"not json".to_vec())
+        .await
+        .expect("raw write");
+    let r = api
+        .send(Method::DELETE, "/api/v1/namespaces/retry", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while api.get(&format!("{cms}/ok")).await.status != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "finalizer never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        api.get("/api/v1/namespaces/retry").await.json()["status"]["phase"],
+        "Terminating"
+    );
+    // Repair the store; a later attempt of the same finalizer finishes the job.
+    api.store.delete(bad, None).await.expect("raw delete");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while api.get("/api/v1/namespaces/retry").await.status != StatusCode::NOT_FOUND {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "namespace never went away"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -7,6 +7,12 @@
 //! engine compatibility hash, and the pre-instantiated form ([`Prepared`]) is kept in memory so a
 //! start only instantiates. Whether a binary is a component or a core module is read from its
 //! header. This module does not run guests (see `run`).
+//!
+//! Deserializing a compiled artifact trusts it as native code, so the cache directory is created
+//! private (mode 0700), each `.cwasm` is written with a `.cwasm.sha256` sidecar holding its
+//! SHA-256, and an artifact is deserialized only from the bytes whose hash matched that sidecar;
+//! a missing or mismatched sidecar means recompiling. A layer blob is checked against its digest
+//! before it is compiled.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -15,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
@@ -69,7 +76,7 @@ impl WasmEngine {
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
 
-        std::fs::create_dir_all(cache_dir).map_err(|source| Error::Io {
+        create_private_dir(cache_dir).map_err(|source| Error::Io {
             path: cache_dir.to_path_buf(),
             source,
         })?;
@@ -168,10 +175,20 @@ impl WasmEngine {
                 Err(e) => {
                     tracing::warn!(layer = %layer_digest, error = %e, "discarding unusable compiled artifact");
                     let _ = std::fs::remove_file(&compiled);
+                    let _ = std::fs::remove_file(checksum_path(&compiled));
                 }
             }
         }
         let bytes = std::fs::read(blob).map_err(|e| format!("cannot read layer: {e}"))?;
+        if let Some(hex) = layer_digest.strip_prefix("sha256:")
+            && !hex.eq_ignore_ascii_case(&hex::encode(Sha256::digest(&bytes)))
+        {
+            // Removed so that the next pull fetches it again.
+            let _ = std::fs::remove_file(blob);
+            return Err(format!(
+                "the stored layer does not match its digest {layer_digest}: pull the image again"
+            ));
+        }
         if bytes.len() < 8 || &bytes[..4] != WASM_MAGIC {
             return Err("the layer does not start with the WebAssembly magic bytes".to_string());
         }
@@ -187,20 +204,21 @@ impl WasmEngine {
         };
         self.compiles.fetch_add(1, Ordering::Relaxed);
         tracing::info!(layer = %layer_digest, elapsed_ms = started.elapsed().as_millis() as u64, "compiled wasm artifact");
-        if let Err(e) = crate::images::write_atomic(&compiled, &serialized) {
+        if let Err(e) = write_compiled(&compiled, &serialized) {
             tracing::warn!(layer = %layer_digest, error = %e, "cannot cache compiled artifact");
         }
         Ok(prepared)
     }
 
     fn load_compiled(&self, path: &Path) -> Result<Prepared, String> {
-        match Engine::detect_precompiled_file(path).map_err(|e| format!("{e:#}"))? {
+        let bytes = read_verified(path)?;
+        match Engine::detect_precompiled(&bytes) {
             Some(wasmtime::Precompiled::Component) => {
-                let component = deserialize_component(&self.engine, path)?;
+                let component = deserialize_component(&self.engine, &bytes)?;
                 self.prepare_component(&component)
             }
             Some(wasmtime::Precompiled::Module) => {
-                let module = deserialize_module(&self.engine, path)?;
+                let module = deserialize_module(&self.engine, &bytes)?;
                 self.prepare_module(&module)
             }
             None => Err("not a precompiled artifact".to_string()),
@@ -234,22 +252,80 @@ impl Drop for WasmEngine {
     }
 }
 
+/// Creates `dir` (and missing parents) readable and writable by this user only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(0o700);
+        builder.create(dir)?;
+        // An existing directory keeps its mode through `create`: tighten it.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+    }
+    #[cfg(not(unix))]
+    builder.create(dir)
+}
+
+/// Where the SHA-256 of a compiled artifact is recorded: `<file>.sha256`.
+pub(crate) fn checksum_path(compiled: &Path) -> PathBuf {
+    let mut name = compiled.as_os_str().to_os_string();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// Writes a compiled artifact, then the sidecar with its SHA-256 (so a crash in between leaves
+/// an artifact without a sidecar, which is recompiled).
+fn write_compiled(path: &Path, serialized: &[u8]) -> Result<(), Error> {
+    let sidecar = checksum_path(path);
+    match std::fs::remove_file(&sidecar) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(Error::Io {
+                path: sidecar,
+                source,
+            });
+        }
+    }
+    crate::images::write_atomic(path, serialized)?;
+    crate::images::write_atomic(&sidecar, hex::encode(Sha256::digest(serialized)).as_bytes())
+}
+
+/// The bytes of a compiled artifact, provided they hash to what its sidecar records.
+fn read_verified(path: &Path) -> Result<Vec<u8>, String> {
+    let sidecar = checksum_path(path);
+    let expected = std::fs::read_to_string(&sidecar)
+        .map_err(|e| format!("no checksum for the compiled artifact ({e})"))?;
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if !expected.trim().eq_ignore_ascii_case(&actual) {
+        return Err(format!(
+            "compiled artifact hashes to {actual}, its checksum file says {}",
+            expected.trim()
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Loads a component serialized by [`WasmEngine::load_or_compile`].
 #[allow(unsafe_code)]
-fn deserialize_component(engine: &Engine, path: &Path) -> Result<Component, String> {
-    // SAFETY: `path` lies under our own `data_dir/compiled`, is named by the artifact's digest and
-    // this engine's compatibility hash, and is only ever written (atomically, by rename) by
-    // `load_or_compile` from `Component::serialize` of this engine configuration; wasmtime checks
-    // the header for version and configuration compatibility besides.
-    unsafe { Component::deserialize_file(engine, path) }.map_err(|e| format!("{e:#}"))
+fn deserialize_component(engine: &Engine, bytes: &[u8]) -> Result<Component, String> {
+    // SAFETY: `bytes` were read from our own private (0700) `data_dir/compiled`, from a file named
+    // by the artifact's digest and this engine's compatibility hash that only `load_or_compile`
+    // writes, from `Component::serialize` of this engine configuration; they hash to the SHA-256
+    // recorded beside the file when it was written (`read_verified`), so they are that output
+    // unaltered. wasmtime checks the header for version and configuration compatibility besides.
+    unsafe { Component::deserialize(engine, bytes) }.map_err(|e| format!("{e:#}"))
 }
 
 /// Loads a core module serialized by [`WasmEngine::load_or_compile`].
 #[allow(unsafe_code)]
-fn deserialize_module(engine: &Engine, path: &Path) -> Result<Module, String> {
-    // SAFETY: as for `deserialize_component`: the file is our own `Module::serialize` output
-    // under `data_dir/compiled`, keyed by digest and engine compatibility hash.
-    unsafe { Module::deserialize_file(engine, path) }.map_err(|e| format!("{e:#}"))
+fn deserialize_module(engine: &Engine, bytes: &[u8]) -> Result<Module, String> {
+    // SAFETY: as for `deserialize_component`: `bytes` are our own `Module::serialize` output from
+    // the private `data_dir/compiled`, verified against the SHA-256 recorded when it was written.
+    unsafe { Module::deserialize(engine, bytes) }.map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
@@ -262,5 +338,49 @@ mod tests {
         assert!(!is_component(b"\0asm\x01\x00\x00\x00"));
         assert!(!is_component(b"not wasm"));
         assert!(!is_component(b"\0as"));
+    }
+
+    #[test]
+    fn compiled_artifacts_are_read_only_when_their_checksum_matches() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("abc-0123.cwasm");
+        write_compiled(&path, b"compiled bytes").expect("write");
+        assert_eq!(
+            checksum_path(&path),
+            dir.path().join("abc-0123.cwasm.sha256")
+        );
+        assert_eq!(read_verified(&path).expect("verified"), b"compiled bytes");
+
+        std::fs::write(&path, b"tampered bytes").expect("tamper");
+        let error = read_verified(&path).expect_err("a tampered artifact is refused");
+        assert!(error.contains("checksum"), "{error}");
+
+        std::fs::remove_file(checksum_path(&path)).expect("remove sidecar");
+        let error = read_verified(&path).expect_err("an artifact without checksum is refused");
+        assert!(error.contains("no checksum"), "{error}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_compile_cache_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("compiled");
+        std::fs::create_dir(&cache).expect("mkdir");
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        create_private_dir(&cache).expect("private");
+        let mode = std::fs::metadata(&cache)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
+
+        let fresh = dir.path().join("a").join("b");
+        create_private_dir(&fresh).expect("create");
+        let mode = std::fs::metadata(&fresh)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }

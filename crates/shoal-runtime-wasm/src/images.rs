@@ -3,12 +3,18 @@
 //! Layout under `data_dir/images`: `blobs/sha256/<hex>` holds each Wasm layer, and `index.json`
 //! maps a normalized reference (`registry/repo:tag`) to its manifest digest and a manifest digest
 //! to its layer digest. `imagePullPolicy: IfNotPresent` resolves through the index without
-//! touching the network. Writes go to a temporary file renamed into place, so a crash never
-//! leaves a torn blob or index. Garbage collection of unused blobs is not done here.
+//! touching the network. Writes go to a temporary file that is fsynced and renamed into place
+//! (and the directory fsynced), so a crash never leaves a torn blob or index. A blob is checked
+//! against its digest the first time this process resolves it; one that does not match is
+//! removed and treated as absent, so the next pull fetches it again. Garbage collection of unused
+//! blobs is not done here.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use sha2::{Digest, Sha256, Sha512};
 
 use oci_client::Reference;
 use serde::{Deserialize, Serialize};
@@ -29,6 +35,8 @@ struct Index {
 pub(crate) struct ImageStore {
     root: PathBuf,
     index: Mutex<Index>,
+    /// Layer digests whose blob this process checked against (or wrote from) its digest.
+    verified: Mutex<HashSet<String>>,
 }
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -38,7 +46,9 @@ fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
+/// Writes `bytes` to `path` durably: a temporary sibling is written and fsynced, renamed into
+/// place, and the directory fsynced, so after a crash `path` is either absent, its old content
+/// or all of `bytes`.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io_error(parent))?;
@@ -49,8 +59,53 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         std::process::id(),
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
-    std::fs::write(&tmp, bytes).map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_error(path))
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut file| {
+            file.write_all(bytes)?;
+            file.sync_all()
+        })
+        .map_err(io_error(&tmp))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io_error(path)));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    // Make the rename itself durable. Not every filesystem can sync a directory, and the data
+    // is already safe in the file, so a failure here is only logged.
+    if let Err(e) = std::fs::File::open(parent).and_then(|dir| dir.sync_all()) {
+        tracing::debug!(dir = %parent.display(), error = %e, "cannot sync directory");
+    }
+    Ok(())
+}
+
+/// Whether the file at `path` hashes to `digest` (`sha256:<hex>` or `sha512:<hex>`); an unknown
+/// algorithm is an error.
+pub(crate) fn file_matches_digest(path: &Path, digest: &str) -> std::io::Result<bool> {
+    fn hash<D: Digest>(path: &Path) -> std::io::Result<String> {
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = D::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        Ok(hex::encode(hasher.finalize()))
+    }
+    let actual = match digest.split_once(':') {
+        Some(("sha256", _)) => hash::<Sha256>(path)?,
+        Some(("sha512", _)) => hash::<Sha512>(path)?,
+        _ => {
+            return Err(std::io::Error::other(format!(
+                "unsupported digest {digest:?}"
+            )));
+        }
+    };
+    Ok(digest
+        .split_once(':')
+        .is_some_and(|(_, expected)| expected.eq_ignore_ascii_case(&actual)))
 }
 
 impl ImageStore {
@@ -74,6 +129,7 @@ impl ImageStore {
         Ok(ImageStore {
             root,
             index: Mutex::new(index),
+            verified: Mutex::new(HashSet::new()),
         })
     }
 
@@ -86,13 +142,52 @@ impl ImageStore {
         self.root.join("blobs").join("sha256").join(hex)
     }
 
-    /// The image id of a reference already pulled, if its layer is still on disk.
+    /// The image id of a reference already pulled, if its layer is still on disk intact.
+    /// Blocking: the first resolve of a layer in this process hashes its blob.
     pub(crate) fn resolve(&self, reference: &str) -> Option<String> {
-        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let image_id = index.image_ids.get(reference)?;
-        let manifest = index.refs.get(reference)?;
-        let layer = index.manifests.get(manifest)?;
-        self.blob_path(layer).is_file().then(|| image_id.clone())
+        let (image_id, layer) = {
+            let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+            let image_id = index.image_ids.get(reference)?.clone();
+            let manifest = index.refs.get(reference)?;
+            (image_id, index.manifests.get(manifest)?.clone())
+        };
+        self.blob_intact(&layer).then_some(image_id)
+    }
+
+    /// Whether the blob of `digest` is on disk with the content its digest names. A blob that
+    /// does not match (e.g. left empty by a crash before blobs were fsynced) is removed.
+    pub(crate) fn blob_intact(&self, digest: &str) -> bool {
+        let path = self.blob_path(digest);
+        let verified = || {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(digest)
+        };
+        if verified() {
+            return path.is_file();
+        }
+        match file_matches_digest(&path, digest) {
+            Ok(true) => {
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(digest.to_string());
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(blob = %path.display(), digest, "image blob does not match its digest; it will be pulled again");
+                if let Err(e) = std::fs::remove_file(&path) {
+                    tracing::warn!(blob = %path.display(), error = %e, "cannot remove corrupt image blob");
+                }
+                false
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => {
+                tracing::warn!(blob = %path.display(), error = %e, "cannot check image blob");
+                false
+            }
+        }
     }
 
     /// The layer digest of an image id (`repo@sha256:...`).
@@ -102,11 +197,17 @@ impl ImageStore {
         index.manifests.get(digest).cloned()
     }
 
-    /// Stores a pulled artifact and records its reference; returns the image id.
+    /// Stores a pulled artifact and records its reference; returns the image id. Blocking (it
+    /// fsyncs the blob and the index).
     pub(crate) fn store(&self, reference: &Reference, pulled: &Pulled) -> Result<String, Error> {
-        let blob = self.blob_path(&pulled.layer_digest);
-        if !blob.is_file() {
+        if !self.blob_intact(&pulled.layer_digest) {
+            let blob = self.blob_path(&pulled.layer_digest);
             write_atomic(&blob, &pulled.layer)?;
+            // The bytes were digest-checked by the pull (or hashed to make the digest).
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(pulled.layer_digest.clone());
         }
         let image_id = format!(
             "{}/{}@{}",
@@ -129,5 +230,57 @@ impl ImageStore {
         })?;
         write_atomic(&self.root.join("index.json"), &bytes)?;
         Ok(image_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pulled(layer: &[u8]) -> Pulled {
+        Pulled {
+            manifest_digest: format!("sha256:{}", "0".repeat(64)),
+            layer_digest: format!("sha256:{}", hex::encode(Sha256::digest(layer))),
+            layer: layer.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_blob_that_does_not_match_its_digest_is_treated_as_absent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("open");
+        let reference: Reference = "127.0.0.1:5000/hello:v1".parse().expect("reference");
+        let artifact = pulled(b"\0asm\x01\0\0\0");
+        let image_id = store.store(&reference, &artifact).expect("store");
+        assert_eq!(store.resolve(&reference.whole()), Some(image_id.clone()));
+
+        // As a crash before the rename reached disk would leave it: an empty blob.
+        let blob = store.blob_path(&artifact.layer_digest);
+        std::fs::write(&blob, b"").expect("truncate");
+        let reopened = ImageStore::open(dir.path()).expect("reopen");
+        assert_eq!(reopened.resolve(&reference.whole()), None);
+        assert!(!blob.exists(), "the corrupt blob is removed");
+
+        // Pulling again rewrites it.
+        assert_eq!(
+            reopened.store(&reference, &artifact).expect("store"),
+            image_id
+        );
+        assert_eq!(std::fs::read(&blob).expect("blob"), artifact.layer);
+        assert_eq!(reopened.resolve(&reference.whole()), Some(image_id));
+    }
+
+    #[test]
+    fn atomic_writes_leave_no_temporary_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub").join("file");
+        write_atomic(&path, b"one").expect("write");
+        write_atomic(&path, b"two").expect("overwrite");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("file")]);
     }
 }

@@ -56,6 +56,9 @@ pub enum Error {
     Engine(String),
 }
 
+/// Default cap on one image layer, as downloaded and as decompressed (256 MiB).
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 256 << 20;
+
 /// Configuration of [`WasmRuntime`].
 #[derive(Debug, Clone)]
 pub struct WasmRuntimeConfig {
@@ -63,14 +66,19 @@ pub struct WasmRuntimeConfig {
     pub data_dir: PathBuf,
     /// Interval of the engine-wide epoch ticker: the granularity of stop and CPU throttling.
     pub epoch_tick: std::time::Duration,
+    /// Largest image layer pulled, compressed or decompressed; a larger one fails the pull
+    /// (held in memory while pulled, so this bounds the agent's memory per pull).
+    pub max_layer_bytes: u64,
 }
 
 impl WasmRuntimeConfig {
-    /// A configuration with a 10 ms epoch tick.
+    /// A configuration with a 10 ms epoch tick and layers of at most
+    /// [`DEFAULT_MAX_LAYER_BYTES`].
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         WasmRuntimeConfig {
             data_dir: data_dir.into(),
             epoch_tick: std::time::Duration::from_millis(10),
+            max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
         }
     }
 }
@@ -82,6 +90,7 @@ impl WasmRuntimeConfig {
 pub struct WasmRuntime {
     images: Arc<images::ImageStore>,
     engine: Arc<engine::WasmEngine>,
+    max_layer_bytes: u64,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -101,7 +110,11 @@ impl WasmRuntime {
             &config.data_dir.join("compiled"),
             config.epoch_tick,
         )?);
-        Ok(WasmRuntime { images, engine })
+        Ok(WasmRuntime {
+            images,
+            engine,
+            max_layer_bytes: config.max_layer_bytes,
+        })
     }
 
     /// How many artifacts this runtime compiled from Wasm (cache misses), for tests and metrics.
@@ -137,10 +150,20 @@ impl Runtime for WasmRuntime {
                 message: other.to_string(),
             },
         })?;
-        let key = reference.whole();
-        if policy != PullPolicy::Always
-            && let Some(image_id) = self.images.resolve(&key)
-        {
+        // Resolving hashes the blob (once per process), so it runs off the async workers.
+        let resolved = if policy == PullPolicy::Always {
+            None
+        } else {
+            let images = Arc::clone(&self.images);
+            let key = reference.whole();
+            tokio::task::spawn_blocking(move || images.resolve(&key))
+                .await
+                .map_err(|e| RuntimeError::ImagePull {
+                    image: image.to_string(),
+                    message: format!("resolving the local image failed: {e}"),
+                })?
+        };
+        if let Some(image_id) = resolved {
             tracing::debug!(image, %image_id, "image present locally");
             return Ok(ImageRef {
                 image: image.to_string(),
@@ -153,22 +176,31 @@ impl Runtime for WasmRuntime {
                 message: "image is not present locally and imagePullPolicy is Never".to_string(),
             });
         }
-        let pulled = oci::pull(&reference).await.map_err(|e| match e {
-            oci::PullError::Registry(message) => RuntimeError::ImagePull {
-                image: image.to_string(),
-                message,
-            },
-            oci::PullError::Layout(message) => RuntimeError::CreateContainer {
-                message: format!("image {image:?} cannot run here: {message}"),
-            },
-        })?;
-        let image_id =
-            self.images
-                .store(&reference, &pulled)
-                .map_err(|e| RuntimeError::ImagePull {
+        let pulled = oci::pull(&reference, self.max_layer_bytes)
+            .await
+            .map_err(|e| match e {
+                oci::PullError::Registry(message) => RuntimeError::ImagePull {
                     image: image.to_string(),
-                    message: e.to_string(),
-                })?;
+                    message,
+                },
+                oci::PullError::Layout(message) => RuntimeError::CreateContainer {
+                    message: format!("image {image:?} cannot run here: {message}"),
+                },
+            })?;
+        // Storing writes and fsyncs the blob: blocking work.
+        let images = Arc::clone(&self.images);
+        let (image_id, pulled) = tokio::task::spawn_blocking(move || {
+            images
+                .store(&reference, &pulled)
+                .map(|image_id| (image_id, pulled))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|stored| stored.map_err(|e| e.to_string()))
+        .map_err(|message| RuntimeError::ImagePull {
+            image: image.to_string(),
+            message,
+        })?;
         tracing::info!(image, %image_id, layer = %pulled.layer_digest, "pulled image");
         // Compile now so the first start is fast; a failure is reported again by `start`.
         let blob = self.images.blob_path(&pulled.layer_digest);

@@ -10,7 +10,18 @@
 //! Ordinary images whose layers are tars (plain or gzip) are accepted when one layer carries a
 //! single `.wasm` file, as `FROM scratch` images built for platform `wasi/wasm` do.
 //!
+//! Pulls are bounded: a layer larger than the configured cap (by its descriptor's `size`, by
+//! the bytes actually received, or once gunzipped) fails the pull instead of exhausting the
+//! agent's memory, and a manifest index entry over [`MAX_MANIFEST_BYTES`] is not fetched.
+//! oci-client reads a manifest response whole before handing it over, so a registry can still
+//! make us buffer one oversized manifest; that one is refused after the fact.
+//!
 //! Not here: registry authentication (pulls and pushes are anonymous).
+
+use std::borrow::Cow;
+use std::io::Read;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -30,6 +41,9 @@ pub const WASM_LAYER_MEDIA_TYPES: &[&str] = &[
     "application/vnd.wasm.content.layer.v1+wasm",
     "application/vnd.bytecodealliance.wasm.component.layer.v0+wasm",
 ];
+
+/// Largest manifest accepted (as the distribution registry's own limit).
+pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -189,6 +203,9 @@ struct Descriptor {
     #[serde(default)]
     media_type: String,
     digest: String,
+    /// Size in bytes of the content, as the manifest claims it.
+    #[serde(default)]
+    size: Option<u64>,
     #[serde(default)]
     platform: Option<Platform>,
 }
@@ -212,9 +229,111 @@ struct Manifest {
     manifests: Option<Vec<Descriptor>>,
 }
 
+/// `limit` for messages: "256 MiB" when a whole number of MiB, else "N-byte".
+fn describe_limit(limit: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    if limit >= MIB && limit.is_multiple_of(MIB) {
+        format!("{} MiB", limit / MIB)
+    } else {
+        format!("{limit}-byte")
+    }
+}
+
+/// An in-memory sink for `pull_blob` that refuses to grow past `limit` bytes, whatever size the
+/// manifest claimed.
+struct BoundedBuffer {
+    bytes: Vec<u8>,
+    limit: u64,
+    exceeded: bool,
+}
+
+impl BoundedBuffer {
+    /// A buffer for at most `limit` bytes, with room for `expected` of them up front.
+    fn new(limit: u64, expected: Option<u64>) -> Self {
+        let capacity = expected.unwrap_or(0).min(limit);
+        BoundedBuffer {
+            bytes: Vec::with_capacity(usize::try_from(capacity).unwrap_or(0)),
+            limit,
+            exceeded: false,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for BoundedBuffer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let total = (this.bytes.len() as u64).saturating_add(buf.len() as u64);
+        if total > this.limit {
+            this.exceeded = true;
+            return Poll::Ready(Err(std::io::Error::other(format!(
+                "blob exceeds the {} limit",
+                describe_limit(this.limit)
+            ))));
+        }
+        this.bytes.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Downloads one layer into memory, refusing one over `limit` bytes: up front by its declared
+/// size, and while receiving in case the declaration lies.
+async fn pull_layer(
+    client: &Client,
+    image: &Reference,
+    layer: &Descriptor,
+    limit: u64,
+) -> Result<Vec<u8>, PullError> {
+    if let Some(size) = layer.size
+        && size > limit
+    {
+        return Err(PullError::Registry(format!(
+            "layer {} of {size} bytes exceeds the {} limit",
+            layer.digest,
+            describe_limit(limit)
+        )));
+    }
+    let mut sink = BoundedBuffer::new(limit, layer.size);
+    match client
+        .pull_blob(image, layer.digest.as_str(), &mut sink)
+        .await
+    {
+        Ok(()) => Ok(sink.bytes),
+        Err(_) if sink.exceeded => Err(PullError::Registry(format!(
+            "layer {} exceeds the {} limit (the registry sent more than {limit} bytes)",
+            layer.digest,
+            describe_limit(limit)
+        ))),
+        Err(e) => Err(PullError::Registry(error_chain(&e))),
+    }
+}
+
+/// Parses a manifest or index, refusing one over [`MAX_MANIFEST_BYTES`].
+fn parse_manifest(body: &[u8]) -> Result<Manifest, PullError> {
+    if body.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(PullError::Layout(format!(
+            "manifest of {} bytes exceeds the {} limit",
+            body.len(),
+            describe_limit(MAX_MANIFEST_BYTES)
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| PullError::Layout(format!("malformed manifest: {e}")))
+}
+
 /// Fetches the artifact `reference` names: manifest (through an index if need be) and its Wasm
-/// layer, digest-verified.
-pub(crate) async fn pull(reference: &Reference) -> Result<Pulled, PullError> {
+/// layer, digest-verified, with no layer over `max_layer_bytes` (compressed or not).
+pub(crate) async fn pull(reference: &Reference, max_layer_bytes: u64) -> Result<Pulled, PullError> {
     let client = client_for(reference);
     let registry =
         |e: oci_client::errors::OciDistributionError| PullError::Registry(error_chain(&e));
@@ -228,8 +347,7 @@ pub(crate) async fn pull(reference: &Reference) -> Result<Pulled, PullError> {
         .pull_manifest_raw(reference, &RegistryAuth::Anonymous, &accept)
         .await
         .map_err(registry)?;
-    let mut manifest: Manifest = serde_json::from_slice(&body)
-        .map_err(|e| PullError::Layout(format!("malformed manifest: {e}")))?;
+    let mut manifest = parse_manifest(&body)?;
 
     let mut by_digest = reference.clone();
     if let Some(entries) = manifest.manifests.as_ref() {
@@ -242,6 +360,15 @@ pub(crate) async fn pull(reference: &Reference) -> Result<Pulled, PullError> {
             })
             .or(entries.first())
             .ok_or_else(|| PullError::Layout("image index lists no manifests".to_string()))?;
+        if let Some(size) = chosen.size
+            && size > MAX_MANIFEST_BYTES
+        {
+            return Err(PullError::Layout(format!(
+                "manifest {} of {size} bytes exceeds the {} limit",
+                chosen.digest,
+                describe_limit(MAX_MANIFEST_BYTES)
+            )));
+        }
         by_digest = Reference::with_digest(
             reference.registry().to_string(),
             reference.repository().to_string(),
@@ -252,19 +379,14 @@ pub(crate) async fn pull(reference: &Reference) -> Result<Pulled, PullError> {
             .await
             .map_err(registry)?;
         manifest_digest = digest;
-        manifest = serde_json::from_slice(&body)
-            .map_err(|e| PullError::Layout(format!("malformed manifest: {e}")))?;
+        manifest = parse_manifest(&body)?;
     }
     let layers = manifest.layers.unwrap_or_default();
     if let Some(layer) = layers
         .iter()
         .find(|layer| WASM_LAYER_MEDIA_TYPES.contains(&layer.media_type.as_str()))
     {
-        let mut bytes = Vec::new();
-        client
-            .pull_blob(&by_digest, layer.digest.as_str(), &mut bytes)
-            .await
-            .map_err(registry)?;
+        let bytes = pull_layer(&client, &by_digest, layer, max_layer_bytes).await?;
         return Ok(Pulled {
             manifest_digest,
             layer_digest: layer.digest.clone(),
@@ -281,12 +403,10 @@ pub(crate) async fn pull(reference: &Reference) -> Result<Pulled, PullError> {
             | "application/vnd.docker.image.rootfs.diff.tar.gzip" => true,
             _ => continue,
         };
-        let mut bytes = Vec::new();
-        client
-            .pull_blob(&by_digest, layer.digest.as_str(), &mut bytes)
-            .await
-            .map_err(registry)?;
-        if let Some(wasm) = wasm_from_tar_layer(&bytes, gzip).map_err(PullError::Layout)? {
+        let bytes = pull_layer(&client, &by_digest, layer, max_layer_bytes).await?;
+        if let Some(wasm) =
+            wasm_from_tar_layer(&bytes, gzip, max_layer_bytes).map_err(PullError::Layout)?
+        {
             return Ok(Pulled {
                 manifest_digest,
                 layer_digest: sha256_digest(&wasm),
@@ -301,15 +421,28 @@ pub(crate) async fn pull(reference: &Reference) -> Result<Pulled, PullError> {
     )))
 }
 
-/// The one `.wasm` regular file of a (possibly gzipped) tar layer; an error if there are several.
-pub(crate) fn wasm_from_tar_layer(layer: &[u8], gzip: bool) -> Result<Option<Vec<u8>>, String> {
-    let tar = if gzip {
+/// The one `.wasm` regular file of a (possibly gzipped) tar layer; an error if there are
+/// several, or if the layer decompresses to more than `max_bytes`.
+pub(crate) fn wasm_from_tar_layer(
+    layer: &[u8],
+    gzip: bool,
+    max_bytes: u64,
+) -> Result<Option<Vec<u8>>, String> {
+    let tar: Cow<'_, [u8]> = if gzip {
         let mut out = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(layer), &mut out)
+        flate2::read::GzDecoder::new(layer)
+            .take(max_bytes.saturating_add(1))
+            .read_to_end(&mut out)
             .map_err(|e| format!("cannot decompress image layer: {e}"))?;
-        out
+        if out.len() as u64 > max_bytes {
+            return Err(format!(
+                "image layer decompresses to more than the {} limit",
+                describe_limit(max_bytes)
+            ));
+        }
+        Cow::Owned(out)
     } else {
-        layer.to_vec()
+        Cow::Borrowed(layer)
     };
     let mut found: Option<(String, Vec<u8>)> = None;
     let mut long_name: Option<String> = None;
@@ -376,6 +509,8 @@ pub(crate) fn wasm_from_tar_layer(layer: &[u8], gzip: bool) -> Result<Option<Vec
 mod tests {
     use super::*;
 
+    const LIMIT: u64 = 1 << 20;
+
     #[test]
     fn loopback_registries_use_http() {
         for (registry, expected) in [
@@ -412,22 +547,121 @@ mod tests {
         tar.extend(tar_entry("app/main.wasm", b"\0asm\x01\0\0\0"));
         tar.extend([0u8; 1024]);
         assert_eq!(
-            wasm_from_tar_layer(&tar, false).expect("valid tar"),
+            wasm_from_tar_layer(&tar, false, LIMIT).expect("valid tar"),
             Some(b"\0asm\x01\0\0\0".to_vec())
         );
 
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         std::io::Write::write_all(&mut gz, &tar).expect("gzip");
         let gz = gz.finish().expect("gzip");
-        assert!(wasm_from_tar_layer(&gz, true).expect("valid").is_some());
+        assert!(
+            wasm_from_tar_layer(&gz, true, LIMIT)
+                .expect("valid")
+                .is_some()
+        );
 
         let none = tar_entry("etc/config.toml", b"x = 1");
-        assert_eq!(wasm_from_tar_layer(&none, false).expect("valid"), None);
+        assert_eq!(
+            wasm_from_tar_layer(&none, false, LIMIT).expect("valid"),
+            None
+        );
 
         let mut two = tar.clone();
         two.truncate(tar.len() - 1024);
         two.extend(tar_entry("other.wasm", b"\0asm"));
-        assert!(wasm_from_tar_layer(&two, false).is_err());
+        assert!(wasm_from_tar_layer(&two, false, LIMIT).is_err());
+    }
+
+    #[test]
+    fn gzip_layers_are_bounded_once_decompressed() {
+        // 4 MiB of zeros compress to a few KiB: a small gzip bomb.
+        let mut tar = tar_entry("app/main.wasm", &vec![0u8; 4 << 20]);
+        tar.extend([0u8; 1024]);
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut gz, &tar).expect("gzip");
+        let gz = gz.finish().expect("gzip");
+        assert!(gz.len() < 64 * 1024, "{} bytes compressed", gz.len());
+
+        let error = wasm_from_tar_layer(&gz, true, 1 << 20).expect_err("over the limit");
+        assert_eq!(
+            error,
+            "image layer decompresses to more than the 1 MiB limit"
+        );
+        // Exactly at the limit is fine.
+        let exact = tar.len() as u64;
+        assert!(
+            wasm_from_tar_layer(&gz, true, exact)
+                .expect("at the limit")
+                .is_some()
+        );
+        assert!(wasm_from_tar_layer(&gz, true, exact - 1).is_err());
+    }
+
+    #[tokio::test]
+    async fn bounded_buffer_fails_past_its_limit() {
+        use tokio::io::AsyncWriteExt;
+
+        let mut sink = BoundedBuffer::new(10, Some(1 << 40));
+        assert!(
+            sink.bytes.capacity() <= 16,
+            "capacity follows the limit, not the claim"
+        );
+        sink.write_all(b"01234").await.expect("within the limit");
+        sink.write_all(b"56789").await.expect("up to the limit");
+        assert!(!sink.exceeded);
+        let error = sink.write_all(b"x").await.expect_err("past the limit");
+        assert!(
+            error.to_string().contains("exceeds the 10-byte limit"),
+            "{error}"
+        );
+        assert!(sink.exceeded);
+        assert_eq!(sink.bytes, b"0123456789");
+
+        let mut sink = BoundedBuffer::new(256 << 20, None);
+        sink.write_all(&[1u8; 4096]).await.expect("small");
+        assert_eq!(sink.bytes.len(), 4096);
+    }
+
+    #[test]
+    fn limits_are_described_in_mib() {
+        assert_eq!(describe_limit(crate::DEFAULT_MAX_LAYER_BYTES), "256 MiB");
+        assert_eq!(describe_limit(MAX_MANIFEST_BYTES), "4 MiB");
+        assert_eq!(describe_limit(1000), "1000-byte");
+    }
+
+    #[test]
+    fn descriptors_carry_their_size() {
+        let manifest = parse_manifest(
+            br#"{"layers":[{"mediaType":"application/wasm","digest":"sha256:ab","size":300000000}]}"#,
+        )
+        .expect("valid manifest");
+        let layers = manifest.layers.unwrap_or_default();
+        assert_eq!(layers[0].size, Some(300_000_000));
+        assert!(parse_manifest(&vec![b' '; (MAX_MANIFEST_BYTES + 1) as usize]).is_err());
+    }
+
+    #[tokio::test]
+    async fn layers_declared_over_the_limit_are_refused_before_download() {
+        // The registry is never contacted: the declared size alone fails the pull.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let reference = parse_reference("127.0.0.1:1/big:v1").expect("valid");
+        let client = client_for(&reference);
+        let layer = Descriptor {
+            media_type: WASM_LAYER_MEDIA_TYPE.to_string(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            size: Some(300 << 20),
+            platform: None,
+        };
+        match pull_layer(&client, &reference, &layer, crate::DEFAULT_MAX_LAYER_BYTES).await {
+            Err(PullError::Registry(message)) => assert_eq!(
+                message,
+                format!(
+                    "layer sha256:{} of 314572800 bytes exceeds the 256 MiB limit",
+                    "a".repeat(64)
+                )
+            ),
+            other => panic!("expected a size error, got {other:?}"),
+        }
     }
 
     #[test]

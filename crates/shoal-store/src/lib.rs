@@ -105,6 +105,10 @@ pub enum StoreError {
     /// Disk, raft or other internal failure; details are in the source.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A write was not made durable within `StoreConfig::write_timeout` (e.g. a stalled disk).
+    /// Its outcome is unknown: it may still be applied later.
+    #[error("store timeout: {0}")]
+    Timeout(String),
 }
 
 /// Tuning of a store; `StoreConfig::default()` is what `Store::open` uses.
@@ -120,6 +124,9 @@ pub struct StoreConfig {
     pub logs_to_keep: u64,
     /// How long `open` waits for the member to lead and replay its log.
     pub open_timeout: Duration,
+    /// How long a write waits to be made durable and applied before it fails with
+    /// `StoreError::Timeout`.
+    pub write_timeout: Duration,
 }
 
 impl Default for StoreConfig {
@@ -130,6 +137,7 @@ impl Default for StoreConfig {
             snapshot_every: 20_000,
             logs_to_keep: 1000,
             open_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -292,7 +300,8 @@ impl Store {
             .await
             .map_err(|e| unavailable("waiting for raft leadership", e))?;
         let revision = Arc::clone(&shared.revision);
-        let (proposer, proposer_task) = propose::Proposer::spawn(raft.clone());
+        let (proposer, proposer_task) =
+            propose::Proposer::spawn(raft.clone(), config.write_timeout);
         tracing::info!(dir = %dir.display(), revision = revision.load(Ordering::Acquire), "opened store");
         Ok(Store {
             inner: Arc::new(Inner {

@@ -7,8 +7,12 @@
 //! own response; while a batch is being made durable the next one accumulates. At most
 //! `MAX_IN_FLIGHT` batches are with raft at once. It does not reorder a caller's writes: a
 //! caller waits for each answer before its next write.
+//!
+//! A caller waits at most the configured write timeout (a stalled disk must not hang every
+//! writer forever); a write that timed out may still be applied later.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::Raft;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -32,23 +36,45 @@ struct Pending {
 /// Submits writes to the batching task.
 pub struct Proposer {
     tx: mpsc::UnboundedSender<Pending>,
+    timeout: Duration,
 }
 
 impl Proposer {
     /// Starts the batching task; it ends when the `Proposer` is dropped (or is aborted).
-    pub fn spawn(raft: Raft<TypeConfig>) -> (Proposer, JoinHandle<()>) {
+    /// Each `propose` waits at most `timeout` for its answer.
+    pub fn spawn(raft: Raft<TypeConfig>, timeout: Duration) -> (Proposer, JoinHandle<()>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let handle = tokio::spawn(run(raft, rx));
-        (Proposer { tx }, handle)
+        (Proposer { tx, timeout }, handle)
     }
 
-    /// Proposes `request` and waits until it is durable and applied.
+    /// Proposes `request` and waits until it is durable and applied, or the write timeout
+    /// passed (`StoreError::Timeout`: the write may still be applied later).
     pub async fn propose(&self, request: Request) -> Result<Response, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Pending { request, reply })
             .map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        await_reply(rx, self.timeout).await
+    }
+}
+
+/// The answer on `rx`, or `Timeout` once `timeout` passed.
+async fn await_reply(
+    rx: oneshot::Receiver<Result<Response, StoreError>>,
+    timeout: Duration,
+) -> Result<Response, StoreError> {
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(answer) => answer.map_err(|_| stopped())?,
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "write not durable within the timeout"
+            );
+            Err(StoreError::Timeout(format!(
+                "write timed out after {timeout:?} waiting to be made durable; it may still be applied"
+            )))
+        }
     }
 }
 
@@ -134,5 +160,34 @@ async fn submit(raft: &Raft<TypeConfig>, mut batch: Vec<Pending>) {
                 let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_whose_answer_never_comes_times_out() {
+        let (_reply, rx) = oneshot::channel();
+        let result = await_reply(rx, Duration::from_millis(20)).await;
+        assert!(
+            matches!(&result, Err(StoreError::Timeout(m)) if m.contains("write timed out")),
+            "{result:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_answer_within_the_timeout_is_returned() {
+        let (reply, rx) = oneshot::channel();
+        let _ = reply.send(Ok(Response::Empty));
+        assert!(await_reply(rx, Duration::from_secs(60)).await.is_ok());
+
+        let (reply, rx) = oneshot::channel::<Result<Response, StoreError>>();
+        drop(reply);
+        assert!(matches!(
+            await_reply(rx, Duration::from_secs(60)).await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
 }

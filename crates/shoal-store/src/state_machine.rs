@@ -4,9 +4,9 @@
 //!
 //! Applies commit with `Durability::None`: a crash can lose the newest applied state, and on
 //! restart openraft replays the log from the last applied id that did reach disk, giving the
-//! same revisions again. Building a snapshot first makes everything applied durable, and
-//! openraft purges the log only up to a snapshot, so purged log never runs ahead of durable
-//! state. Live events go out on a broadcast channel after their transaction committed.
+//! same revisions again. Building a snapshot first makes everything applied durable (and fails
+//! if that flush fails), and openraft purges the log only up to a snapshot, so purged log never
+//! runs ahead of durable state. Live events go out on a broadcast channel after their transaction committed.
 //!
 //! Multi-member concerns (streaming large snapshots to followers) are not handled: snapshot
 //! data is a full in-memory dump.
@@ -69,11 +69,25 @@ pub struct StateMachine {
     snapshot_seq: u64,
 }
 
-/// Builds a snapshot from the read transaction taken when it was asked for.
+/// Builds a snapshot from the read transaction taken when it was asked for, right after the
+/// state machine was flushed; if that flush failed, building fails with its error.
 pub struct SnapshotBuilder {
     shared: Arc<Shared>,
-    txn: Option<ReadTransaction>,
+    /// The durable state to snapshot, taken by the first `build_snapshot`.
+    txn: Option<Result<ReadTransaction, Box<StorageError<u64>>>>,
     seq: u64,
+}
+
+/// Flushes every applied transaction to disk, then opens a read transaction on that state.
+///
+/// A flush failure is a state machine write error: a snapshot over non-durable applies would let
+/// openraft purge log entries that a crash then loses.
+fn durable_read(shared: &Shared) -> Result<ReadTransaction, Box<StorageError<u64>>> {
+    shared.flush().map_err(|e| {
+        tracing::warn!(error = %e, "flushing state machine for snapshot failed");
+        Box::new(sm_write_err(e))
+    })?;
+    shared.db.begin_read().map_err(|e| Box::new(sm_read_err(e)))
 }
 
 fn sm_write_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
@@ -438,8 +452,8 @@ fn dump(txn: &ReadTransaction) -> Result<Dump, DiskError> {
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
         let txn = match self.txn.take() {
-            Some(t) => t,
-            None => self.shared.db.begin_read().map_err(sm_read_err)?,
+            Some(taken) => taken.map_err(|e| *e)?,
+            None => durable_read(&self.shared).map_err(|e| *e)?,
         };
         let Dump {
             data,
@@ -488,17 +502,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         // The snapshot covers what is applied now; make it durable first so the log openraft
         // purges after this snapshot is never needed again.
-        let txn = match self.shared.flush() {
-            Ok(()) => self.shared.db.begin_read().ok(),
-            Err(e) => {
-                tracing::warn!(error = %e, "flushing state machine for snapshot failed");
-                None
-            }
-        };
+        // A failed flush is carried into the builder, whose `build_snapshot` then fails
+        // instead of snapshotting state a crash could lose.
+        let txn = durable_read(&self.shared);
         self.snapshot_seq += 1;
         SnapshotBuilder {
             shared: Arc::clone(&self.shared),
-            txn,
+            txn: Some(txn),
             seq: self.snapshot_seq,
         }
     }
@@ -591,6 +601,46 @@ mod tests {
             key: key.into(),
             value: Bytes::from_static(b"v"),
         }
+    }
+
+    #[tokio::test]
+    async fn snapshot_builds_over_flushed_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachine::open(&dir.path().join("state.redb"), 100, 16).expect("open");
+        sm.apply_batch(vec![normal(1, create("/a"))])
+            .expect("apply");
+        let mut builder = sm.get_snapshot_builder().await;
+        let snapshot = builder.build_snapshot().await.expect("snapshot");
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(1));
+        assert!(lock(&sm.shared.snapshot).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_failed_flush_fails_the_snapshot_build() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sm = StateMachine::open(&dir.path().join("state.redb"), 100, 16).expect("open");
+        sm.apply_batch(vec![normal(1, create("/a"))])
+            .expect("apply");
+        // What `get_snapshot_builder` hands over when `flush` fails.
+        let mut builder = SnapshotBuilder {
+            shared: sm.shared(),
+            txn: Some(Err(Box::new(sm_write_err(DiskError::Io(
+                std::io::Error::other("disk stalled"),
+            ))))),
+            seq: 1,
+        };
+        let Err(error) = builder.build_snapshot().await else {
+            panic!("a snapshot over an unflushed state machine must fail");
+        };
+        let message = error.to_string();
+        assert!(
+            message.contains("Write") && message.contains("StateMachine"),
+            "{message}"
+        );
+        assert!(
+            lock(&sm.shared.snapshot).is_none(),
+            "no snapshot may be recorded"
+        );
     }
 
     #[test]

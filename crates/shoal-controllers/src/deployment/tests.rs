@@ -1,3 +1,5 @@
+//! Tests of the Deployment controller's pure planning: rollout math, template hashing, history.
+
 use super::*;
 use serde_json::{Value, json};
 
