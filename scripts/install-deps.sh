@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs what Shoal's build, tests and demo need on Debian 12: Debian's OCI registry
-# (docker-registry) and the rustup targets for the Wasm guests. Idempotent and quiet when all
-# is already there.
+# (docker-registry), curl when missing, and the rustup targets for the Wasm guests.
+# Idempotent and quiet when all is already there. kubectl 1.32 is expected at /usr/bin/kubectl.
 set -euo pipefail
+
+if ! command -v kubectl >/dev/null 2>&1; then
+    echo "error: kubectl (1.32 or newer) is required on PATH; Debian's kubernetes-client is too old" >&2
+    exit 1
+fi
 
 need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
-command -v kubectl >/dev/null 2>&1 || need_apt+=(kubernetes-client)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"
