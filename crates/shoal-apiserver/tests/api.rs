@@ -1206,6 +1206,22 @@ async fn namespace_collection_delete_is_not_allowed() {
         )
         .await;
     assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    // The immortal namespaces refuse deletion one by one too.
+    for ns in ["default", "kube-system", "kube-public"] {
+        let r = api
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/namespaces/{ns}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "deleting {ns}");
+        assert_eq!(
+            r.json()["message"],
+            format!("namespaces \"{ns}\" is forbidden: this namespace may not be deleted")
+        );
+    }
     let namespaces = api.get("/api/v1/namespaces").await.json();
     assert_eq!(namespaces["items"].as_array().expect("items").len(), 4);
     for item in namespaces["items"].as_array().expect("items") {

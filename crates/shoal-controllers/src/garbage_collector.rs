@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::Error;
 use crate::informer::Change;
@@ -572,7 +572,9 @@ impl GarbageCollector {
         let mut queued: HashSet<ObjectKey> = HashSet::new();
         let mut in_flight: HashSet<ObjectKey> = HashSet::new();
         let mut dirty: HashSet<ObjectKey> = HashSet::new();
-        let mut tasks: JoinSet<(ObjectKey, Result<Outcome, Error>)> = JoinSet::new();
+        let mut tasks: JoinSet<Result<Outcome, Error>> = JoinSet::new();
+        // Which object each running task examines, so a panicked task still frees its key.
+        let mut task_keys: HashMap<tokio::task::Id, ObjectKey> = HashMap::new();
         let mut timers: JoinSet<ObjectKey> = JoinSet::new();
         let enqueue = |queue: &mut VecDeque<ObjectKey>,
                        queued: &mut HashSet<ObjectKey>,
@@ -596,29 +598,37 @@ impl GarbageCollector {
                 let uid = this.cached_meta(&key).and_then(|m| m.uid);
                 let dependents = uid.map(|u| graph.dependents_of(&u)).unwrap_or_default();
                 let worker = Arc::clone(&this);
-                tasks.spawn(async move {
-                    let result = worker.attempt(&key, dependents).await;
-                    (key, result)
-                });
+                let task_key = key.clone();
+                let handle =
+                    tasks.spawn(async move { worker.attempt(&task_key, dependents).await });
+                task_keys.insert(handle.id(), key);
             }
             let examine = tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(change) = pods.next() => on_change(&mut graph, Kind::Pod, change),
                 Some(change) = replicasets.next() => on_change(&mut graph, Kind::ReplicaSet, change),
                 Some(change) = deployments.next() => on_change(&mut graph, Kind::Deployment, change),
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                    let Ok((key, result)) = done else { continue };
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let (id, result) = match done {
+                        Ok((id, result)) => (id, Ok(result)),
+                        Err(error) => (error.id(), Err(error)),
+                    };
+                    let Some(key) = task_keys.remove(&id) else { continue };
                     in_flight.remove(&key);
                     let retry = match result {
-                        Ok(Outcome::Done) => None,
-                        Ok(Outcome::Gone) => {
+                        Ok(Ok(Outcome::Done)) => None,
+                        Ok(Ok(Outcome::Gone)) => {
                             graph.delete(&key, &ObjectMeta::default());
                             None
                         }
-                        Ok(Outcome::Requeue(after)) => Some(after),
-                        Err(error) if error.is_conflict() => Some(Duration::from_millis(200)),
-                        Err(error) => {
+                        Ok(Ok(Outcome::Requeue(after))) => Some(after),
+                        Ok(Err(error)) if error.is_conflict() => Some(Duration::from_millis(200)),
+                        Ok(Err(error)) => {
                             warn!(object = %key, %error, "garbage collection failed, will retry");
+                            Some(Duration::from_secs(5))
+                        }
+                        Err(error) => {
+                            error!(object = %key, %error, "garbage collection task failed, will retry");
                             Some(Duration::from_secs(5))
                         }
                     };

@@ -6,7 +6,7 @@
 //! decision sees it without re-listing. It does not retry a binding the API refused with
 //! a conflict (the pod was bound by someone else) or not found (the pod is gone).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -16,10 +16,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::{Value, json};
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::queue::Queue;
 use crate::schedule::{Sampling, schedule_sampled};
@@ -52,6 +52,8 @@ struct Scheduler {
     pod_buffer: Vec<Pod>,
     /// Where the next sampled decision starts (rotates through large clusters).
     next_start: Option<String>,
+    /// The pod each running binding task binds, so a panicked task still releases it.
+    binding_tasks: HashMap<Id, String>,
 }
 
 /// Runs the scheduler until `shutdown` is cancelled.
@@ -76,6 +78,7 @@ pub async fn run(
         node_buffer: Vec::new(),
         pod_buffer: Vec::new(),
         next_start: None,
+        binding_tasks: HashMap::new(),
     };
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     info!(scheduler = %scheduler.name, "scheduler starting");
@@ -97,11 +100,13 @@ pub async fn run(
                 Some(Err(error)) => warn!(%error, "pod watch failed"),
                 None => return Err(Error::WatchEnded("pods")),
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Ok(outcome) = done {
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
+                Ok((id, outcome)) => {
+                    scheduler.binding_tasks.remove(&id);
                     scheduler.on_outcome(outcome);
                 }
-            }
+                Err(error) => scheduler.on_task_failed(error),
+            },
             () = sleep_until(wakeup), if wakeup.is_some() => scheduler.queue.wake(Instant::now()),
         }
     }
@@ -234,10 +239,16 @@ impl Scheduler {
                 let node = placement.node;
                 self.snapshot.assume_pod(&pod, &node);
                 let client = self.client.clone();
-                tasks.spawn(async move {
+                let task_key = key.clone();
+                let handle = tasks.spawn(async move {
                     let result = bind(client, &pod, &node).await;
-                    Outcome::Bound { key, node, result }
+                    Outcome::Bound {
+                        key: task_key,
+                        node,
+                        result,
+                    }
                 });
+                self.binding_tasks.insert(handle.id(), key);
             }
             Err(fit) => {
                 self.next_start = sampling.start_after;
@@ -261,6 +272,18 @@ impl Scheduler {
             }
         }
         true
+    }
+
+    /// A binding or status task panicked: a binding's pod loses its assumption and retries.
+    fn on_task_failed(&mut self, error: JoinError) {
+        match self.binding_tasks.remove(&error.id()) {
+            Some(key) => {
+                error!(pod = %key, %error, "binding task failed, will retry");
+                self.snapshot.forget_pod(&key);
+                self.queue.back_off(&key, Instant::now());
+            }
+            None => error!(%error, "status patch task failed"),
+        }
     }
 
     fn on_outcome(&mut self, outcome: Outcome) {
@@ -408,5 +431,45 @@ mod tests {
         assert_eq!(conditions[1]["lastTransitionTime"], "2026-01-01T00:00:00Z");
         let fresh = unschedulable_patch(&Pod::default(), "m").expect("new condition");
         assert_eq!(fresh["status"]["conditions"][0]["reason"], "Unschedulable");
+    }
+
+    #[tokio::test]
+    async fn panicked_binding_releases_pod() {
+        let uri = "http://127.0.0.1:9".parse().expect("uri");
+        let client = kube::Client::try_from(kube::Config::new(uri)).expect("client");
+        let mut scheduler = Scheduler {
+            name: DEFAULT_SCHEDULER_NAME.to_owned(),
+            client,
+            snapshot: Snapshot::new(),
+            queue: Queue::new(),
+            nodes_synced: true,
+            pods_synced: true,
+            node_buffer: Vec::new(),
+            pod_buffer: Vec::new(),
+            next_start: None,
+            binding_tasks: HashMap::new(),
+        };
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "p"},
+            "spec": {"containers": []}
+        }))
+        .expect("pod");
+        let key = pod_key(&pod);
+        scheduler.queue.upsert(key.clone(), Arc::new(pod.clone()));
+        assert!(scheduler.queue.pop().is_some());
+        scheduler.snapshot.assume_pod(&pod, "n");
+        let mut tasks: JoinSet<Outcome> = JoinSet::new();
+        let handle = tasks.spawn(async { panic!("boom") });
+        scheduler.binding_tasks.insert(handle.id(), key.clone());
+        let error = tasks
+            .join_next()
+            .await
+            .expect("one task")
+            .err()
+            .expect("panicked");
+        scheduler.on_task_failed(error);
+        assert!(!scheduler.snapshot.is_assumed(&key));
+        assert!(scheduler.binding_tasks.is_empty());
+        assert!(scheduler.queue.next_wakeup().is_some(), "pod backs off");
     }
 }
