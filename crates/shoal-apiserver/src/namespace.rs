@@ -18,8 +18,17 @@ use crate::resources::{Ctx, DeleteOptions, Params, Target, delete};
 
 const NAMESPACES: &str = "/registry/core/namespaces/";
 
+/// Namespaces that can never be deleted.
+pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
+
 /// Marks namespace `name` as terminating and starts emptying it; returns the namespace.
 pub async fn terminate(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
+    // As Kubernetes' NamespaceLifecycle admission: these are immortal.
+    if IMMORTAL_NAMESPACES.contains(&name) {
+        return Err(ApiError::Forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
     let key = format!("{NAMESPACES}{name}");
     let store = ctx.state.store();
     for _ in 0..32 {

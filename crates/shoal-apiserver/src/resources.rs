@@ -288,12 +288,6 @@ async fn handle(
                 let body = read_body(body, &ctx.headers).await?;
                 let options = delete_options(&ctx, &body)?;
                 if is_namespace(ctx.target.rt) {
-                    // As Kubernetes' NamespaceLifecycle admission: these are immortal.
-                    if IMMORTAL_NAMESPACES.contains(&name) {
-                        return Err(ApiError::Forbidden(format!(
-                            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
-                        )));
-                    }
                     let obj = crate::namespace::terminate(&ctx, name).await?;
                     return Ok(json_response(StatusCode::OK, &obj));
                 }
@@ -1158,9 +1152,6 @@ pub async fn delete(
 }
 
 /// Whether `rt` is the core Namespace, whose deletion goes through `namespace::terminate`.
-/// Namespaces that can never be deleted.
-pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
-
 pub fn is_namespace(rt: &ResourceType) -> bool {
     rt.kind == "Namespace" && rt.group.is_empty()
 }

@@ -51,43 +51,26 @@ pub async fn run(args: Args) -> Result<()> {
         } else {
             format!("{}.{}/{name}", rt.singular, rt.group)
         };
-        match client::send(&api, http::Method::GET, &path, None, None, Vec::new()).await {
-            Ok(current) => {
-                let current: Value =
-                    serde_json::from_str(&current).context("decoding the stored object")?;
-                object["metadata"]["resourceVersion"] =
-                    current["metadata"]["resourceVersion"].clone();
-                if current.get("status").is_some() {
-                    object["status"] = current["status"].clone();
+        // Update in place when the object exists, conditional on its resourceVersion.
+        let (method, target, verb) =
+            match client::send(&api, http::Method::GET, &path, None, None, Vec::new()).await {
+                Ok(current) => {
+                    let current: Value =
+                        serde_json::from_str(&current).context("decoding the stored object")?;
+                    object["metadata"]["resourceVersion"] =
+                        current["metadata"]["resourceVersion"].clone();
+                    (http::Method::PUT, path, "configured")
                 }
-                let body = serde_json::to_vec(&object)?;
-                client::send(
-                    &api,
-                    http::Method::PUT,
-                    &path,
-                    Some("application/json"),
-                    None,
-                    body,
-                )
-                .await?;
-                println!("{display} configured");
-            }
-            Err(err) if client::is_not_found(&err) => {
-                let body = serde_json::to_vec(&object)?;
-                let collection = client::collection_path(rt, Some(&namespace));
-                client::send(
-                    &api,
+                Err(err) if client::is_not_found(&err) => (
                     http::Method::POST,
-                    &collection,
-                    Some("application/json"),
-                    None,
-                    body,
-                )
-                .await?;
-                println!("{display} created");
-            }
-            Err(err) => return Err(err),
-        }
+                    client::collection_path(rt, Some(&namespace)),
+                    "created",
+                ),
+                Err(err) => return Err(err),
+            };
+        let body = serde_json::to_vec(&object)?;
+        client::send(&api, method, &target, Some("application/json"), None, body).await?;
+        println!("{display} {verb}");
     }
     Ok(())
 }

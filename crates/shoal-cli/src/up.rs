@@ -55,10 +55,10 @@ pub async fn run(args: Args) -> Result<()> {
             ("apiserver", result.map_err(anyhow::Error::from))
         });
     }
-    wait_ready(args.listen, &mut tasks).await?;
+    let client = api_client(args.listen)?;
+    wait_ready(&client, args.listen, &mut tasks).await?;
     let kubeconfig = data_dir.join("kubeconfig");
     write_kubeconfig(&kubeconfig, args.listen)?;
-    let client = api_client(args.listen)?;
 
     {
         let client = client.clone();
@@ -152,12 +152,13 @@ pub async fn run(args: Args) -> Result<()> {
 
 /// Polls `/readyz` until the apiserver answers, failing fast if it exits first.
 async fn wait_ready(
+    client: &kube::Client,
     listen: SocketAddr,
     tasks: &mut JoinSet<(&'static str, Result<()>)>,
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if readyz(listen).await {
+        if readyz(client).await {
             return Ok(());
         }
         if let Some(joined) = tasks.try_join_next() {
@@ -174,20 +175,11 @@ async fn wait_ready(
     }
 }
 
-async fn readyz(listen: SocketAddr) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(listen).await else {
+async fn readyz(client: &kube::Client) -> bool {
+    let Ok(request) = http::Request::get("/readyz").body(Vec::new()) else {
         return false;
     };
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return false;
-    }
-    let mut response = Vec::new();
-    if stream.read_to_end(&mut response).await.is_err() {
-        return false;
-    }
-    response.starts_with(b"HTTP/1.1 200")
+    client.request_text(request).await.is_ok()
 }
 
 fn api_client(listen: SocketAddr) -> Result<kube::Client> {

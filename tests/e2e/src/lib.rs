@@ -233,22 +233,6 @@ impl Cluster {
         }
         Ok(())
     }
-
-    /// Stops the process with SIGTERM and waits for it to exit.
-    pub fn stop(&mut self) -> Result<()> {
-        if let Some(mut child) = self.child.take() {
-            Command::new("kill").arg(child.id().to_string()).status()?;
-            let deadline = Instant::now() + Duration::from_secs(40);
-            while child.try_wait()?.is_none() {
-                if Instant::now() > deadline {
-                    child.kill()?;
-                    bail!("shoal up did not stop within 40s after SIGTERM");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        Ok(())
-    }
 }
 
 impl Drop for Cluster {
@@ -258,18 +242,6 @@ impl Drop for Cluster {
             let _ = child.wait();
         }
     }
-}
-
-/// Phase of each pod, with the pod name.
-pub fn phases(pods: &[serde_json::Value]) -> Vec<(String, String)> {
-    pods.iter()
-        .map(|p| {
-            (
-                p["metadata"]["name"].as_str().unwrap_or("").to_string(),
-                p["status"]["phase"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect()
 }
 
 /// Number of pods that are Running and not being deleted.
