@@ -1,18 +1,21 @@
-//! Byte encodings of what the store keeps on disk: key records, watch history events and raft
-//! log entries.
+//! Byte encodings of what the store keeps on disk and sends between members: key records,
+//! watch history events, raft log entries and remembered write outcomes.
 //!
 //! Values are opaque bytes that can reach 1.5 MiB, so they are written raw (length-prefixed)
 //! rather than through a self-describing format; raft metadata (log ids, membership) is small
-//! and goes through `serde_json`. This module does no IO.
+//! and goes through `serde_json`. Every record, event and entry carries a CRC-32C-style
+//! checksum (crc32fast) of its bytes (and, for key records, of the key): a flipped byte is
+//! reported as corruption of that key, never served as data. This module does no IO.
 
 use bytes::Bytes;
 use openraft::{Entry, EntryPayload, LogId, Membership};
 use serde::{Deserialize, Serialize};
 
-use crate::raft::{Request, TypeConfig};
+use crate::raft::{Member, Op, OpId, Outcome, Request, TypeConfig, Write};
 use crate::{KeyValue, WatchEvent};
 
-/// A record that could not be decoded: the file is damaged or from another version.
+/// A record that could not be decoded or failed its checksum: the file is damaged or from
+/// another version.
 #[derive(Debug, thiserror::Error)]
 #[error("corrupt record: {0}")]
 pub struct CorruptRecord(pub &'static str);
@@ -20,14 +23,41 @@ pub struct CorruptRecord(pub &'static str);
 /// `serde(with = ...)` helper that keeps `Bytes` compact in binary formats.
 pub(crate) mod bytes_serde {
     use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(value: &Bytes, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(value)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
-        Vec::<u8>::deserialize(d).map(Bytes::from)
+        serde_bytes_vec(d).map(Bytes::from)
+    }
+
+    fn serde_bytes_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = a.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_bytes(V)
     }
 }
 
@@ -48,6 +78,33 @@ impl Writer {
         self.0.extend_from_slice(&(v.len() as u32).to_le_bytes());
         self.0.extend_from_slice(v);
     }
+    /// Appends the checksum of everything written so far (and of `extra`, e.g. the key).
+    fn seal(mut self, extra: &[u8]) -> Vec<u8> {
+        let sum = checksum(extra, &self.0);
+        self.0.extend_from_slice(&sum.to_le_bytes());
+        self.0
+    }
+}
+
+fn checksum(extra: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(extra);
+    h.update(body);
+    h.finalize()
+}
+
+/// Checks and strips the trailing checksum of `raw` (computed over `extra` and the body).
+fn unseal<'a>(extra: &[u8], raw: &'a [u8]) -> Result<&'a [u8], CorruptRecord> {
+    if raw.len() < 4 {
+        return Err(CorruptRecord("truncated"));
+    }
+    let (body, sum) = raw.split_at(raw.len() - 4);
+    let mut a = [0u8; 4];
+    a.copy_from_slice(sum);
+    if u32::from_le_bytes(a) != checksum(extra, body) {
+        return Err(CorruptRecord("checksum mismatch"));
+    }
+    Ok(body)
 }
 
 pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
@@ -82,17 +139,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The value of a key record: `create_revision`, `mod_revision`, then the value bytes.
-pub fn encode_record(create_revision: u64, mod_revision: u64, value: &[u8]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(16 + value.len());
+/// The value of a key record: `create_revision`, `mod_revision`, the value bytes, then a
+/// checksum over the key and all of that.
+pub fn encode_record(key: &str, create_revision: u64, mod_revision: u64, value: &[u8]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(20 + value.len());
     w.u64(create_revision);
     w.u64(mod_revision);
     w.0.extend_from_slice(value);
-    w.0
+    w.seal(key.as_bytes())
 }
 
 pub fn decode_record(key: &str, raw: &[u8]) -> Result<KeyValue, CorruptRecord> {
-    let mut r = Reader(raw);
+    let mut r = Reader(unseal(key.as_bytes(), raw)?);
     let create_revision = r.u64()?;
     let mod_revision = r.u64()?;
     Ok(KeyValue {
@@ -103,11 +161,12 @@ pub fn decode_record(key: &str, raw: &[u8]) -> Result<KeyValue, CorruptRecord> {
     })
 }
 
-/// Only the `mod_revision` of a key record, without copying the value.
-pub fn record_mod_revision(raw: &[u8]) -> Result<u64, CorruptRecord> {
-    let mut r = Reader(raw);
+/// Checks a key record without copying its value.
+pub fn check_record(key: &str, raw: &[u8]) -> Result<(), CorruptRecord> {
+    let mut r = Reader(unseal(key.as_bytes(), raw)?);
     r.u64()?;
-    r.u64()
+    r.u64()?;
+    Ok(())
 }
 
 fn write_kv_body(w: &mut Writer, kv: &KeyValue) {
@@ -144,7 +203,7 @@ pub fn encode_event(event: &WatchEvent) -> Vec<u8> {
                     write_kv_body(&mut w, p);
                 }
             }
-            w.0
+            w.seal(&[])
         }
         WatchEvent::Delete { prev, revision } => {
             let mut w = Writer::with_capacity(48 + prev.key.len() + prev.value.len());
@@ -152,13 +211,13 @@ pub fn encode_event(event: &WatchEvent) -> Vec<u8> {
             w.bytes(prev.key.as_bytes());
             w.u64(*revision);
             write_kv_body(&mut w, prev);
-            w.0
+            w.seal(&[])
         }
     }
 }
 
 pub fn decode_event(raw: &[u8]) -> Result<WatchEvent, CorruptRecord> {
-    let mut r = Reader(raw);
+    let mut r = Reader(unseal(&[], raw)?);
     let tag = r.u8()?;
     let key = r.string()?;
     match tag {
@@ -179,6 +238,52 @@ pub fn decode_event(raw: &[u8]) -> Result<WatchEvent, CorruptRecord> {
     }
 }
 
+/// A remembered write outcome. A delete's removed value is not repeated here: it is the
+/// history event at the delete's revision, which lives at least as long.
+pub fn encode_outcome(outcome: &Outcome) -> Vec<u8> {
+    let mut w = Writer::with_capacity(24);
+    match outcome {
+        Outcome::Written {
+            create_revision,
+            mod_revision,
+        } => {
+            w.u8(0);
+            w.u64(*create_revision);
+            w.u64(*mod_revision);
+        }
+        Outcome::Deleted { revision, .. } => {
+            w.u8(1);
+            w.u64(*revision);
+        }
+        Outcome::AlreadyExists => w.u8(2),
+        Outcome::NotFound => w.u8(3),
+        Outcome::Conflict { current } => {
+            w.u8(4);
+            w.u64(*current);
+        }
+        Outcome::Expired => w.u8(5),
+    }
+    w.seal(&[])
+}
+
+/// A remembered outcome; a delete is returned as `Err(revision)`, for the caller to fetch
+/// the removed value from history.
+pub fn decode_outcome(raw: &[u8]) -> Result<Result<Outcome, u64>, CorruptRecord> {
+    let mut r = Reader(unseal(&[], raw)?);
+    Ok(Ok(match r.u8()? {
+        0 => Outcome::Written {
+            create_revision: r.u64()?,
+            mod_revision: r.u64()?,
+        },
+        1 => return Ok(Err(r.u64()?)),
+        2 => Outcome::AlreadyExists,
+        3 => Outcome::NotFound,
+        4 => Outcome::Conflict { current: r.u64()? },
+        5 => Outcome::Expired,
+        _ => return Err(CorruptRecord("unknown outcome tag")),
+    }))
+}
+
 /// A log entry's id and kind; a write's request follows it in binary.
 #[derive(Serialize, Deserialize)]
 struct EntryHead {
@@ -189,7 +294,7 @@ struct EntryHead {
 #[derive(Serialize, Deserialize)]
 enum PayloadHead {
     Blank,
-    Membership(Membership<u64, openraft::BasicNode>),
+    Membership(Membership<u64, Member>),
     Normal,
 }
 
@@ -210,14 +315,16 @@ fn read_expected(r: &mut Reader<'_>) -> Result<Option<u64>, CorruptRecord> {
     })
 }
 
-fn write_request(w: &mut Writer, req: &Request) {
-    match req {
-        Request::Create { key, value } => {
+fn write_op(w: &mut Writer, op: &Op) {
+    w.u64(op.id.ticket);
+    w.u64(op.id.nonce);
+    match &op.write {
+        Write::Create { key, value } => {
             w.u8(0);
             w.bytes(key.as_bytes());
             w.bytes(value);
         }
-        Request::Update {
+        Write::Update {
             key,
             value,
             expected,
@@ -227,65 +334,78 @@ fn write_request(w: &mut Writer, req: &Request) {
             w.bytes(value);
             write_expected(w, *expected);
         }
-        Request::Delete { key, expected } => {
+        Write::Delete { key, expected } => {
             w.u8(2);
             w.bytes(key.as_bytes());
             write_expected(w, *expected);
         }
-        Request::Compact { keep } => {
-            w.u8(3);
-            w.u64(*keep);
-        }
-        Request::Batch(requests) => {
-            w.u8(4);
-            w.u64(requests.len() as u64);
-            for r in requests {
-                write_request(w, r);
+    }
+}
+
+fn read_op(r: &mut Reader<'_>) -> Result<Op, CorruptRecord> {
+    let id = OpId {
+        ticket: r.u64()?,
+        nonce: r.u64()?,
+    };
+    let write = match r.u8()? {
+        0 => Write::Create {
+            key: r.string()?,
+            value: Bytes::copy_from_slice(r.bytes()?),
+        },
+        1 => Write::Update {
+            key: r.string()?,
+            value: Bytes::copy_from_slice(r.bytes()?),
+            expected: read_expected(r)?,
+        },
+        2 => Write::Delete {
+            key: r.string()?,
+            expected: read_expected(r)?,
+        },
+        _ => return Err(CorruptRecord("unknown write tag")),
+    };
+    Ok(Op { id, write })
+}
+
+fn write_request(w: &mut Writer, req: &Request) {
+    match req {
+        Request::Ops(ops) => {
+            w.u8(0);
+            w.u64(ops.len() as u64);
+            for op in ops {
+                write_op(w, op);
             }
+        }
+        Request::Compact { keep } => {
+            w.u8(1);
+            w.u64(*keep);
         }
     }
 }
 
 fn read_request(r: &mut Reader<'_>) -> Result<Request, CorruptRecord> {
     Ok(match r.u8()? {
-        0 => Request::Create {
-            key: r.string()?,
-            value: Bytes::copy_from_slice(r.bytes()?),
-        },
-        1 => Request::Update {
-            key: r.string()?,
-            value: Bytes::copy_from_slice(r.bytes()?),
-            expected: read_expected(r)?,
-        },
-        2 => Request::Delete {
-            key: r.string()?,
-            expected: read_expected(r)?,
-        },
-        3 => Request::Compact { keep: r.u64()? },
-        4 => {
+        0 => {
             let n = r.u64()?;
-            // Each request takes at least one byte: a bound against corrupt counts.
-            if n > r.0.len() as u64 {
-                return Err(CorruptRecord("batch count"));
+            // Each op takes at least 17 bytes: a bound against corrupt counts.
+            if n > r.0.len() as u64 / 17 {
+                return Err(CorruptRecord("op count"));
             }
-            let mut requests = Vec::with_capacity(n as usize);
+            let mut ops = Vec::with_capacity(n as usize);
             for _ in 0..n {
-                requests.push(read_request(r)?);
+                ops.push(read_op(r)?);
             }
-            Request::Batch(requests)
+            Request::Ops(ops)
         }
+        1 => Request::Compact { keep: r.u64()? },
         _ => return Err(CorruptRecord("unknown request tag")),
     })
 }
 
-fn request_size(req: &Request) -> usize {
+/// Approximate bytes `req` takes once encoded.
+pub fn request_size(req: &Request) -> usize {
     match req {
-        Request::Create { key, value } | Request::Update { key, value, .. } => {
-            32 + key.len() + value.len()
-        }
-        Request::Delete { key, .. } => 32 + key.len(),
+        Request::Ops(ops) => 16 + ops.iter().map(|op| op.write.size()).sum::<usize>(),
         Request::Compact { .. } => 16,
-        Request::Batch(requests) => 16 + requests.iter().map(request_size).sum::<usize>(),
     }
 }
 
@@ -299,16 +419,16 @@ pub fn encode_entry(entry: &Entry<TypeConfig>) -> Result<Vec<u8>, serde_json::Er
         log_id: entry.log_id,
         payload,
     })?;
-    let mut w = Writer::with_capacity(8 + head.len() + request.map_or(0, request_size));
+    let mut w = Writer::with_capacity(12 + head.len() + request.map_or(0, request_size));
     w.bytes(&head);
     if let Some(req) = request {
         write_request(&mut w, req);
     }
-    Ok(w.0)
+    Ok(w.seal(&[]))
 }
 
 pub fn decode_entry(raw: &[u8]) -> Result<Entry<TypeConfig>, CorruptRecord> {
-    let mut r = Reader(raw);
+    let mut r = Reader(unseal(&[], raw)?);
     let head: EntryHead =
         serde_json::from_slice(r.bytes()?).map_err(|_| CorruptRecord("bad log entry header"))?;
     let payload = match head.payload {
@@ -359,54 +479,111 @@ mod tests {
 
     #[test]
     fn records_round_trip() {
-        let raw = encode_record(3, 7, b"hello");
+        let raw = encode_record("/k", 3, 7, b"hello");
         assert_eq!(
             decode_record("/k", &raw).expect("decodes"),
             kv("/k", "hello", 3, 7)
         );
-        assert_eq!(record_mod_revision(&raw).expect("decodes"), 7);
+        assert!(check_record("/k", &raw).is_ok());
         assert!(decode_record("/k", &raw[..5]).is_err());
+    }
+
+    #[test]
+    fn every_flipped_byte_of_a_record_is_detected() {
+        let raw = encode_record("/k", 3, 7, b"hello");
+        for i in 0..raw.len() {
+            for bit in [0x01u8, 0x80] {
+                let mut bad = raw.clone();
+                bad[i] ^= bit;
+                assert!(decode_record("/k", &bad).is_err(), "flip at {i}");
+            }
+        }
+        // A record moved under another key is detected too.
+        assert!(decode_record("/other", &raw).is_err());
+        let event = encode_event(&WatchEvent::Put {
+            kv: kv("/a", "x", 1, 1),
+            prev: None,
+        });
+        for i in 0..event.len() {
+            let mut bad = event.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_event(&bad).is_err(), "event flip at {i}");
+        }
+    }
+
+    #[test]
+    fn outcomes_round_trip() {
+        for o in [
+            Outcome::Written {
+                create_revision: 3,
+                mod_revision: 9,
+            },
+            Outcome::AlreadyExists,
+            Outcome::NotFound,
+            Outcome::Conflict { current: 4 },
+            Outcome::Expired,
+        ] {
+            assert_eq!(decode_outcome(&encode_outcome(&o)).expect("decodes"), Ok(o));
+        }
+        let deleted = Outcome::Deleted {
+            prev: kv("/a", "x", 1, 2),
+            revision: 5,
+        };
+        assert_eq!(
+            decode_outcome(&encode_outcome(&deleted)).expect("decodes"),
+            Err(5)
+        );
     }
 
     #[test]
     fn entries_round_trip() {
         let log_id = LogId::new(openraft::CommittedLeaderId::new(2, 1), 9);
+        let id = OpId {
+            ticket: 7,
+            nonce: 42,
+        };
         for req in [
-            Request::Create {
-                key: "/a".into(),
-                value: Bytes::from_static(b"v1"),
-            },
-            Request::Update {
-                key: "/a".into(),
-                value: Bytes::from_static(b""),
-                expected: Some(4),
-            },
-            Request::Delete {
-                key: "/a".into(),
-                expected: None,
-            },
-            Request::Compact { keep: 10 },
-            Request::Batch(vec![
-                Request::Delete {
-                    key: "/b".into(),
-                    expected: Some(1),
+            Request::Ops(vec![Op {
+                id,
+                write: Write::Create {
+                    key: "/a".into(),
+                    value: Bytes::from_static(b"v1"),
                 },
-                Request::Create {
-                    key: "/c".into(),
-                    value: Bytes::from_static(b"v"),
+            }]),
+            Request::Ops(vec![
+                Op {
+                    id,
+                    write: Write::Update {
+                        key: "/a".into(),
+                        value: Bytes::from_static(b""),
+                        expected: Some(4),
+                    },
+                },
+                Op {
+                    id,
+                    write: Write::Delete {
+                        key: "/b".into(),
+                        expected: None,
+                    },
                 },
             ]),
+            Request::Compact { keep: 10 },
         ] {
             let entry = Entry::<TypeConfig> {
                 log_id,
                 payload: EntryPayload::Normal(req.clone()),
             };
-            let back = decode_entry(&encode_entry(&entry).expect("encodes")).expect("decodes");
+            let raw = encode_entry(&entry).expect("encodes");
+            let back = decode_entry(&raw).expect("decodes");
             assert_eq!(back.log_id, log_id);
             match back.payload {
                 EntryPayload::Normal(r) => assert_eq!(r, req),
                 _ => panic!("wrong payload"),
             }
+            let mut bad = raw.clone();
+            let mid = bad.len() / 2;
+            bad[mid] ^= 1;
+            assert!(decode_entry(&bad).is_err());
         }
     }
 }

@@ -1,24 +1,36 @@
 //! Shoal's revisioned key-value store: openraft over redb, replacing etcd.
 //!
-//! One raft member (node 1) whose log lives in `DIR/raft-log.redb` and whose state machine
-//! (keys, watch history, revision counter) lives in `DIR/state.redb`. A write is acknowledged
-//! only after its log entry was fsynced and the entry was applied, so it survives `kill -9` and
-//! the writer's next read sees it. Every successful write takes the next revision; failed
-//! conditions are decided when the entry is applied and take none. Reads are served from the
-//! local state machine. Knows nothing of Kubernetes; only the apiserver uses it.
+//! A store is one member of a raft cluster of one, three or five voters. Each member keeps the
+//! raft log in `DIR/raft-log.redb`, the state machine (keys, watch history, outcomes of recent
+//! writes, revision counter) in `DIR/state.redb`, snapshots in `DIR/snapshots/`, and who it is
+//! (cluster id, member id) in `DIR/identity.json`. Members talk over HTTP/2 with mutual TLS on
+//! their member port (`network.rs`, `peer.rs`).
 //!
-//! Concurrent writes are grouped into one raft entry (`propose`), and the log writer groups
-//! queued appends into one fsync (`log_store`): throughput grows with the number of writers
-//! while no lock is held across an fsync. Watch history is kept in the state machine and
-//! compacted on apply, keeping at least `StoreConfig::history_retain` revisions.
+//! Writes: a write is acknowledged only once a quorum has its log entry fsynced and this member
+//! applied it; on a follower it is forwarded to the leader. Concurrent writes share one entry
+//! and one fsync per member (`propose.rs`, `log_store.rs`). Every successful write takes the
+//! next revision; failed conditions are decided when the entry is applied and take none. A
+//! write retried after a lost answer is never applied twice (write ids, `raft.rs`).
 //!
-//! Not done yet: more than one member (the network answers `Unreachable`), streaming
-//! snapshots (a snapshot is a full in-memory copy of the keys).
+//! Reads are linearizable by read index on whichever member serves them (`read.rs`); watches
+//! are served by every member from its own history. History and remembered write ids are
+//! compacted automatically, keeping at least `StoreConfig::history_retain` revisions. Snapshots
+//! stream to and from files; the log is truncated behind them and a snapshot is taken whenever
+//! the log grew by `StoreConfig::snapshot_log_bytes`, so disk use stays bounded.
+//!
+//! Knows nothing of Kubernetes; only the apiserver (and the CLI that wires it) use it.
 
+mod cluster;
 mod codec;
+mod events;
 mod log_store;
+pub mod metrics;
+mod network;
+mod peer;
 mod propose;
 mod raft;
+mod read;
+mod snapshot;
 mod state_machine;
 mod watch;
 
@@ -31,11 +43,16 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use openraft::{BasicNode, Raft, ServerState, SnapshotPolicy};
+use openraft::{Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch as tokio_watch;
+use tokio_util::sync::CancellationToken;
 
-use crate::codec::CorruptRecord;
-use crate::raft::{NODE_ID, Network, Request, Response, TypeConfig};
+pub use crate::codec::CorruptRecord;
+pub use crate::metrics::StoreMetrics;
+pub use crate::peer::MEMBERS_GROUP;
+pub use crate::raft::Member;
+use crate::raft::{Outcome, Request, Response, TypeConfig, Write};
 
 /// Largest value the store accepts (1.5 MiB, as etcd's default request limit).
 pub const MAX_VALUE_BYTES: usize = 1536 * 1024;
@@ -81,7 +98,7 @@ impl WatchEvent {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("key {0:?} already exists")]
     AlreadyExists(String),
@@ -102,13 +119,22 @@ pub enum StoreError {
     /// A watcher fell too far behind the live stream and must re-list.
     #[error("watch fell behind")]
     WatchLagged,
-    /// Disk, raft or other internal failure; details are in the source.
+    /// No leader, no quorum, disk failure or shut down: the request was not served and may be
+    /// retried later. Details are in the message.
     #[error("store unavailable: {0}")]
     Unavailable(String),
-    /// A write was not made durable within `StoreConfig::write_timeout` (e.g. a stalled disk).
-    /// Its outcome is unknown: it may still be applied later.
+    /// A write was not committed, or a read index not confirmed, within the store's timeout
+    /// (a stalled disk, a lost quorum). A write's outcome is unknown: it may still be applied,
+    /// once.
     #[error("store timeout: {0}")]
     Timeout(String),
+    /// Data on disk failed its checksum or could not be decoded.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// This member's data dir cannot be used (another cluster's, a removed member's, an older
+    /// format).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Tuning of a store; `StoreConfig::default()` is what `Store::open` uses.
@@ -116,44 +142,82 @@ pub enum StoreError {
 pub struct StoreConfig {
     /// Revisions of watch history kept at least (older ones are compacted on apply).
     pub history_retain: u64,
-    /// Live events a watcher may fall behind before it gets `WatchLagged`.
-    pub watch_buffer: usize,
+    /// Bytes of recent watch events kept in memory (older ones are read from disk).
+    pub event_ring_bytes: usize,
     /// Log entries between state machine snapshots (after which the log is purged).
     pub snapshot_every: u64,
+    /// Log bytes appended since the last purge after which a snapshot is taken.
+    pub snapshot_log_bytes: usize,
     /// Log entries kept behind the last snapshot when the log is purged.
     pub logs_to_keep: u64,
-    /// How long `open` waits for the member to lead and replay its log.
+    /// How long `start` waits for a leader and (alone) for its log to be replayed.
     pub open_timeout: Duration,
-    /// How long a write waits to be made durable and applied before it fails with
-    /// `StoreError::Timeout`.
+    /// How long a write waits to be committed before it fails with `StoreError::Timeout`.
     pub write_timeout: Duration,
+    /// How long a read waits for its read index before it fails with `StoreError::Timeout`.
+    pub read_timeout: Duration,
+    /// Raft heartbeat interval.
+    pub heartbeat: Duration,
+    /// Raft election timeout range: a follower that heard nothing from the leader for a
+    /// random time in it starts an election.
+    pub election_timeout: (Duration, Duration),
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             history_retain: 10_000,
-            watch_buffer: 16_384,
+            event_ring_bytes: 16 << 20,
             snapshot_every: 20_000,
+            snapshot_log_bytes: 16 << 20,
             logs_to_keep: 1000,
             open_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(10),
+            read_timeout: Duration::from_secs(5),
+            heartbeat: Duration::from_millis(100),
+            election_timeout: (Duration::from_millis(600), Duration::from_millis(1200)),
         }
     }
 }
 
-/// Failures of the disk layer, before they become `StoreError::Unavailable` (or an openraft
-/// storage error).
+/// Failures of the disk layer, before they become `StoreError` (or an openraft storage
+/// error).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DiskError {
+    #[error("opening {path}")]
+    Open { path: PathBuf, source: redb::Error },
     #[error("redb")]
     Redb(#[from] redb::Error),
     #[error("encoding")]
     Json(#[from] serde_json::Error),
-    #[error(transparent)]
-    Corrupt(#[from] CorruptRecord),
+    #[error("{what}")]
+    Corrupt { what: String, source: CorruptRecord },
+    #[error("{file}: key {key:?}")]
+    CorruptKey {
+        file: PathBuf,
+        key: String,
+        source: CorruptRecord,
+    },
     #[error("io")]
     Io(#[from] std::io::Error),
+}
+
+impl DiskError {
+    pub(crate) fn corrupt_key(what: &str, source: CorruptRecord) -> DiskError {
+        DiskError::Corrupt {
+            what: what.to_owned(),
+            source,
+        }
+    }
+}
+
+impl From<CorruptRecord> for DiskError {
+    fn from(source: CorruptRecord) -> DiskError {
+        DiskError::Corrupt {
+            what: "record".into(),
+            source,
+        }
+    }
 }
 
 macro_rules! redb_errors {
@@ -176,11 +240,27 @@ redb_errors!(
 
 impl From<DiskError> for StoreError {
     fn from(e: DiskError) -> Self {
-        StoreError::Unavailable(error_chain(&e))
+        match &e {
+            DiskError::Corrupt { .. } | DiskError::CorruptKey { .. } => {
+                StoreError::Corrupt(error_chain(&e))
+            }
+            DiskError::Open {
+                source: redb::Error::Corrupted(_) | redb::Error::UpgradeRequired(_),
+                ..
+            } => StoreError::Corrupt(error_chain(&e)),
+            DiskError::Open {
+                path,
+                source: redb::Error::DatabaseAlreadyOpen,
+            } => StoreError::Refused(format!(
+                "{} is in use by another process (is another shoal running on this data dir?)",
+                path.display()
+            )),
+            _ => StoreError::Unavailable(error_chain(&e)),
+        }
     }
 }
 
-/// `e` and its sources, joined, for `Unavailable`'s message.
+/// `e` and its sources, joined.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -192,6 +272,115 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Who a data dir belongs to: `DIR/identity.json`, written once when the member is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Identity {
+    pub cluster_id: String,
+    /// Random, never reused: a removed member's id stays refused.
+    pub member_id: u64,
+}
+
+const IDENTITY_FILE: &str = "identity.json";
+
+impl Identity {
+    /// A new member of a new cluster.
+    pub fn generate() -> Identity {
+        Identity {
+            cluster_id: format!("{:032x}", rand::random::<u128>()),
+            member_id: rand::random::<u64>() | 1,
+        }
+    }
+
+    /// A new member of `cluster_id`.
+    pub fn joining(cluster_id: &str) -> Identity {
+        Identity {
+            cluster_id: cluster_id.to_owned(),
+            member_id: rand::random::<u64>() | 1,
+        }
+    }
+
+    /// The identity of the data dir `dir`, if it has one. A dir with store files but no
+    /// identity was made by an older Shoal and is refused.
+    pub fn load(dir: &Path) -> Result<Option<Identity>, StoreError> {
+        let path = dir.join(IDENTITY_FILE);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if dir.join("raft-log.redb").exists() {
+                    return Err(StoreError::Refused(format!(
+                        "{} holds a store without {IDENTITY_FILE}: it was made by an older Shoal \
+                         that this one cannot read; move it away to start afresh",
+                        dir.display()
+                    )));
+                }
+                Ok(None)
+            }
+            Err(e) => Err(StoreError::Unavailable(format!("{}: {e}", path.display()))),
+        }
+    }
+
+    /// Writes this identity into `dir` (durably).
+    pub fn save(&self, dir: &Path) -> Result<(), StoreError> {
+        let io = |e: std::io::Error| StoreError::Unavailable(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let tmp = dir.join("identity.json.tmp");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, dir.join(IDENTITY_FILE)).map_err(io)?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)
+    }
+}
+
+/// The member port: where this member listens for the others, and its TLS.
+pub struct PeerTransport {
+    pub listener: tokio::net::TcpListener,
+    /// Must verify client certificates against the cluster CA.
+    pub server_tls: Arc<rustls::ServerConfig>,
+    /// Must present this member's certificate (group [`MEMBERS_GROUP`]).
+    pub client_tls: Arc<rustls::ClientConfig>,
+}
+
+impl std::fmt::Debug for PeerTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerTransport")
+            .field("listener", &self.listener.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a member starts.
+#[derive(Debug)]
+pub struct MemberOptions {
+    pub identity: Identity,
+    /// How the others reach this member (name and addresses recorded in the membership).
+    pub member: Member,
+    /// `None`: this member runs alone, without a member port.
+    pub peer: Option<PeerTransport>,
+    /// Start a new cluster with this member as its only voter when its log is empty. Without
+    /// it, a member with an empty log waits to be added by the cluster's leader.
+    pub initialize: bool,
+}
+
+/// One member as the cluster sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub id: u64,
+    pub member: Member,
+    pub voter: bool,
+    pub leader: bool,
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -200,20 +389,30 @@ pub struct Store {
 
 struct Inner {
     dir: PathBuf,
+    identity: Identity,
     raft: Raft<TypeConfig>,
+    core: Arc<cluster::Core>,
     /// Taken by `shutdown`, so the file closes once the state machine worker has stopped.
     sm: RwLock<Option<Arc<state_machine::Shared>>>,
     revision: Arc<AtomicU64>,
     closed: AtomicBool,
     log_writer: Mutex<Option<JoinHandle<()>>>,
     proposer: propose::Proposer,
-    proposer_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    reads: read::ReadBarrier,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    cancel: CancellationToken,
+    fatal: tokio_watch::Receiver<Option<String>>,
+    metrics: StoreMetrics,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
             .field("dir", &self.inner.dir)
+            .field(
+                "member",
+                &format_args!("{:x}", self.inner.identity.member_id),
+            )
             .field("revision", &self.revision())
             .finish_non_exhaustive()
     }
@@ -225,11 +424,12 @@ impl Drop for Inner {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        if let Some(task) = self
-            .proposer_task
+        self.cancel.cancel();
+        for task in self
+            .tasks
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
+            .drain(..)
         {
             task.abort();
         }
@@ -249,70 +449,212 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
 }
 
 impl Store {
-    /// Opens (or creates) a one-member store under `dir`, replaying its log.
+    /// Opens (or creates) a store under `dir` that runs alone (no member port), replaying its
+    /// log. For tests and tools; a server uses [`Store::start`].
     pub async fn open(dir: &Path) -> Result<Store, StoreError> {
         Store::open_with(dir, StoreConfig::default()).await
     }
 
     /// `open` with explicit tuning.
     pub async fn open_with(dir: &Path, config: StoreConfig) -> Result<Store, StoreError> {
+        let identity = match Identity::load(dir)? {
+            Some(identity) => identity,
+            None => {
+                let identity = Identity::generate();
+                identity.save(dir)?;
+                identity
+            }
+        };
+        let options = MemberOptions {
+            identity,
+            member: Member {
+                name: "local".into(),
+                ..Member::default()
+            },
+            peer: None,
+            initialize: true,
+        };
+        Store::start(dir, config, options).await
+    }
+
+    /// Starts this member over `dir`. The identity must be the dir's own (or the dir new: it
+    /// is then saved). With `options.initialize` and an empty log, a new one-member cluster
+    /// starts; an initialized member waits (up to `open_timeout`) for a leader, and when alone
+    /// until its log is replayed. A member that was removed from its cluster is refused.
+    pub async fn start(
+        dir: &Path,
+        config: StoreConfig,
+        options: MemberOptions,
+    ) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| unavailable("creating store directory", e))?;
-        let (log_store, log_writer) = log_store::LogStore::open(&dir.join("raft-log.redb"))?;
+        let identity = options.identity;
+        match Identity::load(dir)? {
+            Some(found) if found != identity => {
+                return Err(StoreError::Refused(format!(
+                    "{} belongs to member {:x} of cluster {}, not member {:x} of cluster {}",
+                    dir.display(),
+                    found.member_id,
+                    found.cluster_id,
+                    identity.member_id,
+                    identity.cluster_id
+                )));
+            }
+            Some(_) => {}
+            None => identity.save(dir)?,
+        }
+        let metrics = StoreMetrics::default();
+        let wants_snapshot = Arc::new(tokio::sync::Notify::new());
+        let (log_store, log_writer) = log_store::LogStore::open(
+            &dir.join("raft-log.redb"),
+            config.snapshot_log_bytes,
+            Arc::clone(&wants_snapshot),
+            metrics.clone(),
+        )?;
         let sm = state_machine::StateMachine::open(
             &dir.join("state.redb"),
             config.history_retain,
-            config.watch_buffer,
+            config.event_ring_bytes,
+            metrics.clone(),
         )?;
         let shared = sm.shared();
+        if shared.removed().contains(&identity.member_id) {
+            return Err(StoreError::Refused(format!(
+                "member {:x} was removed from cluster {}: its data dir {} cannot rejoin; \
+                 remove the directory to join as a new member",
+                identity.member_id,
+                identity.cluster_id,
+                dir.display()
+            )));
+        }
+        let (fatal_tx, fatal) = tokio_watch::channel(None);
+        let network = network::Network::new(
+            options.peer.as_ref().map(|p| Arc::clone(&p.client_tls)),
+            identity.cluster_id.clone(),
+            identity.member_id,
+            fatal_tx,
+        );
+        let (min, max) = config.election_timeout;
         let raft_config = openraft::Config {
-            cluster_name: "shoal".into(),
+            cluster_name: identity.cluster_id.clone(),
+            heartbeat_interval: config.heartbeat.as_millis() as u64,
+            election_timeout_min: min.as_millis() as u64,
+            election_timeout_max: max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
             max_in_snapshot_log_to_keep: config.logs_to_keep,
+            max_payload_entries: 32,
+            install_snapshot_timeout: 600_000,
             ..Default::default()
         }
         .validate()
         .map_err(|e| unavailable("raft config", e))?;
-        let raft = Raft::new(NODE_ID, Arc::new(raft_config), Network, log_store, sm)
-            .await
-            .map_err(|e| unavailable("starting raft", e))?;
+        let raft = Raft::new(
+            identity.member_id,
+            Arc::new(raft_config),
+            network.clone(),
+            log_store,
+            sm,
+        )
+        .await
+        .map_err(|e| unavailable("starting raft", e))?;
+        let core = Arc::new(cluster::Core {
+            raft: raft.clone(),
+            network,
+            id: identity.member_id,
+            revision: Arc::clone(&shared.revision),
+            timing: cluster::Timing {
+                write_timeout: config.write_timeout,
+                read_timeout: config.read_timeout,
+                quorum_grace: max * 2,
+                leader_wait: max * 3,
+            },
+            metrics: metrics.clone(),
+        });
+        let cancel = CancellationToken::new();
+        let mut tasks = Vec::new();
+        if let Some(peer) = options.peer {
+            let state = Arc::new(peer::PeerState {
+                raft: raft.clone(),
+                shared: Arc::clone(&shared),
+                cluster_id: identity.cluster_id.clone(),
+                id: identity.member_id,
+                quorum_grace: core.timing.quorum_grace,
+            });
+            let app = peer::router(state);
+            let cancel = cancel.clone();
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = shoal_tls::serve(peer.listener, peer.server_tls, app, cancel).await
+                {
+                    tracing::error!(error = %e, "member port stopped");
+                }
+            }));
+        }
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| unavailable("starting raft", e))?;
-        if !initialized {
-            let members = BTreeMap::from([(NODE_ID, BasicNode::default())]);
+        if !initialized && options.initialize {
+            let members = BTreeMap::from([(identity.member_id, options.member.clone())]);
             raft.initialize(members)
                 .await
                 .map_err(|e| unavailable("initializing raft", e))?;
-            tracing::info!(dir = %dir.display(), "initialized store");
+            tracing::info!(dir = %dir.display(), cluster = %identity.cluster_id, "initialized a new cluster");
         }
-        // Serve nothing until this member leads and has applied everything in its log: a
-        // write acknowledged before a restart must be readable after it.
-        raft.wait(Some(config.open_timeout))
-            .metrics(
-                |m| {
-                    m.state == ServerState::Leader
-                        && m.last_log_index.is_some()
-                        && m.last_applied.map(|l| l.index) == m.last_log_index
-                },
-                "leader with its log applied",
-            )
-            .await
-            .map_err(|e| unavailable("waiting for raft leadership", e))?;
+        if initialized || options.initialize {
+            // Serve nothing until a leader is known; alone, until the log is replayed too: a
+            // write acknowledged before a restart must be readable after it.
+            let alone = core.alone();
+            raft.wait(Some(config.open_timeout))
+                .metrics(
+                    |m| {
+                        m.current_leader.is_some()
+                            && (!alone
+                                || (m.state == ServerState::Leader
+                                    && m.last_applied.map(|l| l.index) == m.last_log_index))
+                    },
+                    "a leader, and alone the log applied",
+                )
+                .await
+                .map_err(|e| unavailable("waiting for a raft leader", e))?;
+        }
+        let (proposer, proposer_task) = propose::Proposer::spawn(Arc::clone(&core));
+        let (reads, reads_task) = read::ReadBarrier::spawn(Arc::clone(&core));
+        tasks.push(proposer_task);
+        tasks.push(reads_task);
+        tasks.push(tokio::spawn(trigger_snapshots(
+            raft.clone(),
+            wants_snapshot,
+            cancel.clone(),
+        )));
+        tasks.push(tokio::spawn(follow_metrics(
+            raft.clone(),
+            Arc::downgrade(&shared),
+            dir.to_owned(),
+            metrics.clone(),
+            cancel.clone(),
+        )));
         let revision = Arc::clone(&shared.revision);
-        let (proposer, proposer_task) =
-            propose::Proposer::spawn(raft.clone(), config.write_timeout);
-        tracing::info!(dir = %dir.display(), revision = revision.load(Ordering::Acquire), "opened store");
+        tracing::info!(
+            dir = %dir.display(),
+            member = %format_args!("{:x}", identity.member_id),
+            revision = revision.load(Ordering::Acquire),
+            "opened store"
+        );
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_owned(),
+                identity,
                 raft,
+                core,
                 sm: RwLock::new(Some(shared)),
                 revision,
                 closed: AtomicBool::new(false),
                 log_writer: Mutex::new(Some(log_writer)),
                 proposer,
-                proposer_task: Mutex::new(Some(proposer_task)),
+                reads,
+                tasks: Mutex::new(tasks),
+                cancel,
+                fatal,
+                metrics,
             }),
         })
     }
@@ -329,22 +671,30 @@ impl Store {
             .ok_or_else(|| StoreError::Unavailable("store is shut down".into()))
     }
 
-    async fn propose(&self, request: Request) -> Result<Response, StoreError> {
+    async fn propose(&self, write: Write) -> Result<Outcome, StoreError> {
         self.shared()?;
-        self.inner.proposer.propose(request).await
+        self.inner.proposer.propose(write).await
     }
 
-    /// The revision of the last applied write.
+    /// This member's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The revision of the last write applied on this member.
     pub fn revision(&self) -> u64 {
         self.inner.revision.load(Ordering::Acquire)
     }
 
+    /// Reads `key` (linearizable).
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        self.inner.reads.wait().await?;
         Ok(self.shared()?.get(key)?)
     }
 
-    /// All keys starting with `prefix`, in key order, read at one revision.
+    /// All keys starting with `prefix`, in key order, read at one revision (linearizable).
     pub async fn list(&self, prefix: &str) -> Result<ListResult, StoreError> {
+        self.inner.reads.wait().await?;
         let (items, revision) = self.shared()?.list(prefix)?;
         Ok(ListResult { items, revision })
     }
@@ -352,14 +702,23 @@ impl Store {
     /// Writes `key` only if absent. Returns the stored pair.
     pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
         check_size(&value)?;
-        let request = Request::Create {
+        let value = Bytes::from(value);
+        let write = Write::Create {
             key: key.to_owned(),
-            value: Bytes::from(value),
+            value: value.clone(),
         };
-        match self.propose(request).await? {
-            Response::Written(kv) => Ok(kv),
-            Response::AlreadyExists => Err(StoreError::AlreadyExists(key.to_owned())),
-            other => Err(unexpected(other)),
+        match self.propose(write).await? {
+            Outcome::Written {
+                create_revision,
+                mod_revision,
+            } => Ok(KeyValue {
+                key: key.to_owned(),
+                value,
+                create_revision,
+                mod_revision,
+            }),
+            Outcome::AlreadyExists => Err(StoreError::AlreadyExists(key.to_owned())),
+            other => Err(condition_failed(key, None, other)),
         }
     }
 
@@ -371,14 +730,23 @@ impl Store {
         expected: Option<u64>,
     ) -> Result<KeyValue, StoreError> {
         check_size(&value)?;
-        let request = Request::Update {
+        let value = Bytes::from(value);
+        let write = Write::Update {
             key: key.to_owned(),
-            value: Bytes::from(value),
+            value: value.clone(),
             expected,
         };
-        match self.propose(request).await? {
-            Response::Written(kv) => Ok(kv),
-            response => Err(condition_failed(key, expected, response)),
+        match self.propose(write).await? {
+            Outcome::Written {
+                create_revision,
+                mod_revision,
+            } => Ok(KeyValue {
+                key: key.to_owned(),
+                value,
+                create_revision,
+                mod_revision,
+            }),
+            other => Err(condition_failed(key, expected, other)),
         }
     }
 
@@ -389,13 +757,13 @@ impl Store {
         key: &str,
         expected: Option<u64>,
     ) -> Result<(KeyValue, u64), StoreError> {
-        let request = Request::Delete {
+        let write = Write::Delete {
             key: key.to_owned(),
             expected,
         };
-        match self.propose(request).await? {
-            Response::Deleted { prev, revision } => Ok((prev, revision)),
-            response => Err(condition_failed(key, expected, response)),
+        match self.propose(write).await? {
+            Outcome::Deleted { prev, revision } => Ok((prev, revision)),
+            other => Err(condition_failed(key, expected, other)),
         }
     }
 
@@ -403,9 +771,17 @@ impl Store {
     /// newest compacted revision (watching from before it gets `Compacted`). The store also
     /// compacts by itself, keeping `StoreConfig::history_retain` revisions.
     pub async fn compact(&self, keep: u64) -> Result<u64, StoreError> {
-        match self.propose(Request::Compact { keep }).await? {
-            Response::Compacted { compacted } => Ok(compacted),
-            other => Err(unexpected(other)),
+        self.shared()?;
+        let write = self.inner.raft.client_write(Request::Compact { keep });
+        match tokio::time::timeout(self.inner.core.timing.write_timeout, write).await {
+            Ok(Ok(r)) => match r.data {
+                Response::Compacted { compacted } => Ok(compacted),
+                other => Err(StoreError::Unavailable(format!(
+                    "unexpected apply response {other:?}"
+                ))),
+            },
+            Ok(Err(e)) => Err(StoreError::Unavailable(format!("compact: {e}"))),
+            Err(_) => Err(StoreError::Timeout("compact timed out".into())),
         }
     }
 
@@ -416,7 +792,125 @@ impl Store {
         prefix: &str,
         after: u64,
     ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
-        watch::watch(&*self.shared()?, prefix, after)
+        watch::watch(&self.shared()?, prefix, after)
+    }
+
+    /// The members of the cluster, as this member last learned them.
+    pub fn members(&self) -> Vec<MemberStatus> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, member)| MemberStatus {
+                id: *id,
+                member: member.clone(),
+                voter: voters.contains(id),
+                leader: m.current_leader == Some(*id),
+            })
+            .collect()
+    }
+
+    /// Adds member `id` (a learner first, until it caught up, then a voter). Sent to the
+    /// leader from any member; waits until done.
+    pub async fn add_member(&self, id: u64, member: Member) -> Result<(), StoreError> {
+        self.change_membership(network::MembershipChange::Add { id, member })
+            .await
+    }
+
+    /// Removes member `id`; it is then refused by the others for good.
+    pub async fn remove_member(&self, id: u64) -> Result<(), StoreError> {
+        self.change_membership(network::MembershipChange::Remove { id })
+            .await
+    }
+
+    async fn change_membership(&self, change: network::MembershipChange) -> Result<(), StoreError> {
+        self.shared()?;
+        let core = &self.inner.core;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(300);
+        loop {
+            let answer = match core.leader() {
+                cluster::Leader::Me => {
+                    peer::change_membership(&core.raft, core.id, change.clone()).await
+                }
+                cluster::Leader::Other(leader) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    match core
+                        .network
+                        .change_membership(&leader, &change, remaining)
+                        .await
+                    {
+                        Ok(answer) => answer,
+                        Err(e) => Err(network::ForwardError::Failed(e.to_string())),
+                    }
+                }
+                cluster::Leader::Unknown => Err(network::ForwardError::NotLeader {
+                    me: core.id,
+                    leader: None,
+                }),
+            };
+            match answer {
+                Ok(()) => return Ok(()),
+                Err(network::ForwardError::NotLeader { .. })
+                    if tokio::time::Instant::now() < deadline =>
+                {
+                    core.state_change(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(StoreError::Unavailable(e.to_string())),
+            }
+        }
+    }
+
+    /// Waits until this member is a voter of its cluster and knows the leader (after it was
+    /// added by `add_member` on another member).
+    pub async fn wait_voter(&self, timeout: Duration) -> Result<(), StoreError> {
+        let me = self.inner.identity.member_id;
+        self.inner
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.current_leader.is_some()
+                        && m.membership_config
+                            .membership()
+                            .voter_ids()
+                            .any(|v| v == me)
+                },
+                "this member a voter",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("waiting to become a voter", e))
+    }
+
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().current_leader == Some(self.inner.identity.member_id)
+    }
+
+    /// Resolves when this member can no longer serve: a peer said it was removed from the
+    /// cluster or belongs to another one. Carries the reason.
+    pub async fn fatal(&self) -> String {
+        let mut rx = self.inner.fatal.clone();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                return "store stopped".into();
+            }
+        }
+    }
+
+    /// The store's metrics (etcd's names), to register with a Prometheus registry.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.inner.metrics
+    }
+
+    /// Bytes the data dir's store files take.
+    pub fn disk_size(&self) -> u64 {
+        dir_size(&self.inner.dir)
     }
 
     /// Stops raft and flushes; further calls fail with `Unavailable`. Once it returns, the
@@ -427,21 +921,24 @@ impl Store {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
+        self.inner.cancel.cancel();
         let result = self
             .inner
             .raft
             .shutdown()
             .await
             .map_err(|e| unavailable("stopping raft", e));
-        let proposer = self
+        let tasks: Vec<_> = self
             .inner
-            .proposer_task
+            .tasks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(proposer) = proposer {
+            .drain(..)
+            .collect();
+        for task in tasks {
             // Writes still queued are answered `Unavailable` when their reply is dropped.
-            proposer.abort();
+            task.abort();
+            let _ = task.await;
         }
         let shared = self
             .inner
@@ -472,6 +969,94 @@ impl Store {
     }
 }
 
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Takes a snapshot whenever the log store says the log grew by `snapshot_log_bytes`.
+async fn trigger_snapshots(
+    raft: Raft<TypeConfig>,
+    wants: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = wants.notified() => {}
+        }
+        tracing::debug!("raft log past its byte budget: taking a snapshot");
+        if raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps the leader and progress gauges in step with raft, and the size gauge with the disk.
+async fn follow_metrics(
+    raft: Raft<TypeConfig>,
+    shared: Weak<state_machine::Shared>,
+    dir: PathBuf,
+    metrics: StoreMetrics,
+    cancel: CancellationToken,
+) {
+    let mut rx = raft.metrics();
+    let mut last_leader = None;
+    let mut size_tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        {
+            let m = rx.borrow_and_update();
+            metrics
+                .has_leader
+                .set(i64::from(m.current_leader.is_some()));
+            metrics
+                .is_leader
+                .set(i64::from(m.current_leader == Some(m.id)));
+            if m.current_leader.is_some() && m.current_leader != last_leader {
+                if last_leader.is_some() {
+                    metrics.leader_changes.inc();
+                }
+                if let Some(leader) = m.current_leader {
+                    tracing::info!(
+                        leader = %format_args!("{leader:x}"),
+                        term = m.current_term,
+                        me = m.current_leader == Some(m.id),
+                        "raft leader"
+                    );
+                }
+                last_leader = m.current_leader;
+            }
+            let applied = m.last_applied.map_or(0, |l| l.index);
+            metrics.proposals_applied.set(applied);
+            metrics.proposals_committed.set(applied);
+        }
+        if let Some(shared) = shared.upgrade() {
+            metrics
+                .current_revision
+                .set(shared.revision.load(Ordering::Acquire));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
+            _ = size_tick.tick() => {
+                let dir = dir.clone();
+                if let Ok(size) = tokio::task::spawn_blocking(move || dir_size(&dir)).await {
+                    metrics.db_total_size.set(size);
+                }
+            }
+        }
+    }
+}
+
 /// Drops our reference to the state machine and waits (bounded) until openraft's worker has
 /// dropped its own, so the database file is closed.
 async fn wait_released(weak: Weak<state_machine::Shared>, shared: Arc<state_machine::Shared>) {
@@ -496,20 +1081,20 @@ fn check_size(value: &[u8]) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn condition_failed(key: &str, expected: Option<u64>, response: Response) -> StoreError {
-    match response {
-        Response::NotFound => StoreError::NotFound(key.to_owned()),
-        Response::Conflict { current } => StoreError::Conflict {
+fn condition_failed(key: &str, expected: Option<u64>, outcome: Outcome) -> StoreError {
+    match outcome {
+        Outcome::NotFound => StoreError::NotFound(key.to_owned()),
+        Outcome::AlreadyExists => StoreError::AlreadyExists(key.to_owned()),
+        Outcome::Conflict { current } => StoreError::Conflict {
             key: key.to_owned(),
             expected: expected.unwrap_or_default(),
             current,
         },
-        other => unexpected(other),
+        Outcome::Expired => StoreError::Unavailable(
+            "the write waited too long to be applied and was refused; retry it".into(),
+        ),
+        other => StoreError::Unavailable(format!("unexpected write outcome {other:?}")),
     }
-}
-
-fn unexpected(response: Response) -> StoreError {
-    StoreError::Unavailable(format!("unexpected apply response {response:?}"))
 }
 
 #[cfg(test)]

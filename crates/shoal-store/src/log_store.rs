@@ -6,13 +6,21 @@
 //! concurrent client writes share one fsync, and no lock is held across it. Vote, truncate and
 //! purge go through the same queue, so all log IO stays in order.
 //!
-//! The cache keeps the newest entries (those not yet durable and a window of durable ones, for
-//! the state machine to read back without touching disk); older entries are read from redb.
+//! The cache keeps the newest entries (those not yet durable and up to `CACHE_BYTES` of durable
+//! ones, for the state machine and replication to read back without touching disk); older
+//! entries are read from redb. It is bounded in bytes, not entries: one entry can carry
+//! thousands of writes.
+//!
+//! Every commit is durable and two-phase, and the file's page checksums are verified on open,
+//! so a damaged log is refused at start instead of being silently rolled back. The log also
+//! counts the bytes appended since its last purge; past `snapshot_bytes` it asks the store for
+//! a snapshot (after which openraft purges the log), which bounds the log in bytes.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -27,6 +35,7 @@ use tokio::sync::oneshot;
 
 use crate::DiskError;
 use crate::codec::{decode_entry, encode_entry};
+use crate::metrics::StoreMetrics;
 use crate::raft::TypeConfig;
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
@@ -36,8 +45,10 @@ const VOTE_KEY: &str = "vote";
 const COMMITTED_KEY: &str = "committed";
 const PURGED_KEY: &str = "purged";
 
-/// Durable entries kept in memory beyond those still waiting for their fsync.
-const CACHE_KEEP: usize = 8192;
+/// Bytes of durable entries kept in memory beyond those still waiting for their fsync.
+const CACHE_BYTES: usize = 16 << 20;
+/// Page cache of the log file.
+const FILE_CACHE_BYTES: usize = 16 << 20;
 /// Most operations written in one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -67,8 +78,52 @@ enum Op {
 
 struct Shared {
     db: Database,
-    /// A contiguous run of the newest entries, by index.
-    cache: Mutex<BTreeMap<u64, Entry<TypeConfig>>>,
+    /// A contiguous run of the newest entries, by index, with their encoded sizes.
+    cache: Mutex<Cache>,
+    /// Bytes appended since the last purge.
+    since_purge: AtomicUsize,
+    snapshot_bytes: usize,
+    /// Fired when `since_purge` passes `snapshot_bytes`.
+    wants_snapshot: Arc<tokio::sync::Notify>,
+    metrics: StoreMetrics,
+}
+
+#[derive(Default)]
+struct Cache {
+    entries: BTreeMap<u64, (Entry<TypeConfig>, usize)>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn insert(&mut self, entry: Entry<TypeConfig>) {
+        let size = entry_size(&entry);
+        self.bytes += size;
+        if let Some((_, old)) = self.entries.insert(entry.log_id.index, (entry, size)) {
+            self.bytes -= old;
+        }
+    }
+
+    /// Drops entries at `index` and above.
+    fn truncate(&mut self, index: u64) {
+        for (_, (_, size)) in self.entries.split_off(&index) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Drops entries up to and including `index`.
+    fn purge(&mut self, index: u64) {
+        let keep = self.entries.split_off(&(index + 1));
+        for (_, (_, size)) in std::mem::replace(&mut self.entries, keep) {
+            self.bytes -= size;
+        }
+    }
+}
+
+fn entry_size(entry: &Entry<TypeConfig>) -> usize {
+    64 + match &entry.payload {
+        openraft::EntryPayload::Normal(req) => crate::codec::request_size(req),
+        _ => 256,
+    }
 }
 
 /// openraft's log storage; owned by the raft core.
@@ -103,8 +158,21 @@ struct Message(String);
 
 impl LogStore {
     /// Opens `path` and starts the writer thread; the thread ends when the store is dropped.
-    pub fn open(path: &Path) -> Result<(LogStore, JoinHandle<()>), DiskError> {
-        let db = Database::create(path)?;
+    /// Past `snapshot_bytes` appended since the last purge, `wants_snapshot` is notified.
+    pub fn open(
+        path: &Path,
+        snapshot_bytes: usize,
+        wants_snapshot: Arc<tokio::sync::Notify>,
+        metrics: StoreMetrics,
+    ) -> Result<(LogStore, JoinHandle<()>), DiskError> {
+        let mut builder = Database::builder();
+        builder
+            .set_cache_size(FILE_CACHE_BYTES)
+            .set_check_integrity_on_open(true);
+        let db = builder.create(path).map_err(|e| DiskError::Open {
+            path: path.to_owned(),
+            source: e.into(),
+        })?;
         let txn = db.begin_write()?;
         txn.open_table(LOG)?;
         txn.open_table(META)?;
@@ -127,7 +195,11 @@ impl LogStore {
 
         let shared = Arc::new(Shared {
             db,
-            cache: Mutex::new(BTreeMap::new()),
+            cache: Mutex::new(Cache::default()),
+            since_purge: AtomicUsize::new(0),
+            snapshot_bytes,
+            wants_snapshot,
+            metrics,
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = Arc::clone(&shared);
@@ -189,10 +261,14 @@ impl Shared {
         // entries after their transaction committed.
         let (cache_lo, cached): (u64, Vec<Entry<TypeConfig>>) = {
             let cache = lock(&self.cache);
-            let lo = cache.keys().next().copied().unwrap_or(u64::MAX);
+            let lo = cache.entries.keys().next().copied().unwrap_or(u64::MAX);
             let from = start.max(lo);
             let cached = if from < end {
-                cache.range(from..end).map(|(_, e)| e.clone()).collect()
+                cache
+                    .entries
+                    .range(from..end)
+                    .map(|(_, (e, _))| e.clone())
+                    .collect()
             } else {
                 Vec::new()
             };
@@ -295,8 +371,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.last_log = Some(last.log_id);
         {
             let mut cache = lock(&self.shared.cache);
+            let before = cache.bytes;
             for e in &entries {
-                cache.insert(e.log_id.index, e.clone());
+                cache.insert(e.clone());
+            }
+            let added = cache.bytes.saturating_sub(before);
+            let total = self.shared.since_purge.fetch_add(added, Ordering::AcqRel) + added;
+            if total >= self.shared.snapshot_bytes && total - added < self.shared.snapshot_bytes {
+                self.shared.wants_snapshot.notify_one();
             }
         }
         self.ops
@@ -305,10 +387,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        {
-            let mut cache = lock(&self.shared.cache);
-            cache.split_off(&log_id.index);
-        }
+        lock(&self.shared.cache).truncate(log_id.index);
         let (done, rx) = oneshot::channel();
         self.submit(
             Op::Truncate {
@@ -334,11 +413,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
-        {
-            let mut cache = lock(&self.shared.cache);
-            let keep = cache.split_off(&(log_id.index + 1));
-            *cache = keep;
-        }
+        lock(&self.shared.cache).purge(log_id.index);
+        self.shared.since_purge.store(0, Ordering::Release);
         let (done, rx) = oneshot::channel();
         self.submit(Op::Purge { upto: log_id, done }, rx)
             .await
@@ -367,6 +443,7 @@ fn read_meta<T: serde::de::DeserializeOwned>(
 fn write_batch(db: &Database, ops: &[Op]) -> Result<Option<u64>, DiskError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate)?;
+    txn.set_two_phase_commit(true);
     let mut highest = None;
     {
         let mut log = txn.open_table(LOG)?;
@@ -412,7 +489,12 @@ fn run_writer(shared: &Shared, rx: &mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
+        let started = std::time::Instant::now();
         let result = write_batch(&shared.db, &ops);
+        shared
+            .metrics
+            .wal_fsync
+            .observe(started.elapsed().as_secs_f64());
         match &result {
             Ok(highest) => {
                 for op in &ops {
@@ -424,10 +506,12 @@ fn run_writer(shared: &Shared, rx: &mpsc::Receiver<Op>) {
                     flushed_upto = flushed_upto.max(*h);
                 }
                 let mut cache = lock(&shared.cache);
-                while cache.len() > CACHE_KEEP {
-                    match cache.first_key_value() {
+                while cache.bytes > CACHE_BYTES {
+                    match cache.entries.first_key_value() {
                         Some((&i, _)) if i <= flushed_upto => {
-                            cache.pop_first();
+                            if let Some((_, (_, size))) = cache.entries.pop_first() {
+                                cache.bytes -= size;
+                            }
                         }
                         _ => break,
                     }

@@ -1,80 +1,91 @@
-//! Group commit in front of raft: concurrent writes are gathered into one `Request::Batch`
-//! log entry.
+//! Group commit in front of raft, and the way a write reaches the leader.
 //!
-//! openraft 0.9's core waits for each append's fsync before it takes the next entry, so one
-//! entry per write would cap the store at one write per fsync. Here a single task drains
-//! whatever writes are queued, proposes them as one entry, and answers each caller with its
-//! own response; while a batch is being made durable the next one accumulates. At most
-//! `MAX_IN_FLIGHT` batches are with raft at once. It does not reorder a caller's writes: a
-//! caller waits for each answer before its next write.
+//! Concurrent writes are gathered into one `Request::Ops` log entry: a single task drains
+//! whatever writes are queued, submits them as one entry, and answers each caller with its own
+//! outcome; while a batch is being committed the next one accumulates. At most
+//! `MAX_IN_FLIGHT` batches are out at once. It does not reorder a caller's writes: a caller
+//! waits for each answer before its next write.
 //!
-//! A caller waits at most the configured write timeout (a stalled disk must not hang every
-//! writer forever); a write that timed out may still be applied later.
+//! On the leader a batch goes to raft directly; on a follower it is forwarded to the leader.
+//! When the answer cannot be learned (the leader changed, a forward was lost) the batch is sent
+//! again with the same write ids until the write timeout, and the state machine answers a
+//! repeated id with its first outcome: a write is never applied twice. A leader that has not
+//! heard from a quorum, or a member that has known no leader for a while, fails writes with
+//! `Unavailable` at once rather than letting them wait out the timeout.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use openraft::Raft;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use crate::StoreError;
-use crate::raft::{Request, Response, TypeConfig};
+use crate::cluster::{Core, Leader};
+use crate::network::{CallError, ForwardError};
+use crate::peer::{leader_check, write_error};
+use crate::raft::{Op, OpId, Outcome, Request, Response, Write};
 
-/// Batches handed to raft and not yet answered.
+/// Batches out at once.
 const MAX_IN_FLIGHT: usize = 2;
-/// Most requests in one entry.
+/// Most writes in one entry.
 const MAX_OPS: usize = 4096;
-/// Most value bytes in one entry (a single larger value still goes alone).
-const MAX_BYTES: usize = 8 << 20;
+/// Most bytes in one entry (a single larger write still goes alone): keeps replication
+/// messages and the log cache in bounds.
+const MAX_BYTES: usize = 1 << 20;
+/// Writes queued before callers wait for room.
+const QUEUE: usize = 16_384;
+/// Pause before sending a batch again.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 struct Pending {
-    request: Request,
-    reply: oneshot::Sender<Result<Response, StoreError>>,
+    op: Op,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
 }
 
 /// Submits writes to the batching task.
 pub struct Proposer {
-    tx: mpsc::UnboundedSender<Pending>,
-    timeout: Duration,
+    tx: mpsc::Sender<Pending>,
+    core: Arc<Core>,
+    nonce: AtomicU64,
 }
 
 impl Proposer {
     /// Starts the batching task; it ends when the `Proposer` is dropped (or is aborted).
-    /// Each `propose` waits at most `timeout` for its answer.
-    pub fn spawn(raft: Raft<TypeConfig>, timeout: Duration) -> (Proposer, JoinHandle<()>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = tokio::spawn(run(raft, rx));
-        (Proposer { tx, timeout }, handle)
+    pub(crate) fn spawn(core: Arc<Core>) -> (Proposer, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let handle = tokio::spawn(run(Arc::clone(&core), rx));
+        (
+            Proposer {
+                tx,
+                core,
+                nonce: AtomicU64::new(rand::random()),
+            },
+            handle,
+        )
     }
 
-    /// Proposes `request` and waits until it is durable and applied, or the write timeout
-    /// passed (`StoreError::Timeout`: the write may still be applied later).
-    pub async fn propose(&self, request: Request) -> Result<Response, StoreError> {
+    /// Proposes `write` and waits until it is committed by a quorum and applied here, or the
+    /// write timeout passed (`StoreError::Timeout`: it may still be applied later, once).
+    pub async fn propose(&self, write: Write) -> Result<Outcome, StoreError> {
+        let id = OpId {
+            ticket: self.core.revision.load(Ordering::Acquire) + 1,
+            nonce: self.nonce.fetch_add(1, Ordering::Relaxed),
+        };
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { request, reply })
+            .send(Pending {
+                op: Op { id, write },
+                reply,
+            })
+            .await
             .map_err(|_| stopped())?;
-        await_reply(rx, self.timeout).await
-    }
-}
-
-/// The answer on `rx`, or `Timeout` once `timeout` passed.
-async fn await_reply(
-    rx: oneshot::Receiver<Result<Response, StoreError>>,
-    timeout: Duration,
-) -> Result<Response, StoreError> {
-    match tokio::time::timeout(timeout, rx).await {
-        Ok(answer) => answer.map_err(|_| stopped())?,
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = timeout.as_millis() as u64,
-                "write not durable within the timeout"
-            );
-            Err(StoreError::Timeout(format!(
-                "write timed out after {timeout:?} waiting to be made durable; it may still be applied"
-            )))
+        let answer = rx.await.map_err(|_| stopped())?;
+        if answer.is_err() {
+            self.core.metrics.proposals_failed.inc();
         }
+        answer
     }
 }
 
@@ -82,17 +93,7 @@ fn stopped() -> StoreError {
     StoreError::Unavailable("store is shut down".into())
 }
 
-fn size(request: &Request) -> usize {
-    match request {
-        Request::Create { key, value } | Request::Update { key, value, .. } => {
-            key.len() + value.len()
-        }
-        Request::Delete { key, .. } => key.len(),
-        Request::Compact { .. } | Request::Batch(_) => 0,
-    }
-}
-
-async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+async fn run(core: Arc<Core>, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut tasks = JoinSet::new();
     loop {
@@ -103,20 +104,34 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Pending>) {
         let Some(first) = rx.recv().await else {
             break;
         };
-        let mut bytes = size(&first.request);
+        let mut bytes = first.op.write.size();
         let mut batch = vec![first];
         while batch.len() < MAX_OPS && bytes < MAX_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
-                    bytes += size(&p.request);
+                    bytes += p.op.write.size();
                     batch.push(p);
                 }
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let core = Arc::clone(&core);
         tasks.spawn(async move {
-            submit(&raft, batch).await;
+            let (ops, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            tracing::trace!(ops = ops.len(), "proposing batch");
+            match submit(&core, ops).await {
+                Ok(outcomes) => {
+                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                        let _ = reply.send(Ok(outcome));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
             drop(slot);
         });
         while tasks.try_join_next().is_some() {}
@@ -124,70 +139,97 @@ async fn run(raft: Raft<TypeConfig>, mut rx: mpsc::UnboundedReceiver<Pending>) {
     while tasks.join_next().await.is_some() {}
 }
 
-async fn submit(raft: &Raft<TypeConfig>, mut batch: Vec<Pending>) {
-    if batch.len() == 1
-        && let Some(p) = batch.pop()
-    {
-        let result = raft
-            .client_write(p.request)
-            .await
-            .map(|r| r.data)
-            .map_err(|e| StoreError::Unavailable(format!("raft write: {e}")));
-        let _ = p.reply.send(result);
-        return;
-    }
-    let (requests, replies): (Vec<_>, Vec<_>) =
-        batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-    let n = replies.len();
-    tracing::trace!(requests = n, "proposing batch");
-    match raft.client_write(Request::Batch(requests)).await {
-        Ok(r) => match r.data {
-            Response::Batch(responses) if responses.len() == n => {
-                for (reply, response) in replies.into_iter().zip(responses) {
-                    let _ = reply.send(Ok(response));
+/// What one attempt at a batch gave.
+enum Attempt {
+    Done(Vec<Outcome>),
+    /// The leader moved or could not be reached: send again.
+    Retry(String),
+    Fail(StoreError),
+}
+
+fn timeout_error(timeout: Duration) -> StoreError {
+    StoreError::Timeout(format!(
+        "write not committed within {timeout:?}; it may still be applied (once)"
+    ))
+}
+
+fn no_quorum(millis: u64) -> StoreError {
+    StoreError::Unavailable(format!(
+        "the leader has not heard from a quorum of members for {millis} ms"
+    ))
+}
+
+/// Commits `ops` through the leader, retrying with the same ids until the write timeout.
+async fn submit(core: &Core, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+    let started = Instant::now();
+    let deadline = started + core.timing.write_timeout;
+    let mut leaderless_since: Option<Instant> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(timeout_error(core.timing.write_timeout));
+        }
+        let attempt = match core.leader() {
+            Leader::Me => {
+                leaderless_since = None;
+                local(core, &ops, remaining).await
+            }
+            Leader::Other(leader) => {
+                leaderless_since = None;
+                match core.network.forward(&leader, &ops, remaining).await {
+                    Ok(Ok(outcomes)) if outcomes.len() == ops.len() => Attempt::Done(outcomes),
+                    Ok(Ok(_)) => Attempt::Fail(StoreError::Unavailable(
+                        "the leader answered a different number of writes".into(),
+                    )),
+                    Ok(Err(e)) => forward_failed(e),
+                    Err(CallError::Timeout { .. }) => {
+                        return Err(timeout_error(core.timing.write_timeout));
+                    }
+                    Err(e @ CallError::Unreachable { .. }) => Attempt::Retry(e.to_string()),
+                    Err(e) => Attempt::Fail(StoreError::Unavailable(e.to_string())),
                 }
             }
-            other => {
-                let message = format!("unexpected batch response {other:?}");
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+            Leader::Unknown => {
+                let since = *leaderless_since.get_or_insert_with(Instant::now);
+                if let Some(e) = core.no_leader(since) {
+                    return Err(e);
                 }
+                Attempt::Retry("no leader".into())
             }
-        },
-        Err(e) => {
-            let message = format!("raft write: {e}");
-            for reply in replies {
-                let _ = reply.send(Err(StoreError::Unavailable(message.clone())));
+        };
+        match attempt {
+            Attempt::Done(outcomes) => return Ok(outcomes),
+            Attempt::Fail(e) => return Err(e),
+            Attempt::Retry(why) => {
+                tracing::debug!(reason = %why, "sending a write batch again");
+                core.state_change(RETRY_PAUSE).await;
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_write_whose_answer_never_comes_times_out() {
-        let (_reply, rx) = oneshot::channel();
-        let result = await_reply(rx, Duration::from_millis(20)).await;
-        assert!(
-            matches!(&result, Err(StoreError::Timeout(m)) if m.contains("write timed out")),
-            "{result:?}"
-        );
+fn forward_failed(e: ForwardError) -> Attempt {
+    match e {
+        ForwardError::NotLeader { .. } => Attempt::Retry(e.to_string()),
+        ForwardError::NoQuorum { millis } => Attempt::Fail(no_quorum(millis)),
+        ForwardError::Failed(m) => Attempt::Fail(StoreError::Unavailable(m)),
     }
+}
 
-    #[tokio::test]
-    async fn an_answer_within_the_timeout_is_returned() {
-        let (reply, rx) = oneshot::channel();
-        let _ = reply.send(Ok(Response::Empty));
-        assert!(await_reply(rx, Duration::from_secs(60)).await.is_ok());
-
-        let (reply, rx) = oneshot::channel::<Result<Response, StoreError>>();
-        drop(reply);
-        assert!(matches!(
-            await_reply(rx, Duration::from_secs(60)).await,
-            Err(StoreError::Unavailable(_))
-        ));
+async fn local(core: &Core, ops: &[Op], remaining: Duration) -> Attempt {
+    if let Err(e) = leader_check(&core.raft, core.id, core.timing.quorum_grace) {
+        return forward_failed(e);
+    }
+    let n = ops.len();
+    let write = core.raft.client_write(Request::Ops(ops.to_vec()));
+    match tokio::time::timeout(remaining, write).await {
+        Err(_) => Attempt::Fail(timeout_error(core.timing.write_timeout)),
+        Ok(Ok(r)) => match r.data {
+            Response::Ops(outcomes) if outcomes.len() == n => Attempt::Done(outcomes),
+            other => Attempt::Fail(StoreError::Unavailable(format!(
+                "unexpected apply response {other:?}"
+            ))),
+        },
+        Ok(Err(e)) => forward_failed(write_error(core.id, e)),
     }
 }

@@ -1,72 +1,111 @@
 //! The state machine on disk (`state.redb`): keys with their revisions, the watch history
-//! (revision -> event) and the raft bookkeeping (last applied log id, membership, revision
-//! counter, compaction point), all changed together in one transaction per applied batch.
+//! (revision -> event), the outcomes of recently applied writes (write id -> outcome) and the
+//! raft bookkeeping (last applied log id, membership, removed members, revision counter,
+//! compaction point), all changed together in one transaction per applied batch.
 //!
-//! Applies commit with `Durability::None`: a crash can lose the newest applied state, and on
-//! restart openraft replays the log from the last applied id that did reach disk, giving the
-//! same revisions again. Building a snapshot first makes everything applied durable (and fails
-//! if that flush fails), and openraft purges the log only up to a snapshot, so purged log never
-//! runs ahead of durable state. Live events go out on a broadcast channel after their transaction committed.
+//! Most applies commit with `Durability::None`; one every `FLUSH_BYTES` of applied data or
+//! `FLUSH_INTERVAL` commits durably (two-phase), which both bounds the replay after a crash and
+//! lets redb reuse the pages that non-durable commits freed (without it the file grows with
+//! every write). A crash loses only non-durable applies, and openraft replays them from the log
+//! on restart, giving the same revisions again. Building a snapshot first makes everything
+//! applied durable, and openraft purges the log only up to a snapshot, so purged log never runs
+//! ahead of durable state.
 //!
-//! Multi-member concerns (streaming large snapshots to followers) are not handled: snapshot
-//! data is a full in-memory dump.
+//! Write ids: every applied write's outcome is remembered under its id until the watch history
+//! older than the id's ticket is compacted; a write applied again with the same id gets its
+//! first outcome back. Snapshots are files (see `snapshot.rs`).
 
-use std::io::Cursor;
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
     SnapshotMeta, StorageError, StorageIOError, StoredMembership,
 };
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition};
-use tokio::sync::broadcast;
 
 use crate::codec::{
-    Reader, Writer, decode_event, decode_record, encode_event, encode_record, record_mod_revision,
+    decode_event, decode_outcome, decode_record, encode_event, encode_outcome, encode_record,
 };
-use crate::raft::{Request, Response, TypeConfig};
+use crate::events::EventRing;
+use crate::metrics::StoreMetrics;
+use crate::raft::{Member, Op, Outcome, Request, Response, TypeConfig, Write};
+use crate::snapshot::{self, SnapshotHeader};
 use crate::{DiskError, KeyValue, WatchEvent};
 
 pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+pub(crate) const OPS: TableDefinition<u128, &[u8]> = TableDefinition::new("ops");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const APPLIED_KEY: &str = "applied";
 const MEMBERSHIP_KEY: &str = "membership";
 const REVISION_KEY: &str = "revision";
 const COMPACTED_KEY: &str = "compacted";
+const REMOVED_KEY: &str = "removed";
 
 /// History is trimmed in steps of this many revisions past the retention, so that the apply
 /// path does not delete one event per write.
 const COMPACT_STEP: u64 = 1024;
+/// Applied bytes after which an apply commits durably.
+const FLUSH_BYTES: usize = 4 << 20;
+/// Time after which an apply commits durably.
+const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Page cache of the state file.
+const CACHE_BYTES: usize = 32 << 20;
+
+/// Opens a redb file that must be intact: every page checksum is verified on open, and a file
+/// whose newest commit is damaged is refused instead of being rolled back.
+pub(crate) fn open_database(path: &Path) -> Result<Database, DiskError> {
+    let mut builder = Database::builder();
+    builder
+        .set_cache_size(CACHE_BYTES)
+        .set_check_integrity_on_open(true);
+    builder.create(path).map_err(|e| DiskError::Open {
+        path: path.to_owned(),
+        source: e.into(),
+    })
+}
 
 /// What the state machine and the `Store` handle share.
 pub struct Shared {
     pub db: Database,
+    pub path: PathBuf,
     /// Revision of the last applied write, updated after its transaction committed.
     pub revision: Arc<AtomicU64>,
-    pub events: broadcast::Sender<Arc<WatchEvent>>,
+    compacted: AtomicU64,
+    pub events: EventRing,
     /// Revisions of history to keep at least.
     pub retain: u64,
-    snapshot: Mutex<Option<StoredSnapshot>>,
+    /// Members removed from the cluster: their requests are refused.
+    removed: RwLock<BTreeSet<u64>>,
+    pub metrics: StoreMetrics,
+    snapshots: SnapshotFiles,
 }
 
-#[derive(Clone)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, BasicNode>,
-    data: Vec<u8>,
+struct SnapshotFiles {
+    dir: PathBuf,
+    current: Mutex<Option<(SnapshotMeta<u64, Member>, PathBuf)>>,
+    /// Files handed out by `begin_receiving_snapshot`, by (device, inode).
+    incoming: Mutex<HashMap<(u64, u64), PathBuf>>,
+    seq: AtomicU64,
 }
 
 /// openraft's state machine; owned by its state machine worker.
 pub struct StateMachine {
     shared: Arc<Shared>,
     applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
+    membership: StoredMembership<u64, Member>,
     revision: u64,
     compacted: u64,
-    snapshot_seq: u64,
+    removed: BTreeSet<u64>,
+    unflushed: usize,
+    last_flush: Instant,
 }
 
 /// Builds a snapshot from the read transaction taken when it was asked for, right after the
@@ -76,6 +115,10 @@ pub struct SnapshotBuilder {
     /// The durable state to snapshot, taken by the first `build_snapshot`.
     txn: Option<Result<ReadTransaction, Box<StorageError<u64>>>>,
     seq: u64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Flushes every applied transaction to disk, then opens a read transaction on that state.
@@ -98,6 +141,10 @@ fn sm_read_err(e: impl std::error::Error + 'static) -> StorageError<u64> {
     StorageIOError::read_state_machine(AnyError::new(&e)).into()
 }
 
+fn snapshot_err(meta: Option<&SnapshotMeta<u64, Member>>, e: DiskError) -> StorageError<u64> {
+    StorageIOError::write_snapshot(meta.map(|m| m.signature()), AnyError::new(&e)).into()
+}
+
 fn get_json<T: serde::de::DeserializeOwned>(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
@@ -117,43 +164,73 @@ fn put_json<T: serde::Serialize>(
     Ok(())
 }
 
+/// The applied state recorded in the meta table.
+struct Applied {
+    applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, Member>,
+    revision: u64,
+    compacted: u64,
+    removed: BTreeSet<u64>,
+}
+
+fn read_applied(txn: &ReadTransaction) -> Result<Applied, DiskError> {
+    let meta = txn.open_table(META)?;
+    Ok(Applied {
+        applied: get_json::<Option<LogId<u64>>>(&meta, APPLIED_KEY)?.flatten(),
+        membership: get_json(&meta, MEMBERSHIP_KEY)?.unwrap_or_default(),
+        revision: get_json(&meta, REVISION_KEY)?.unwrap_or(0u64),
+        compacted: get_json(&meta, COMPACTED_KEY)?.unwrap_or(0u64),
+        removed: get_json(&meta, REMOVED_KEY)?.unwrap_or_default(),
+    })
+}
+
 impl StateMachine {
-    /// Opens (or creates) the state machine file.
+    /// Opens (or creates) the state machine file at `path`; snapshots live in `path`'s
+    /// directory under `snapshots/`. The in-memory event ring holds at most `ring_bytes`.
     pub fn open(
-        path: &std::path::Path,
+        path: &Path,
         retain: u64,
-        channel: usize,
+        ring_bytes: usize,
+        metrics: StoreMetrics,
     ) -> Result<StateMachine, DiskError> {
-        let db = Database::create(path)?;
+        let db = open_database(path)?;
         let txn = db.begin_write()?;
         txn.open_table(KV)?;
         txn.open_table(HISTORY)?;
+        txn.open_table(OPS)?;
         txn.open_table(META)?;
         txn.commit()?;
-        let (applied, membership, revision, compacted) = {
-            let txn = db.begin_read()?;
-            let meta = txn.open_table(META)?;
-            (
-                get_json::<Option<LogId<u64>>>(&meta, APPLIED_KEY)?.flatten(),
-                get_json(&meta, MEMBERSHIP_KEY)?.unwrap_or_default(),
-                get_json(&meta, REVISION_KEY)?.unwrap_or(0u64),
-                get_json(&meta, COMPACTED_KEY)?.unwrap_or(0u64),
-            )
-        };
-        let (events, _) = broadcast::channel(channel.max(1));
+        let state = read_applied(&db.begin_read()?)?;
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("snapshots"), |p| p.join("snapshots"));
+        std::fs::create_dir_all(&dir)?;
+        let current = snapshot::newest(&dir).map(|(h, p)| (h.meta, p));
+        snapshot::clean(&dir, current.as_ref().map(|(_, p)| p.as_path()), true);
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 db,
-                revision: Arc::new(AtomicU64::new(revision)),
-                events,
+                path: path.to_owned(),
+                revision: Arc::new(AtomicU64::new(state.revision)),
+                compacted: AtomicU64::new(state.compacted),
+                events: EventRing::new(ring_bytes, state.revision),
                 retain,
-                snapshot: Mutex::new(None),
+                removed: RwLock::new(state.removed.clone()),
+                metrics,
+                snapshots: SnapshotFiles {
+                    dir,
+                    current: Mutex::new(current),
+                    incoming: Mutex::new(HashMap::new()),
+                    seq: AtomicU64::new(0),
+                },
             }),
-            applied,
-            membership,
-            revision,
-            compacted,
-            snapshot_seq: 0,
+            applied: state.applied,
+            membership: state.membership,
+            revision: state.revision,
+            compacted: state.compacted,
+            removed: state.removed,
+            unflushed: 0,
+            last_flush: Instant::now(),
         })
     }
 
@@ -161,69 +238,122 @@ impl StateMachine {
         Arc::clone(&self.shared)
     }
 
-    fn apply_batch(&mut self, entries: Vec<Entry<TypeConfig>>) -> Result<Vec<Response>, DiskError> {
+    pub(crate) fn apply_batch(
+        &mut self,
+        entries: Vec<Entry<TypeConfig>>,
+    ) -> Result<Vec<Response>, DiskError> {
         let mut responses = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         let mut txn = self.shared.db.begin_write()?;
-        txn.set_durability(redb::Durability::None)?;
-        let mut revision = self.revision;
-        let mut compacted = self.compacted;
+        let durable = self.unflushed >= FLUSH_BYTES || self.last_flush.elapsed() >= FLUSH_INTERVAL;
+        if durable {
+            txn.set_durability(redb::Durability::Immediate)?;
+            txn.set_two_phase_commit(true);
+        } else {
+            txn.set_durability(redb::Durability::None)?;
+        }
+        let mut st = ApplyState {
+            revision: self.revision,
+            compacted: self.compacted,
+            bytes: 0,
+        };
         let mut applied = self.applied;
         let mut membership = self.membership.clone();
+        let mut removed = self.removed.clone();
         {
-            let mut kv = txn.open_table(KV)?;
-            let mut history = txn.open_table(HISTORY)?;
-            let mut meta = txn.open_table(META)?;
+            let mut t = Tables {
+                kv: txn.open_table(KV)?,
+                history: txn.open_table(HISTORY)?,
+                ops: txn.open_table(OPS)?,
+            };
             for entry in entries {
                 applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::Empty,
                     EntryPayload::Membership(m) => {
+                        let before: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+                        let after: BTreeSet<u64> = m.nodes().map(|(id, _)| *id).collect();
+                        removed.extend(before.difference(&after));
                         membership = StoredMembership::new(Some(entry.log_id), m);
                         Response::Empty
                     }
-                    EntryPayload::Normal(req) => {
-                        let mut tables = Tables {
-                            kv: &mut kv,
-                            history: &mut history,
-                        };
-                        apply_request(&mut tables, &mut revision, &mut compacted, req, &mut events)?
+                    EntryPayload::Normal(Request::Ops(ops)) => {
+                        let mut outcomes = Vec::with_capacity(ops.len());
+                        for op in ops {
+                            outcomes.push(apply_op(&mut t, &mut st, op, &mut events)?);
+                        }
+                        Response::Ops(outcomes)
+                    }
+                    EntryPayload::Normal(Request::Compact { keep }) => {
+                        let upto = st.revision.saturating_sub(keep);
+                        compact(&mut t, &mut st, upto)?;
+                        Response::Compacted {
+                            compacted: st.compacted,
+                        }
                     }
                 };
                 responses.push(response);
             }
             // Keep at least `retain` revisions of history; trim in steps.
             let step = self.shared.retain.clamp(1, COMPACT_STEP);
-            if revision.saturating_sub(compacted) >= self.shared.retain + step {
-                let upto = revision - self.shared.retain;
-                history.retain_in(..=upto, |_, _| false)?;
-                compacted = upto;
+            if st.revision.saturating_sub(st.compacted) >= self.shared.retain + step {
+                let upto = st.revision - self.shared.retain;
+                compact(&mut t, &mut st, upto)?;
             }
+            let mut meta = txn.open_table(META)?;
             put_json(&mut meta, APPLIED_KEY, &applied)?;
             if membership != self.membership {
                 put_json(&mut meta, MEMBERSHIP_KEY, &membership)?;
             }
-            put_json(&mut meta, REVISION_KEY, &revision)?;
-            put_json(&mut meta, COMPACTED_KEY, &compacted)?;
+            if removed != self.removed {
+                put_json(&mut meta, REMOVED_KEY, &removed)?;
+            }
+            put_json(&mut meta, REVISION_KEY, &st.revision)?;
+            put_json(&mut meta, COMPACTED_KEY, &st.compacted)?;
         }
+        let started = Instant::now();
         txn.commit()?;
-        self.revision = revision;
-        self.compacted = compacted;
+        if durable {
+            self.shared
+                .metrics
+                .backend_commit
+                .observe(started.elapsed().as_secs_f64());
+            self.unflushed = 0;
+            self.last_flush = Instant::now();
+        } else {
+            self.unflushed += st.bytes;
+        }
+        self.revision = st.revision;
+        self.compacted = st.compacted;
         self.applied = applied;
         self.membership = membership;
-        self.shared.revision.store(revision, Ordering::Release);
-        for e in events {
-            // No receiver is not an error: nobody watches.
-            let _ = self.shared.events.send(Arc::new(e));
+        if removed != self.removed {
+            *self
+                .shared
+                .removed
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = removed.clone();
+            self.removed = removed;
         }
+        self.shared.revision.store(st.revision, Ordering::Release);
+        self.shared.compacted.store(st.compacted, Ordering::Release);
+        self.shared.events.push(events);
         Ok(responses)
     }
 }
 
 /// The tables one request touches.
-struct Tables<'a, 't> {
-    kv: &'a mut Table<'t, &'static str, &'static [u8]>,
-    history: &'a mut Table<'t, u64, &'static [u8]>,
+struct Tables<'t> {
+    kv: Table<'t, &'static str, &'static [u8]>,
+    history: Table<'t, u64, &'static [u8]>,
+    ops: Table<'t, u128, &'static [u8]>,
+}
+
+struct ApplyState {
+    revision: u64,
+    compacted: u64,
+    /// Bytes written by this batch.
+    bytes: usize,
 }
 
 fn current(
@@ -231,121 +361,164 @@ fn current(
     key: &str,
 ) -> Result<Option<KeyValue>, DiskError> {
     match kv.get(key)? {
-        Some(raw) => Ok(Some(decode_record(key, raw.value())?)),
+        Some(raw) => Ok(Some(
+            decode_record(key, raw.value()).map_err(|e| DiskError::corrupt_key(key, e))?,
+        )),
         None => Ok(None),
     }
 }
 
-/// Applies one write: checks its condition, bumps `revision` on success and records the event.
-/// A failed condition changes nothing and takes no revision.
-fn apply_request(
-    t: &mut Tables<'_, '_>,
-    revision: &mut u64,
-    compacted: &mut u64,
-    req: Request,
+/// Drops history up to `upto` and the write ids ticketed up to it.
+fn compact(t: &mut Tables<'_>, st: &mut ApplyState, upto: u64) -> Result<(), DiskError> {
+    if upto <= st.compacted {
+        return Ok(());
+    }
+    t.history.retain_in(..=upto, |_, _| false)?;
+    t.ops
+        .retain_in(..(u128::from(upto + 1) << 64), |_, _| false)?;
+    st.compacted = upto;
+    Ok(())
+}
+
+/// Applies one write once: a write whose id was applied before gets its first outcome, a
+/// write whose id may have been forgotten is refused.
+fn apply_op(
+    t: &mut Tables<'_>,
+    st: &mut ApplyState,
+    op: Op,
     events: &mut Vec<WatchEvent>,
-) -> Result<Response, DiskError> {
-    let (response, event) = match req {
-        Request::Create { key, value } => {
-            if t.kv.get(key.as_str())?.is_some() {
-                return Ok(Response::AlreadyExists);
+) -> Result<Outcome, DiskError> {
+    if op.id.ticket <= st.compacted {
+        return Ok(Outcome::Expired);
+    }
+    let id = op.id.key();
+    if let Some(raw) = t.ops.get(id)? {
+        let remembered =
+            decode_outcome(raw.value()).map_err(|e| DiskError::corrupt_key("ops", e))?;
+        return match remembered {
+            Ok(outcome) => Ok(outcome),
+            Err(revision) => {
+                // A delete: its removed value is the history event at its revision.
+                let Some(raw) = t.history.get(revision)? else {
+                    return Ok(Outcome::Expired);
+                };
+                match decode_event(raw.value()).map_err(|e| DiskError::corrupt_key("history", e))? {
+                    WatchEvent::Delete { prev, revision } => {
+                        Ok(Outcome::Deleted { prev, revision })
+                    }
+                    WatchEvent::Put { .. } => Ok(Outcome::Expired),
+                }
             }
-            *revision += 1;
+        };
+    }
+    let outcome = apply_write(t, st, op.write, events)?;
+    t.ops.insert(id, encode_outcome(&outcome).as_slice())?;
+    Ok(outcome)
+}
+
+/// Applies one write: checks its condition, bumps the revision on success and records the
+/// event. A failed condition changes nothing and takes no revision.
+fn apply_write(
+    t: &mut Tables<'_>,
+    st: &mut ApplyState,
+    write: Write,
+    events: &mut Vec<WatchEvent>,
+) -> Result<Outcome, DiskError> {
+    let (outcome, event) = match write {
+        Write::Create { key, value } => {
+            if t.kv.get(key.as_str())?.is_some() {
+                return Ok(Outcome::AlreadyExists);
+            }
+            st.revision += 1;
+            let rev = st.revision;
+            st.bytes += key.len() + value.len();
             t.kv.insert(
                 key.as_str(),
-                encode_record(*revision, *revision, &value).as_slice(),
+                encode_record(&key, rev, rev, &value).as_slice(),
             )?;
             let kv = KeyValue {
                 key,
                 value,
-                create_revision: *revision,
-                mod_revision: *revision,
+                create_revision: rev,
+                mod_revision: rev,
             };
             (
-                Response::Written(kv.clone()),
+                Outcome::Written {
+                    create_revision: rev,
+                    mod_revision: rev,
+                },
                 WatchEvent::Put { kv, prev: None },
             )
         }
-        Request::Update {
+        Write::Update {
             key,
             value,
             expected,
         } => {
-            let Some(prev) = current(t.kv, &key)? else {
-                return Ok(Response::NotFound);
+            let Some(prev) = current(&t.kv, &key)? else {
+                return Ok(Outcome::NotFound);
             };
             if let Some(expected) = expected
                 && expected != prev.mod_revision
             {
-                return Ok(Response::Conflict {
+                return Ok(Outcome::Conflict {
                     current: prev.mod_revision,
                 });
             }
-            *revision += 1;
+            st.revision += 1;
+            let rev = st.revision;
+            st.bytes += key.len() + value.len();
             t.kv.insert(
                 key.as_str(),
-                encode_record(prev.create_revision, *revision, &value).as_slice(),
+                encode_record(&key, prev.create_revision, rev, &value).as_slice(),
             )?;
             let kv = KeyValue {
                 key,
                 value,
                 create_revision: prev.create_revision,
-                mod_revision: *revision,
+                mod_revision: rev,
             };
             (
-                Response::Written(kv.clone()),
+                Outcome::Written {
+                    create_revision: prev.create_revision,
+                    mod_revision: rev,
+                },
                 WatchEvent::Put {
                     kv,
                     prev: Some(prev),
                 },
             )
         }
-        Request::Delete { key, expected } => {
-            let Some(prev) = current(t.kv, &key)? else {
-                return Ok(Response::NotFound);
+        Write::Delete { key, expected } => {
+            let Some(prev) = current(&t.kv, &key)? else {
+                return Ok(Outcome::NotFound);
             };
             if let Some(expected) = expected
                 && expected != prev.mod_revision
             {
-                return Ok(Response::Conflict {
+                return Ok(Outcome::Conflict {
                     current: prev.mod_revision,
                 });
             }
-            *revision += 1;
+            st.revision += 1;
+            st.bytes += key.len();
             t.kv.remove(key.as_str())?;
             (
-                Response::Deleted {
+                Outcome::Deleted {
                     prev: prev.clone(),
-                    revision: *revision,
+                    revision: st.revision,
                 },
                 WatchEvent::Delete {
                     prev,
-                    revision: *revision,
+                    revision: st.revision,
                 },
             )
         }
-        Request::Compact { keep } => {
-            let upto = revision.saturating_sub(keep);
-            if upto > *compacted {
-                t.history.retain_in(..=upto, |_, _| false)?;
-                *compacted = upto;
-            }
-            return Ok(Response::Compacted {
-                compacted: *compacted,
-            });
-        }
-        Request::Batch(requests) => {
-            let mut responses = Vec::with_capacity(requests.len());
-            for req in requests {
-                responses.push(apply_request(t, revision, compacted, req, events)?);
-            }
-            return Ok(Response::Batch(responses));
-        }
     };
     t.history
-        .insert(*revision, encode_event(&event).as_slice())?;
+        .insert(st.revision, encode_event(&event).as_slice())?;
     events.push(event);
-    Ok(response)
+    Ok(outcome)
 }
 
 impl Shared {
@@ -353,8 +526,19 @@ impl Shared {
         let txn = self.db.begin_read()?;
         let kv = txn.open_table(KV)?;
         match kv.get(key)? {
-            Some(raw) => Ok(Some(decode_record(key, raw.value())?)),
+            Some(raw) => Ok(Some(
+                decode_record(key, raw.value()).map_err(|e| self.corrupt(key, e))?,
+            )),
             None => Ok(None),
+        }
+    }
+
+    fn corrupt(&self, key: &str, e: crate::codec::CorruptRecord) -> DiskError {
+        tracing::error!(file = %self.path.display(), key, error = %e, "corrupt record");
+        DiskError::CorruptKey {
+            file: self.path.clone(),
+            key: key.to_owned(),
+            source: e,
         }
     }
 
@@ -371,18 +555,35 @@ impl Shared {
             if !key.starts_with(prefix) {
                 break;
             }
-            items.push(decode_record(key, v.value())?);
+            items.push(decode_record(key, v.value()).map_err(|e| self.corrupt(key, e))?);
         }
         Ok((items, revision))
     }
 
-    /// Retained events under `prefix` with revision > `after`, or `Err(oldest)` when `after`
-    /// is older than the retained history. `oldest` is the first revision still retained.
-    pub fn history(
+    /// The first revision compacted away is `compacted() + 1`'s predecessor: watching from
+    /// before `compacted()` is refused.
+    pub fn compacted(&self) -> u64 {
+        self.compacted.load(Ordering::Acquire)
+    }
+
+    /// Members removed from the cluster.
+    pub fn removed(&self) -> BTreeSet<u64> {
+        self.removed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Up to `max` retained events with revision > `after` (only those under `prefix` are
+    /// returned, all `max` are examined) and the highest revision examined; or `Err(oldest)`
+    /// when `after` is older than the retained history.
+    #[allow(clippy::type_complexity)]
+    pub fn history_page(
         &self,
         prefix: &str,
         after: u64,
-    ) -> Result<Result<Vec<WatchEvent>, u64>, DiskError> {
+        max: usize,
+    ) -> Result<Result<(Vec<WatchEvent>, u64), u64>, DiskError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let compacted: u64 = get_json(&meta, COMPACTED_KEY)?.unwrap_or(0);
@@ -391,21 +592,29 @@ impl Shared {
         }
         let history = txn.open_table(HISTORY)?;
         let mut events = Vec::new();
-        for item in history.range(after.saturating_add(1)..)? {
-            let (_, v) = item?;
-            let event = decode_event(v.value())?;
+        let mut scanned = after;
+        for item in history.range(after.saturating_add(1)..)?.take(max) {
+            let (rev, v) = item?;
+            scanned = rev.value();
+            let event = decode_event(v.value())
+                .map_err(|e| self.corrupt(&format!("history/{scanned}"), e))?;
             if event_key(&event).starts_with(prefix) {
                 events.push(event);
             }
         }
-        Ok(Ok(events))
+        Ok(Ok((events, scanned)))
     }
 
     /// Makes every applied transaction durable.
     pub fn flush(&self) -> Result<(), DiskError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
+        txn.set_two_phase_commit(true);
+        let started = Instant::now();
         txn.commit()?;
+        self.metrics
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }
@@ -417,36 +626,59 @@ pub fn event_key(event: &WatchEvent) -> &str {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// A full copy of the state machine at one applied log id.
-struct Dump {
-    data: Vec<u8>,
-    applied: Option<LogId<u64>>,
-    membership: StoredMembership<u64, BasicNode>,
-}
-
-/// Snapshot data: the revision, then every key record.
-fn dump(txn: &ReadTransaction) -> Result<Dump, DiskError> {
-    let meta = txn.open_table(META)?;
-    let applied = get_json::<Option<LogId<u64>>>(&meta, APPLIED_KEY)?.flatten();
-    let membership = get_json(&meta, MEMBERSHIP_KEY)?.unwrap_or_default();
-    let revision: u64 = get_json(&meta, REVISION_KEY)?.unwrap_or(0);
-    let kv = txn.open_table(KV)?;
-    let mut w = Writer::with_capacity(1024);
-    w.u64(revision);
-    for item in kv.iter()? {
-        let (k, v) = item?;
-        w.bytes(k.value().as_bytes());
-        w.bytes(v.value());
+fn snapshot_id(applied: Option<LogId<u64>>, seq: u64) -> String {
+    match applied {
+        Some(l) => format!(
+            "{}-{}-{}-{seq}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("none-{seq}"),
     }
-    Ok(Dump {
-        data: w.0,
-        applied,
-        membership,
-    })
+}
+
+fn open_snapshot(path: &Path) -> Result<Box<tokio::fs::File>, DiskError> {
+    Ok(Box::new(tokio::fs::File::from_std(std::fs::File::open(
+        path,
+    )?)))
+}
+
+fn file_key(file: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    let m = file.metadata()?;
+    Ok((m.dev(), m.ino()))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DiskError> {
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Writes the snapshot of `txn` into `files`, makes it current and removes older ones.
+fn build(
+    shared: &Shared,
+    txn: ReadTransaction,
+    seq: u64,
+) -> Result<(SnapshotMeta<u64, Member>, PathBuf), DiskError> {
+    let state = read_applied(&txn)?;
+    let meta = SnapshotMeta {
+        last_log_id: state.applied,
+        last_membership: state.membership,
+        snapshot_id: snapshot_id(state.applied, seq),
+    };
+    let header = SnapshotHeader {
+        meta: meta.clone(),
+        revision: state.revision,
+        compacted: state.compacted,
+        removed: state.removed,
+    };
+    let files = &shared.snapshots;
+    let path = snapshot::path_of(&files.dir, &meta.snapshot_id);
+    let partial = path.with_extension("partial");
+    snapshot::write(&txn, &header, &partial)?;
+    std::fs::rename(&partial, &path)?;
+    sync_dir(&files.dir)?;
+    *lock(&files.current) = Some((meta.clone(), path.clone()));
+    snapshot::clean(&files.dir, Some(&path), false);
+    Ok((meta, path))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
@@ -455,29 +687,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Some(taken) => taken.map_err(|e| *e)?,
             None => durable_read(&self.shared).map_err(|e| *e)?,
         };
-        let Dump {
-            data,
-            applied,
-            membership,
-        } = dump(&txn).map_err(sm_read_err)?;
-        let snapshot_id = match applied {
-            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.seq),
-            None => format!("none-{}", self.seq),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        *lock(&self.shared.snapshot) = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data: data.clone(),
-        });
-        tracing::debug!(snapshot = %meta.snapshot_id, bytes = data.len(), "built snapshot");
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        let shared = Arc::clone(&self.shared);
+        let seq = self.seq;
+        let built = tokio::task::spawn_blocking(move || build(&shared, txn, seq))
+            .await
+            .map_err(|e| sm_read_err(DiskError::Io(std::io::Error::other(e.to_string()))))?;
+        let (meta, path) = built.map_err(|e| snapshot_err(None, e))?;
+        tracing::debug!(snapshot = %meta.snapshot_id, path = %path.display(), "built snapshot");
+        let snapshot = open_snapshot(&path).map_err(|e| snapshot_err(Some(&meta), e))?;
+        Ok(Snapshot { meta, snapshot })
     }
 }
 
@@ -486,7 +704,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), StorageError<u64>> {
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, Member>), StorageError<u64>> {
         Ok((self.applied, self.membership.clone()))
     }
 
@@ -505,219 +723,147 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // A failed flush is carried into the builder, whose `build_snapshot` then fails
         // instead of snapshotting state a crash could lose.
         let txn = durable_read(&self.shared);
-        self.snapshot_seq += 1;
+        if txn.is_ok() {
+            self.unflushed = 0;
+            self.last_flush = Instant::now();
+        }
         SnapshotBuilder {
             shared: Arc::clone(&self.shared),
             txn: Some(txn),
-            seq: self.snapshot_seq,
+            seq: self.shared.snapshots.seq.fetch_add(1, Ordering::AcqRel) + 1,
         }
     }
 
     async fn begin_receiving_snapshot(
         &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    ) -> Result<Box<tokio::fs::File>, StorageError<u64>> {
+        let files = &self.shared.snapshots;
+        let seq = files.seq.fetch_add(1, Ordering::AcqRel) + 1;
+        let path = files.dir.join(format!("incoming-{seq}.partial"));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|f| Ok((file_key(&f)?, f)))
+            .map_err(|e| snapshot_err(None, DiskError::Io(e)))?;
+        lock(&files.incoming).insert(file.0, path);
+        Ok(Box::new(tokio::fs::File::from_std(file.1)))
     }
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        meta: &SnapshotMeta<u64, Member>,
+        snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError<u64>> {
-        let data = snapshot.into_inner();
-        let revision = self.install(meta, &data).map_err(|e| {
-            StorageError::from(StorageIOError::write_snapshot(
-                Some(meta.signature()),
-                AnyError::new(&e),
-            ))
-        })?;
+        let file = snapshot.into_std().await;
+        let shared = Arc::clone(&self.shared);
+        let target = meta.clone();
+        let installed = tokio::task::spawn_blocking(move || install(&shared, &target, file))
+            .await
+            .map_err(|e| {
+                snapshot_err(
+                    Some(meta),
+                    DiskError::Io(std::io::Error::other(e.to_string())),
+                )
+            })?
+            .map_err(|e| snapshot_err(Some(meta), e))?;
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
-        self.revision = revision;
-        self.compacted = revision;
-        self.shared.revision.store(revision, Ordering::Release);
-        *lock(&self.shared.snapshot) = Some(StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        });
+        self.revision = installed.revision;
+        self.compacted = installed.compacted;
+        self.removed = installed.removed.clone();
+        self.unflushed = 0;
+        self.last_flush = Instant::now();
+        *self
+            .shared
+            .removed
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = installed.removed;
+        self.shared
+            .revision
+            .store(installed.revision, Ordering::Release);
+        self.shared
+            .compacted
+            .store(installed.compacted, Ordering::Release);
+        self.shared.events.reset(installed.revision);
+        tracing::info!(snapshot = %meta.snapshot_id, revision = installed.revision, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        Ok(lock(&self.shared.snapshot).clone().map(|s| Snapshot {
-            meta: s.meta,
-            snapshot: Box::new(Cursor::new(s.data)),
-        }))
+        let current = lock(&self.shared.snapshots.current).clone();
+        let Some((meta, path)) = current else {
+            return Ok(None);
+        };
+        let snapshot = open_snapshot(&path).map_err(|e| snapshot_err(Some(&meta), e))?;
+        Ok(Some(Snapshot { meta, snapshot }))
     }
 }
 
-impl StateMachine {
-    /// Replaces all state with the snapshot; history restarts after its revision.
-    fn install(&self, meta: &SnapshotMeta<u64, BasicNode>, data: &[u8]) -> Result<u64, DiskError> {
-        let mut r = Reader(data);
-        let revision = r.u64()?;
-        let mut txn = self.shared.db.begin_write()?;
-        txn.set_durability(redb::Durability::Immediate)?;
-        {
-            let mut kv = txn.open_table(KV)?;
-            kv.retain(|_, _| false)?;
-            while !r.0.is_empty() {
-                let key = r.string()?;
-                let record = r.bytes()?;
-                record_mod_revision(record)?;
-                kv.insert(key.as_str(), record)?;
-            }
-            let mut history = txn.open_table(HISTORY)?;
-            history.retain(|_, _| false)?;
-            let mut m = txn.open_table(META)?;
-            put_json(&mut m, APPLIED_KEY, &meta.last_log_id)?;
-            put_json(&mut m, MEMBERSHIP_KEY, &meta.last_membership)?;
-            put_json(&mut m, REVISION_KEY, &revision)?;
-            put_json(&mut m, COMPACTED_KEY, &revision)?;
-        }
-        txn.commit()?;
-        Ok(revision)
+/// Replaces all state with the snapshot in `path`: one durable transaction, committed only if
+/// the whole file checks out.
+fn load_into(
+    shared: &Shared,
+    meta: &SnapshotMeta<u64, Member>,
+    path: &Path,
+) -> Result<SnapshotHeader, DiskError> {
+    let mut txn = shared.db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate)?;
+    txn.set_two_phase_commit(true);
+    let header = snapshot::load(std::fs::File::open(path)?, &txn)?;
+    {
+        let mut m = txn.open_table(META)?;
+        put_json(&mut m, APPLIED_KEY, &meta.last_log_id)?;
+        put_json(&mut m, MEMBERSHIP_KEY, &meta.last_membership)?;
+        put_json(&mut m, REVISION_KEY, &header.revision)?;
+        put_json(&mut m, COMPACTED_KEY, &header.compacted)?;
+        put_json(&mut m, REMOVED_KEY, &header.removed)?;
     }
+    txn.commit()?;
+    Ok(header)
+}
+
+/// Replaces all state with the snapshot in `file` and keeps the file as the current snapshot.
+fn install(
+    shared: &Shared,
+    meta: &SnapshotMeta<u64, Member>,
+    mut file: std::fs::File,
+) -> Result<SnapshotHeader, DiskError> {
+    use std::io::{Seek, SeekFrom};
+    let files = &shared.snapshots;
+    let path = snapshot::path_of(&files.dir, &meta.snapshot_id);
+    let source = match lock(&files.incoming).remove(&file_key(&file)?) {
+        // Received into a file of ours: install from it, then keep it.
+        Some(received) => {
+            file.sync_all()?;
+            received
+        }
+        // Somebody else's file: copy it in first.
+        None => {
+            file.seek(SeekFrom::Start(0))?;
+            let partial = path.with_extension("partial");
+            let mut out = std::fs::File::create(&partial)?;
+            std::io::copy(&mut file, &mut out)?;
+            out.sync_all()?;
+            partial
+        }
+    };
+    let loaded = load_into(shared, meta, &source);
+    if loaded.is_err() {
+        // A damaged or short file never becomes a snapshot of ours.
+        let _ = std::fs::remove_file(&source);
+    }
+    let header = loaded?;
+    std::fs::rename(&source, &path)?;
+    sync_dir(&files.dir)?;
+    *lock(&files.current) = Some((meta.clone(), path.clone()));
+    snapshot::clean(&files.dir, Some(&path), false);
+    Ok(header)
 }
 
 #[cfg(test)]
-mod tests {
-    use bytes::Bytes;
-    use openraft::CommittedLeaderId;
-
-    use super::*;
-
-    fn normal(index: u64, req: Request) -> Entry<TypeConfig> {
-        Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(req),
-        }
-    }
-
-    fn create(key: &str) -> Request {
-        Request::Create {
-            key: key.into(),
-            value: Bytes::from_static(b"v"),
-        }
-    }
-
-    #[tokio::test]
-    async fn snapshot_builds_over_flushed_state() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut sm = StateMachine::open(&dir.path().join("state.redb"), 100, 16).expect("open");
-        sm.apply_batch(vec![normal(1, create("/a"))])
-            .expect("apply");
-        let mut builder = sm.get_snapshot_builder().await;
-        let snapshot = builder.build_snapshot().await.expect("snapshot");
-        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(1));
-        assert!(lock(&sm.shared.snapshot).is_some());
-    }
-
-    #[tokio::test]
-    async fn a_failed_flush_fails_the_snapshot_build() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut sm = StateMachine::open(&dir.path().join("state.redb"), 100, 16).expect("open");
-        sm.apply_batch(vec![normal(1, create("/a"))])
-            .expect("apply");
-        // What `get_snapshot_builder` hands over when `flush` fails.
-        let mut builder = SnapshotBuilder {
-            shared: sm.shared(),
-            txn: Some(Err(Box::new(sm_write_err(DiskError::Io(
-                std::io::Error::other("disk stalled"),
-            ))))),
-            seq: 1,
-        };
-        let Err(error) = builder.build_snapshot().await else {
-            panic!("a snapshot over an unflushed state machine must fail");
-        };
-        let message = error.to_string();
-        assert!(
-            message.contains("Write") && message.contains("StateMachine"),
-            "{message}"
-        );
-        assert!(
-            lock(&sm.shared.snapshot).is_none(),
-            "no snapshot may be recorded"
-        );
-    }
-
-    #[test]
-    fn batch_applies_in_order_and_failed_conditions_take_no_revision() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut sm = StateMachine::open(&dir.path().join("state.redb"), 100, 16).expect("open");
-        let mut live = sm.shared().events.subscribe();
-        let responses = sm
-            .apply_batch(vec![
-                normal(1, create("/a")),
-                normal(
-                    2,
-                    Request::Batch(vec![
-                        create("/a"),
-                        create("/b"),
-                        Request::Update {
-                            key: "/a".into(),
-                            value: Bytes::from_static(b"w"),
-                            expected: Some(9),
-                        },
-                        Request::Delete {
-                            key: "/a".into(),
-                            expected: Some(1),
-                        },
-                        Request::Delete {
-                            key: "/zzz".into(),
-                            expected: None,
-                        },
-                    ]),
-                ),
-            ])
-            .expect("apply");
-        let Response::Batch(inner) = &responses[1] else {
-            panic!("batch answers a batch: {responses:?}");
-        };
-        assert!(matches!(&responses[0], Response::Written(kv) if kv.mod_revision == 1));
-        assert_eq!(inner[0], Response::AlreadyExists);
-        assert!(matches!(&inner[1], Response::Written(kv) if kv.mod_revision == 2));
-        assert_eq!(inner[2], Response::Conflict { current: 1 });
-        assert!(matches!(&inner[3], Response::Deleted { revision: 3, .. }));
-        assert_eq!(inner[4], Response::NotFound);
-        assert_eq!(sm.shared.revision.load(Ordering::Acquire), 3);
-        assert_eq!(sm.applied.map(|l| l.index), Some(2));
-
-        // Events went out in revision order, after the commit.
-        let revs: Vec<u64> = (0..3)
-            .map(|_| live.try_recv().expect("event").revision())
-            .collect();
-        assert_eq!(revs, [1, 2, 3]);
-        let Ok(history) = sm.shared.history("", 0).expect("history") else {
-            panic!("nothing compacted");
-        };
-        assert_eq!(history.len(), 3);
-    }
-
-    #[test]
-    fn snapshot_dump_installs_into_a_fresh_state_machine() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut sm = StateMachine::open(&dir.path().join("a.redb"), 100, 16).expect("open");
-        sm.apply_batch(vec![normal(1, create("/a")), normal(2, create("/b"))])
-            .expect("apply");
-        let txn = sm.shared.db.begin_read().expect("read");
-        let dump = dump(&txn).expect("dump");
-        let meta = SnapshotMeta {
-            last_log_id: dump.applied,
-            last_membership: dump.membership,
-            snapshot_id: "s".into(),
-        };
-        let other = StateMachine::open(&dir.path().join("b.redb"), 100, 16).expect("open");
-        assert_eq!(other.install(&meta, &dump.data).expect("install"), 2);
-        let (items, revision) = other.shared.list("/").expect("list");
-        assert_eq!(revision, 2);
-        assert_eq!(items.len(), 2);
-        // History restarts after the snapshot.
-        assert!(matches!(
-            other.shared.history("", 0).expect("history"),
-            Err(3)
-        ));
-    }
-}
+mod tests;

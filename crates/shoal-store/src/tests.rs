@@ -324,23 +324,58 @@ async fn history_is_compacted_automatically() {
 }
 
 #[tokio::test]
-async fn lagging_watcher_gets_watch_lagged_then_ends() {
+async fn a_watcher_behind_the_memory_ring_reads_history_from_disk() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A ring of one byte keeps only the newest event in memory.
+    let config = StoreConfig {
+        event_ring_bytes: 1,
+        ..StoreConfig::default()
+    };
+    let store = Store::open_with(dir.path(), config).await.expect("open");
+    let mut stream = store.watch("/k/", 0).expect("watch");
+    for i in 0..50 {
+        store
+            .create(&format!("/k/{i}"), vec![b'v'; 100])
+            .await
+            .expect("create");
+        store
+            .create(&format!("/other/{i}"), Vec::new())
+            .await
+            .expect("create");
+    }
+    // Every event under the prefix, once, in order, though all but the last left memory.
+    for i in 0..50u64 {
+        let e = next_event(&mut stream).await.expect("event");
+        assert_eq!(key_rev(&e), (format!("/k/{i}"), 2 * i + 1, true));
+    }
+    store.create("/k/live", Vec::new()).await.expect("create");
+    assert_eq!(
+        key_rev(&next_event(&mut stream).await.expect("event")),
+        ("/k/live".into(), 101, true)
+    );
+    store.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_watcher_overtaken_by_compaction_gets_compacted_then_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = StoreConfig {
-        watch_buffer: 4,
+        event_ring_bytes: 1,
+        history_retain: 5,
         ..StoreConfig::default()
     };
     let store = Store::open_with(dir.path(), config).await.expect("open");
     let mut stream = store.watch("", 0).expect("watch");
-    for i in 0..10 {
+    for i in 0..40 {
         store
             .create(&format!("/k/{i}"), Vec::new())
             .await
             .expect("create");
     }
+    // It never read anything: by now its next revision was compacted away.
     assert!(matches!(
         next_event(&mut stream).await,
-        Err(StoreError::WatchLagged)
+        Err(StoreError::Compacted { requested: 0, .. })
     ));
     let end = tokio::time::timeout(DEADLINE, stream.next())
         .await
@@ -502,13 +537,12 @@ async fn write_latency_and_throughput() {
 
 const WRITER_ENV: &str = "SHOAL_STORE_KILL9_WRITER_DIR";
 
-/// Only acts when re-executed by `acknowledged_writes_survive_kill_9`: writes keys from
-/// several tasks and prints each one once it is acknowledged.
+/// The child process of `acknowledged_writes_survive_kill_9` (which runs it with
+/// `--ignored`): writes keys from several tasks and prints each one once it is acknowledged.
 #[test]
+#[ignore = "helper process of acknowledged_writes_survive_kill_9, not a test by itself"]
 fn kill_9_writer_child() {
-    let Ok(dir) = std::env::var(WRITER_ENV) else {
-        return;
-    };
+    let dir = std::env::var(WRITER_ENV).expect("run by acknowledged_writes_survive_kill_9");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -552,6 +586,7 @@ fn acknowledged_writes_survive_kill_9() {
         .args([
             "tests::kill_9_writer_child",
             "--exact",
+            "--ignored",
             "--nocapture",
             "--test-threads=1",
         ])
@@ -633,10 +668,20 @@ impl
             ))
         };
         let dir = tempfile::tempdir().map_err(|e| to_storage(&e))?;
-        let (log, _writer) = log_store::LogStore::open(&dir.path().join("raft-log.redb"))
-            .map_err(|e| to_storage(&e))?;
-        let sm = state_machine::StateMachine::open(&dir.path().join("state.redb"), 10_000, 16)
-            .map_err(|e| to_storage(&e))?;
+        let (log, _writer) = log_store::LogStore::open(
+            &dir.path().join("raft-log.redb"),
+            16 << 20,
+            Arc::new(tokio::sync::Notify::new()),
+            StoreMetrics::default(),
+        )
+        .map_err(|e| to_storage(&e))?;
+        let sm = state_machine::StateMachine::open(
+            &dir.path().join("state.redb"),
+            10_000,
+            1 << 20,
+            StoreMetrics::default(),
+        )
+        .map_err(|e| to_storage(&e))?;
         Ok((dir, log, sm))
     }
 }
@@ -644,4 +689,120 @@ impl
 #[test]
 fn openraft_storage_suite() {
     openraft::testing::Suite::test_all(SuiteBuilder).expect("openraft storage suite passes");
+}
+
+/// Flips one byte at many places of each data file in turn and opens the store: it must either
+/// refuse to start with an error naming the file, or start and serve exactly the data it had
+/// (the byte was in free space). Never wrong data, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_data_file_is_refused_or_harmless() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pristine = dir.path().join("pristine");
+    let mut want = std::collections::BTreeMap::new();
+    {
+        let store = open(&pristine).await;
+        for i in 0..200 {
+            let key = format!("/k/{i:03}");
+            let value = format!("{i:0>1024}").into_bytes();
+            store.create(&key, value.clone()).await.expect("create");
+            want.insert(key, value);
+        }
+        store.shutdown().await.expect("shutdown");
+    }
+    let mut refused = 0;
+    let mut harmless = 0;
+    for file in ["raft-log.redb", "state.redb"] {
+        let len = std::fs::metadata(pristine.join(file)).expect("file").len() as usize;
+        // Every page of the file at a varying offset within it, plus the headers.
+        let offsets: Vec<usize> = (0..len)
+            .step_by(4096)
+            .enumerate()
+            .map(|(i, page)| page + (i * 577) % 4096)
+            .chain([0, 1, 64, 300, 600])
+            .filter(|o| *o < len)
+            .collect();
+        for offset in offsets {
+            let copy = dir.path().join(format!("{file}-{offset}"));
+            copy_dir(&pristine, &copy);
+            let path = copy.join(file);
+            let mut bytes = std::fs::read(&path).expect("read");
+            bytes[offset] ^= 0x5a;
+            std::fs::write(&path, bytes).expect("write");
+            match Store::open(&copy).await {
+                Err(e) => {
+                    let message = e.to_string();
+                    assert!(
+                        message.contains(file),
+                        "{file}@{offset}: the error does not name the file: {message}"
+                    );
+                    refused += 1;
+                }
+                Ok(store) => {
+                    let list = store.list("/k/").await;
+                    match list {
+                        Ok(list) => {
+                            let got: std::collections::BTreeMap<_, _> = list
+                                .items
+                                .into_iter()
+                                .map(|kv| (kv.key, kv.value.to_vec()))
+                                .collect();
+                            assert_eq!(got, want, "{file}@{offset}: wrong data served");
+                            harmless += 1;
+                        }
+                        Err(e) => {
+                            let message = e.to_string();
+                            assert!(
+                                message.contains(file) && message.contains("key"),
+                                "{file}@{offset}: {message}"
+                            );
+                            refused += 1;
+                        }
+                    }
+                    store.shutdown().await.expect("shutdown");
+                }
+            }
+            std::fs::remove_dir_all(&copy).expect("cleanup");
+        }
+    }
+    println!("{refused} damaged copies refused, {harmless} flips in unused space");
+    assert!(refused > 0);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).expect("copy");
+        }
+    }
+}
+
+/// A file cut short (a disk that lost its tail) is refused at start, naming the file.
+#[tokio::test]
+async fn a_truncated_data_file_is_refused_at_start() {
+    for file in ["raft-log.redb", "state.redb"] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = open(dir.path()).await;
+            for i in 0..100 {
+                store
+                    .create(&format!("/k/{i}"), vec![b'v'; 1000])
+                    .await
+                    .expect("create");
+            }
+            store.shutdown().await.expect("shutdown");
+        }
+        let path = dir.path().join(file);
+        let len = std::fs::metadata(&path).expect("file").len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(len / 2))
+            .expect("truncate");
+        let err = Store::open(dir.path()).await.expect_err("must refuse");
+        assert!(err.to_string().contains(file), "{err}");
+    }
 }

@@ -1,47 +1,51 @@
-//! Watch streams: retained history from disk, then live events from the broadcast channel.
+//! Watch streams: events after a revision, from the in-memory ring while the watcher keeps
+//! up and from the history table on disk while it does not, then live.
 //!
-//! The stream subscribes to live events before it reads history, so no event can fall between
-//! the two; live events at or below the last replayed revision are dropped as duplicates. A
-//! watcher that falls more than the channel's capacity behind gets `WatchLagged` and its
-//! stream ends: it must re-list. Resuming a stream is the caller's business.
+//! A stream never holds more than one page of events (`PAGE`) beyond what its consumer took,
+//! and never decodes the whole retained history at once. It ends with `Compacted` when it
+//! falls behind the compaction point (the consumer must re-list), and ends quietly when the
+//! store shuts down. Resuming a stream is the caller's business.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::watch;
 
+use crate::events::Lookup;
 use crate::state_machine::{Shared, event_key};
 use crate::{StoreError, WatchEvent};
 
+/// Events read from the ring or disk at a time.
+const PAGE: usize = 256;
+
 struct State {
-    history: VecDeque<WatchEvent>,
-    live: broadcast::Receiver<Arc<WatchEvent>>,
+    shared: Weak<Shared>,
+    latest: watch::Receiver<u64>,
+    buffer: VecDeque<WatchEvent>,
     prefix: String,
-    /// Highest revision handed out (or `after`).
+    /// Highest revision examined (handed out or skipped by prefix).
     last: u64,
     ended: bool,
 }
 
 pub fn watch(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     prefix: &str,
     after: u64,
 ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
-    let live = shared.events.subscribe();
-    let history = match shared.history(prefix, after)? {
-        Ok(h) => h,
-        Err(oldest) => {
-            return Err(StoreError::Compacted {
-                requested: after,
-                oldest,
-            });
-        }
-    };
+    let compacted = shared.compacted();
+    if after < compacted {
+        return Err(StoreError::Compacted {
+            requested: after,
+            oldest: compacted + 1,
+        });
+    }
     let state = State {
-        history: history.into(),
-        live,
+        shared: Arc::downgrade(shared),
+        latest: shared.events.subscribe(),
+        buffer: VecDeque::new(),
         prefix: prefix.to_owned(),
         last: after,
         ended: false,
@@ -50,28 +54,61 @@ pub fn watch(
 }
 
 async fn next(mut st: State) -> Option<(Result<WatchEvent, StoreError>, State)> {
-    if st.ended {
-        return None;
-    }
-    if let Some(event) = st.history.pop_front() {
-        st.last = event.revision();
-        return Some((Ok(event), st));
-    }
     loop {
-        match st.live.recv().await {
-            Ok(event) => {
-                if event.revision() <= st.last || !event_key(&event).starts_with(&st.prefix) {
-                    continue;
+        if st.ended {
+            return None;
+        }
+        if let Some(event) = st.buffer.pop_front() {
+            return Some((Ok(event), st));
+        }
+        let shared = st.shared.upgrade()?;
+        // Mark the current revision seen before looking, so a push after the look wakes us.
+        st.latest.borrow_and_update();
+        match shared.events.after(st.last, PAGE) {
+            Lookup::Events(events) if events.is_empty() => {
+                drop(shared);
+                if st.latest.changed().await.is_err() {
+                    return None;
                 }
-                st.last = event.revision();
-                return Some((Ok(Arc::unwrap_or_clone(event)), st));
             }
-            Err(RecvError::Lagged(missed)) => {
-                tracing::debug!(missed, prefix = %st.prefix, "watcher lagged");
-                st.ended = true;
-                return Some((Err(StoreError::WatchLagged), st));
+            Lookup::Events(events) => {
+                for e in events {
+                    st.last = e.revision();
+                    if event_key(&e).starts_with(&st.prefix) {
+                        st.buffer.push_back(Arc::unwrap_or_clone(e));
+                    }
+                }
             }
-            Err(RecvError::Closed) => return None,
+            Lookup::Behind => {
+                let (prefix, after) = (st.prefix.clone(), st.last);
+                let page =
+                    tokio::task::spawn_blocking(move || shared.history_page(&prefix, after, PAGE))
+                        .await;
+                let Ok(page) = page else {
+                    return None;
+                };
+                match page {
+                    Ok(Ok((events, scanned))) => {
+                        st.last = scanned.max(st.last);
+                        st.buffer.extend(events);
+                    }
+                    Ok(Err(oldest)) => {
+                        tracing::debug!(prefix = %st.prefix, after = st.last, "watcher fell behind compaction");
+                        st.ended = true;
+                        return Some((
+                            Err(StoreError::Compacted {
+                                requested: st.last,
+                                oldest,
+                            }),
+                            st,
+                        ));
+                    }
+                    Err(e) => {
+                        st.ended = true;
+                        return Some((Err(e.into()), st));
+                    }
+                }
+            }
         }
     }
 }
