@@ -142,7 +142,12 @@ fn apply(kubeconfig: &Path, manifest: &str) -> Result<()> {
 }
 
 async fn client(cluster: &Cluster) -> Result<kube::Client> {
-    let config = kube::Config::new(format!("http://{}", cluster.api).parse()?);
+    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.kubeconfig())?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
     Ok(kube::Client::try_from(config)?)
 }
 

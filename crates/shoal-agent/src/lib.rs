@@ -72,8 +72,10 @@ pub struct Config {
     /// (`pods/<uid>/volumes/<name>`) live.
     pub data_dir: PathBuf,
     /// Address of the logs endpoint (`127.0.0.1:10250`, or port 0 for any); its IP becomes the
-    /// node's InternalIP (127.0.0.1 when unspecified).
+    /// node's InternalIP unless `node_ip` is given (127.0.0.1 when unspecified).
     pub listen: SocketAddr,
+    /// The node's InternalIP, where the apiserver reaches the logs endpoint.
+    pub node_ip: Option<IpAddr>,
     pub capacity: NodeResources,
     /// Extra labels of the Node, on top of the well-known ones.
     pub labels: BTreeMap<String, String>,
@@ -138,9 +140,10 @@ pub(crate) async fn run_with(
     if let Some(bound) = bound {
         let _ = bound.send(local);
     }
-    let host_ip = match local.ip() {
-        ip if ip.is_unspecified() || ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ip => ip,
+    let host_ip = match (config.node_ip, local.ip()) {
+        (Some(ip), _) => ip,
+        (None, ip) if ip.is_unspecified() || ip.is_loopback() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        (None, ip) => ip,
     }
     .to_string();
     info!(node = %config.node_name, addr = %local, "node agent listening");

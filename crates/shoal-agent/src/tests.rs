@@ -605,6 +605,7 @@ impl Harness {
             node_name: "n1".to_owned(),
             data_dir: self.data.path().to_path_buf(),
             listen: "127.0.0.1:0".parse().expect("addr"),
+            node_ip: None,
             capacity: NodeResources {
                 cpu_millis: 2000,
                 memory_bytes: 4 << 30,

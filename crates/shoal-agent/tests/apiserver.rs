@@ -140,6 +140,7 @@ async fn agent_runs_pods_against_the_real_apiserver() {
         node_name: "n1".to_owned(),
         data_dir: apiserver.dir().join("agent"),
         listen: "127.0.0.1:0".parse().expect("addr"),
+        node_ip: None,
         capacity: shoal_agent::NodeResources {
             cpu_millis: 2000,
             memory_bytes: 1 << 30,

@@ -116,6 +116,7 @@ static RESOURCE_TYPES: &[ResourceType] = &[
     rt("node.k8s.io", "v1", "RuntimeClass", "RuntimeClassList", "runtimeclasses", "runtimeclass", false, &[], &[], &[]),
     rt("batch", "v1", "Job", "JobList", "jobs", "job", true, &[], &["all"], &["status"]),
     rt("batch", "v1", "CronJob", "CronJobList", "cronjobs", "cronjob", true, &["cj"], &["all"], &["status"]),
+    rt("certificates.k8s.io", "v1", "CertificateSigningRequest", "CertificateSigningRequestList", "certificatesigningrequests", "certificatesigningrequest", false, &["csr"], &[], &["status", "approval"]),
 ];
 
 /// Every served resource type, core group first, in a stable order.

@@ -394,6 +394,9 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Vec<Fiel
             }
         }
         ("", "Service") => validate_service(obj, &mut errs),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            validate_certificate_signing_request(spec, old, &mut errs)
+        }
         ("node.k8s.io", "RuntimeClass") => match obj.get("handler").and_then(Value::as_str) {
             None | Some("") => errs.push(FieldError::required("handler", "")),
             Some(h) if !is_dns1123_label(h) => errs.push(FieldError::invalid(
@@ -474,7 +477,43 @@ pub fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), String> {
         ("node.k8s.io", "RuntimeClass") => check::<api::node::v1::RuntimeClass>(obj),
         ("batch", "Job") => check::<api::batch::v1::Job>(obj),
         ("batch", "CronJob") => check::<api::batch::v1::CronJob>(obj),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            check::<api::certificates::v1::CertificateSigningRequest>(obj)
+        }
         _ => Ok(()),
+    }
+}
+
+/// A CSR names a signer and carries a PEM request; its spec never changes after creation.
+fn validate_certificate_signing_request(
+    spec: &Value,
+    old: Option<&Value>,
+    errs: &mut Vec<FieldError>,
+) {
+    match spec.get("signerName").and_then(Value::as_str) {
+        None | Some("") => errs.push(FieldError::required("spec.signerName", "")),
+        Some(name) if !name.contains('/') => errs.push(FieldError::invalid(
+            "spec.signerName",
+            &json!(name),
+            "must be a fully qualified domain and path of the form 'example.com/signer-name'",
+        )),
+        Some(_) => {}
+    }
+    if spec
+        .get("request")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        errs.push(FieldError::required("spec.request", ""));
+    }
+    if let Some(old) = old
+        && old.get("spec") != Some(spec)
+    {
+        errs.push(FieldError::invalid(
+            "spec",
+            &Value::Null,
+            "field is immutable",
+        ));
     }
 }
 

@@ -72,6 +72,8 @@ pub enum ApiError {
     UnknownResource,
     #[error("forbidden: {0}")]
     Forbidden(String),
+    #[error("unauthorized")]
+    Unauthorized,
     #[error("internal error: {0}")]
     Internal(String),
     #[error("store")]
@@ -184,6 +186,11 @@ impl ApiError {
                 "the server could not find the requested resource".to_string(),
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m.clone()),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized".to_string(),
+            ),
             ApiError::Unavailable(m) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "ServiceUnavailable",
@@ -217,6 +224,24 @@ impl ApiError {
                         StatusCode::GATEWAY_TIMEOUT,
                         "Timeout",
                         "Timeout: request did not complete within the allowed duration; it may or may not have been applied".to_string(),
+                    )
+                }
+                // No leader or no quorum: the request was not served; the client may retry.
+                StoreError::Unavailable(detail) => {
+                    tracing::warn!(error = %detail, "store unavailable");
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "ServiceUnavailable",
+                        "the storage is unavailable (no leader or no quorum of control-plane members); retry later".to_string(),
+                    )
+                }
+                StoreError::Corrupt(detail) => {
+                    tracing::error!(error = %detail, "corrupt data in the store");
+                    (
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "InternalError",
+                        "an internal error occurred: data corruption detected in storage"
+                            .to_string(),
                     )
                 }
                 other => {
@@ -255,7 +280,17 @@ fn fill_details(details: &mut Map<String, Value>, s: &Subject) {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, body) = self.status();
-        json_response(code, &body)
+        let mut response = json_response(code, &body);
+        if matches!(
+            code,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ) {
+            // As kube-apiserver: clients wait this long before they retry.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 

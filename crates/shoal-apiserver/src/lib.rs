@@ -2,12 +2,18 @@
 //!
 //! Owns the HTTP surface kubectl and kube-rs clients talk to: discovery, OpenAPI, CRUD, patch,
 //! watch, the `status`, `scale`, `binding` and `log` subresources, and server-side Table output.
-//! It is the only crate that touches the store. Plain HTTP, no TLS, no authentication yet;
-//! admission beyond defaulting and validation (quotas, limit ranges) is not done here.
+//! It is the only crate that touches the store. Serves HTTPS (HTTP/2 and HTTP/1.1) with client
+//! certificates and bootstrap tokens (`auth.rs`), or plain HTTP on loopback when asked to
+//! (every request is then the admin); `/metrics` (`metrics.rs`); and the membership endpoints
+//! of a multi-member control plane (`join.rs`). Admission beyond defaulting and validation
+//! (quotas, limit ranges) is not done here.
 
+mod auth;
 mod discovery;
 mod error;
+mod join;
 mod logs;
+mod metrics;
 mod namespace;
 mod object;
 mod openapi;
@@ -24,20 +30,30 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get};
+use axum::routing::{any, delete, get, post};
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use shoal_api as api;
 use shoal_store::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+pub use auth::{METRICS_READERS, SERVER_JOINERS};
+pub use join::{JoinResponse, MemberInfo, MemberList};
+
 /// How the apiserver listens and behaves.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Address to serve plain HTTP on; port 0 picks a free one.
+    /// Address to serve on; port 0 picks a free one.
     pub listen: SocketAddr,
     /// Interval of `BOOKMARK` events for watches that ask for them.
     pub bookmark_interval: Duration,
+    /// HTTPS with this server configuration (which must verify client certificates against
+    /// the cluster CA, optionally). `None`: plain HTTP, allowed on loopback only, where every
+    /// request acts as the admin.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The cluster CA, for `/cacerts` and for members that join.
+    pub cluster: Option<ClusterSecrets>,
 }
 
 impl Default for Config {
@@ -45,7 +61,22 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
             bookmark_interval: Duration::from_secs(10),
+            tls: None,
+            cluster: None,
         }
+    }
+}
+
+/// The cluster CA's certificate and key (PEM).
+#[derive(Clone)]
+pub struct ClusterSecrets {
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+}
+
+impl std::fmt::Debug for ClusterSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSecrets").finish_non_exhaustive()
     }
 }
 
@@ -61,6 +92,8 @@ pub enum Error {
     Serve(#[source] std::io::Error),
     #[error("creating the initial namespaces")]
     Bootstrap(#[source] StoreError),
+    #[error("refusing to serve plain HTTP on {0}: without TLS the API only listens on loopback")]
+    InsecureNotLoopback(SocketAddr),
 }
 
 /// Shared state of every request handler; cheap to clone.
@@ -76,6 +109,10 @@ struct Inner {
     docs: discovery::Documents,
     openapi: openapi::Documents,
     logs: logs::LogClient,
+    auth: auth::Mode,
+    cluster: Option<ClusterSecrets>,
+    registry: Arc<Registry>,
+    api_metrics: metrics::ApiMetrics,
 }
 
 impl std::fmt::Debug for AppState {
@@ -87,6 +124,9 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// State over `store`; watch streams end when `shutdown` is cancelled.
     pub fn new(store: Store, config: &Config, shutdown: CancellationToken) -> AppState {
+        let mut registry = Registry::default();
+        store.metrics().register(&mut registry);
+        let api_metrics = metrics::ApiMetrics::register(&mut registry);
         AppState {
             inner: Arc::new(Inner {
                 store,
@@ -95,12 +135,36 @@ impl AppState {
                 docs: discovery::Documents::build(),
                 openapi: openapi::Documents::build(),
                 logs: logs::LogClient::new(),
+                auth: if config.tls.is_some() {
+                    auth::Mode::Tls
+                } else {
+                    auth::Mode::Insecure
+                },
+                cluster: config.cluster.clone(),
+                registry: Arc::new(registry),
+                api_metrics,
             }),
         }
     }
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn auth_mode(&self) -> auth::Mode {
+        self.inner.auth
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&ClusterSecrets> {
+        self.inner.cluster.as_ref()
+    }
+
+    pub(crate) fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.inner.registry)
+    }
+
+    pub(crate) fn api_metrics(&self) -> &metrics::ApiMetrics {
+        &self.inner.api_metrics
     }
 }
 
@@ -121,7 +185,23 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi/v2", get(openapi::v2))
         .route("/openapi/v3", get(openapi::v3_root))
         .route("/openapi/v3/{*path}", get(openapi::v3_group_version))
+        .route("/metrics", get(metrics::serve))
+        .route("/cacerts", get(join::ca_certs))
+        .route("/shoal/v1/join", post(join::join))
+        .route(
+            "/shoal/v1/members",
+            get(join::members).post(join::add_member),
+        )
+        .route("/shoal/v1/members/{member}", delete(join::remove_member))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::middleware,
+        ))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -136,6 +216,9 @@ async fn not_found() -> error::ApiError {
 
 /// Binds `config.listen`, creates the initial namespaces and serves until `shutdown`.
 pub async fn run(config: Config, store: Store, shutdown: CancellationToken) -> Result<(), Error> {
+    if config.tls.is_none() && !config.listen.ip().is_loopback() {
+        return Err(Error::InsecureNotLoopback(config.listen));
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Bind {
@@ -153,14 +236,27 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
     bootstrap(&store).await.map_err(Error::Bootstrap)?;
-    let addr = listener.local_addr().ok();
-    tracing::info!(addr = ?addr, "apiserver listening");
+    let addr = listener.local_addr().map_err(Error::Serve)?;
     let state = AppState::new(store, &config, shutdown.clone());
     namespace::resume(&state).await;
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(Error::Serve)
+    match config.tls {
+        Some(tls) => {
+            tracing::info!(%addr, "apiserver listening (https)");
+            shoal_tls::serve(listener, tls, app(state), shutdown)
+                .await
+                .map_err(Error::Serve)
+        }
+        None => {
+            if !addr.ip().is_loopback() {
+                return Err(Error::InsecureNotLoopback(addr));
+            }
+            tracing::info!(%addr, "apiserver listening (plain http, loopback only)");
+            axum::serve(listener, app(state))
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+                .map_err(Error::Serve)
+        }
+    }
 }
 
 /// The namespaces every cluster has; creating them again is a no-op.

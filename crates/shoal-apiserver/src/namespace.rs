@@ -132,6 +132,7 @@ async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
                     params: Params::default(),
                     headers: HeaderMap::new(),
                     table: None,
+                    user: None,
                 };
                 match delete(&ctx, &object_name, &DeleteOptions::default()).await {
                     Ok(_) | Err(ApiError::NotFound(_)) => {}

@@ -158,6 +158,8 @@ pub struct Ctx {
     pub params: Params,
     pub headers: HeaderMap,
     pub table: Option<TableRequest>,
+    /// Who asks (set by the auth middleware; absent only in unit tests of handlers).
+    pub user: Option<crate::auth::User>,
 }
 
 pub async fn core(
@@ -214,6 +216,7 @@ async fn handle(
     );
     let method = parts.method;
     let headers = parts.headers;
+    let user = parts.extensions.get::<crate::auth::User>().cloned();
 
     // Legacy `POST /api/v1/namespaces/{ns}/bindings` names the pod in the body.
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
@@ -237,6 +240,7 @@ async fn handle(
             params,
             headers,
             table: None,
+            user,
         };
         return bind(&ctx, &pod, binding).await;
     }
@@ -249,6 +253,7 @@ async fn handle(
         params,
         headers,
         table,
+        user,
     };
     let name = ctx.target.name.clone();
     let sub = ctx.target.sub.clone();
@@ -296,7 +301,8 @@ async fn handle(
             }
             _ => Err(ApiError::MethodNotAllowed),
         },
-        (Some(name), Some("status")) => match method {
+        // A CSR's approval is a status write (its conditions), by whoever may approve.
+        (Some(name), Some("status" | "approval")) => match method {
             Method::GET => get(&ctx, name).await,
             Method::PUT => {
                 let body = read_body(body, &ctx.headers).await?;
@@ -653,6 +659,19 @@ async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, ApiError> {
             }
             "Namespace" => {
                 map.insert("status".into(), json!({"phase": "Active"}));
+            }
+            // Who asks is the apiserver's to say, never the requester's.
+            "CertificateSigningRequest" => {
+                if let Some(spec) = map.get_mut("spec").and_then(Value::as_object_mut) {
+                    let (name, groups) = match &ctx.user {
+                        Some(u) => (u.name.clone(), u.groups.clone()),
+                        None => ("system:anonymous".to_string(), Vec::new()),
+                    };
+                    spec.insert("username".into(), json!(name));
+                    spec.insert("groups".into(), json!(groups));
+                    spec.remove("uid");
+                    spec.remove("extra");
+                }
             }
             _ => {}
         }
@@ -1190,6 +1209,7 @@ async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError>
             params: Params(ctx.params.0.clone()),
             headers: HeaderMap::new(),
             table: None,
+            user: ctx.user.clone(),
         };
         match delete(&one, &name, &options).await {
             Ok((obj, _)) => deleted.push(obj),

@@ -291,6 +291,7 @@ mod tests {
             params: Params::default(),
             headers: HeaderMap::new(),
             table: None,
+            user: None,
         };
         // The client is connected (the receiver lives) but reads nothing.
         let (tx, mut rx) = mpsc::channel(1);

@@ -2,12 +2,20 @@
 //! subcommand; this is the only `main` in the workspace and the only place that installs the
 //! tracing subscriber and the rustls crypto provider.
 
+mod agent;
 mod apply;
 mod client;
 mod delete;
 mod get;
+mod http;
+mod leader;
 mod logs;
+mod member;
+mod pki;
+mod process;
 mod push;
+mod server;
+mod token;
 mod up;
 
 use clap::{Parser, Subcommand};
@@ -25,8 +33,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run store, apiserver, scheduler, controllers and a node agent in one process.
+    /// Run a control-plane member and a node agent in one process (a one-machine cluster).
     Up(up::Args),
+    /// Run a control-plane member: store, apiserver, scheduler and controllers.
+    Server(server::ServerArgs),
+    /// Run a node agent that joins a cluster.
+    Agent(agent::Args),
+    /// Manage join tokens.
+    Token(token::Args),
+    /// List or remove control-plane members.
+    Member(member::Args),
     /// Push a .wasm file to an OCI registry as a Wasm artifact.
     Push(push::Args),
     /// Create or update objects from a YAML/JSON manifest.
@@ -41,8 +57,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Up(_)));
-    // The OCI client uses rustls without a default provider: install ring once, up front.
+    init_tracing(matches!(
+        cli.command,
+        Command::Up(_) | Command::Server(_) | Command::Agent(_)
+    ));
+    // rustls is built without a default provider: install ring once, up front.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -57,6 +76,10 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Up(args) => up::run(args).await,
+            Command::Server(args) => server::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
+            Command::Token(args) => token::run(args).await,
+            Command::Member(args) => member::run(args).await,
             Command::Push(args) => push::run(args).await,
             Command::Apply(args) => apply::run(args).await,
             Command::Get(args) => get::run(args).await,
@@ -75,8 +98,9 @@ fn main() -> std::process::ExitCode {
 
 fn init_tracing(server: bool) {
     use tracing_subscriber::EnvFilter;
+    // openraft logs every unreachable peer as an error; the store reports leadership itself.
     let default = if server {
-        "info,openraft=warn,kube=warn,tower=warn,hyper=warn,cranelift=warn,wasmtime=warn"
+        "info,openraft=off,kube=warn,tower=warn,hyper=warn,cranelift=warn,wasmtime=warn"
     } else {
         "warn"
     };
@@ -85,4 +109,13 @@ fn init_tracing(server: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

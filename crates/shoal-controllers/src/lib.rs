@@ -1,4 +1,5 @@
-//! Shoal's controllers: ReplicaSet, Deployment and the garbage collector.
+//! Shoal's controllers: ReplicaSet, Deployment, the garbage collector, and the approver and
+//! signer of node client certificates.
 //!
 //! Each controller is a level-triggered `reconcile(obj, ctx) -> Result<Action, Error>` whose
 //! decision is a plain function (`plan`, `decide`) tested without tokio. [`run`] wires them
@@ -7,6 +8,7 @@
 //! and kube-runtime's `applier` runs the reconcilers. Controllers never talk to each other
 //! or to other components.
 
+pub mod certificates;
 pub mod deployment;
 pub mod garbage_collector;
 pub mod informer;
@@ -37,6 +39,9 @@ pub struct Config {
     pub garbage_collector: bool,
     /// Concurrent reconciles per controller (0 = unbounded).
     pub concurrency: u16,
+    /// The cluster CA: with it, approved client certificate requests are signed (and node
+    /// requests from bootstrap tokens approved); without it, CSRs are left alone.
+    pub certificate_authority: Option<Arc<shoal_tls::CertificateAuthority>>,
 }
 
 impl Default for Config {
@@ -46,6 +51,7 @@ impl Default for Config {
             deployment: true,
             garbage_collector: true,
             concurrency: 16,
+            certificate_authority: None,
         }
     }
 }
@@ -169,6 +175,13 @@ pub async fn run(
         tasks.spawn(spawn_controller("garbage-collector", stores, async move {
             collector.run(events, token).await;
         }));
+    }
+    if let Some(ca) = config.certificate_authority.clone() {
+        let ctx = certificates::Context {
+            client: client.clone(),
+            ca: Some(ca),
+        };
+        tasks.spawn(certificates::run(ctx, shutdown.clone()));
     }
     tasks.spawn(until(shutdown.clone(), pods.run()));
     tasks.spawn(until(shutdown.clone(), replicasets.run()));

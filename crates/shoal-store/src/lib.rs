@@ -142,6 +142,9 @@ pub enum StoreError {
 pub struct StoreConfig {
     /// Revisions of watch history kept at least (older ones are compacted on apply).
     pub history_retain: u64,
+    /// Also compact history older than this (the leader proposes it, as etcd's periodic
+    /// auto-compaction); `None` keeps revisions by count only.
+    pub history_age: Option<Duration>,
     /// Bytes of recent watch events kept in memory (older ones are read from disk).
     pub event_ring_bytes: usize,
     /// Log entries between state machine snapshots (after which the log is purged).
@@ -167,6 +170,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             history_retain: 10_000,
+            history_age: None,
             event_ring_bytes: 16 << 20,
             snapshot_every: 20_000,
             snapshot_log_bytes: 16 << 20,
@@ -625,6 +629,14 @@ impl Store {
             wants_snapshot,
             cancel.clone(),
         )));
+        if let Some(age) = config.history_age {
+            tasks.push(tokio::spawn(compact_by_age(
+                raft.clone(),
+                Arc::clone(&shared.revision),
+                age,
+                cancel.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(follow_metrics(
             raft.clone(),
             Arc::downgrade(&shared),
@@ -997,6 +1009,46 @@ async fn trigger_snapshots(
         tracing::debug!("raft log past its byte budget: taking a snapshot");
         if raft.trigger().snapshot().await.is_err() {
             return;
+        }
+    }
+}
+
+/// On the leader, compacts history older than `age`: samples the revision every tenth of
+/// `age` (at most a minute) and compacts up to the newest sample older than `age`.
+async fn compact_by_age(
+    raft: Raft<TypeConfig>,
+    revision: Arc<AtomicU64>,
+    age: Duration,
+    cancel: CancellationToken,
+) {
+    let every = (age / 10).clamp(Duration::from_millis(100), Duration::from_secs(60));
+    let mut samples: std::collections::VecDeque<(tokio::time::Instant, u64)> =
+        std::collections::VecDeque::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = tokio::time::Instant::now();
+        let current = revision.load(Ordering::Acquire);
+        samples.push_back((now, current));
+        let mut upto = None;
+        while let Some((at, rev)) = samples.front().copied() {
+            if now.duration_since(at) < age {
+                break;
+            }
+            upto = Some(rev);
+            samples.pop_front();
+        }
+        let metrics = raft.metrics().borrow().clone();
+        if let Some(upto) = upto
+            && metrics.current_leader == Some(metrics.id)
+        {
+            let keep = current.saturating_sub(upto);
+            if let Err(e) = raft.client_write(Request::Compact { keep }).await {
+                tracing::debug!(error = %e, "periodic compaction failed");
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 //! drives them with the real `kubectl`. Everything it starts is killed on drop. It waits on
 //! conditions with deadlines, never on fixed sleeps.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -73,35 +73,28 @@ pub fn wait_until<T>(
     }
 }
 
-fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// A `shoal up` process with its own data dir and API port.
+/// A `shoal up` process with its own data dir, API port and member (raft) port.
 pub struct Cluster {
     child: Option<Child>,
     pub data_dir: PathBuf,
     pub api: SocketAddr,
+    pub raft: SocketAddr,
 }
 
 impl Cluster {
     /// Starts `shoal up` on `data_dir` and waits until it answers `/readyz` and its node is Ready.
     pub fn start(data_dir: &Path) -> Result<Cluster> {
         let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        Self::start_on(data_dir, api)
+        let raft: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        Self::start_on(data_dir, api, raft)
     }
 
-    pub fn start_on(data_dir: &Path, api: SocketAddr) -> Result<Cluster> {
+    /// Starts `shoal up` again on the same data dir and ports (after `kill9`).
+    pub fn restart(&self) -> Result<Cluster> {
+        Self::start_on(&self.data_dir, self.api, self.raft)
+    }
+
+    pub fn start_on(data_dir: &Path, api: SocketAddr, raft: SocketAddr) -> Result<Cluster> {
         std::fs::create_dir_all(data_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -112,6 +105,8 @@ impl Cluster {
             .arg(data_dir)
             .arg("--listen")
             .arg(api.to_string())
+            .arg("--raft-listen")
+            .arg(raft.to_string())
             .args(["--node-name", "node-1"])
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -121,6 +116,7 @@ impl Cluster {
             child: Some(child),
             data_dir: data_dir.to_path_buf(),
             api,
+            raft,
         };
         wait_until("shoal up to be ready", Duration::from_secs(60), || {
             if let Some(status) = cluster
@@ -132,10 +128,14 @@ impl Cluster {
             {
                 bail!("shoal up exited with {status}: {}", cluster.log_tail());
             }
-            Ok(
-                (http_get_status(api, "/readyz") == Some(200) && cluster.kubeconfig().exists())
-                    .then_some(()),
-            )
+            // The kubeconfig is written once the API answers; then ask it over TLS as kubectl.
+            if !cluster.kubeconfig().exists() {
+                return Ok(None);
+            }
+            let ready = cluster
+                .kubectl_output(&["get", "--raw", "/readyz"])
+                .is_ok_and(|out| out.status.success());
+            Ok(ready.then_some(()))
         })?;
         wait_until("the node to be Ready", Duration::from_secs(60), || {
             let out = cluster.kubectl(&["get", "nodes", "-o", "json"])?;

@@ -168,9 +168,8 @@ fn deployment_lifecycle_survives_restart() -> Result<()> {
         "apply idle: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let api = cluster.api;
     cluster.kill9()?;
-    let cluster = Cluster::start_on(data.path(), api)?;
+    let cluster = cluster.restart()?;
     cluster.kubectl(&["get", "namespace", "keep"])?;
     let cm: Value = serde_json::from_str(&cluster.kubectl(&[
         "get",
