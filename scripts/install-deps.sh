@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what Shoal's build, tests and demo need on Debian 12: Debian's OCI registry
-# (docker-registry), curl when missing, and the rustup targets for the Wasm guests.
+# (docker-registry), curl, iproute2 and nftables (the multi-host tests run members in network
+# namespaces and cut them off with nftables) when missing, and the rustup targets for the Wasm
+# guests.
 # Idempotent and quiet when all is already there. kubectl 1.32 is expected at /usr/bin/kubectl.
 set -euo pipefail
 
@@ -12,6 +14,8 @@ fi
 need_apt=()
 command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -16,13 +16,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::process::{self, Tasks};
-use crate::{http, pki};
+use crate::{balancer, http, pki};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// API URL of any control-plane member (`https://HOST:PORT`).
-    #[arg(long)]
-    pub server: String,
+    /// API URLs of control-plane members (`https://HOST:PORT`; repeat or separate by commas).
+    /// One is enough: the agent learns the others from the cluster and fails over between
+    /// them.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub server: Vec<String>,
     /// Join token (`SHOAL1...`); needed on the first start only.
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -89,6 +91,7 @@ async fn credentials(args: &Args, data_dir: &Path, node_name: &str) -> Result<St
         return std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()));
     }
+    let server = &args.server[0];
     let token: JoinToken = match &args.token {
         Some(t) => t.parse().context("reading --token")?,
         None => anyhow::bail!(
@@ -96,10 +99,10 @@ async fn credentials(args: &Args, data_dir: &Path, node_name: &str) -> Result<St
              SHOAL_TOKEN)"
         ),
     };
-    let ca_pem = http::ca_bundle(&args.server, &token).await?;
+    let ca_pem = http::ca_bundle(server, &token).await?;
     let key_pem = shoal_tls::new_private_key()?;
     let cert_pem = http::request_node_certificate(
-        &args.server,
+        server,
         &token,
         node_name,
         &key_pem,
@@ -113,7 +116,7 @@ async fn credentials(args: &Args, data_dir: &Path, node_name: &str) -> Result<St
     shoal_tls::write_file(&pki_dir.join("node.key"), key_pem.as_bytes(), 0o600)?;
     shoal_tls::write_file(&pki_dir.join("node.crt"), cert_pem.as_bytes(), 0o644)?;
     let text = pki::kubeconfig(
-        &args.server,
+        server,
         &ca_pem,
         &IssuedCertificate { cert_pem, key_pem },
         &format!("system:node:{node_name}"),
@@ -133,9 +136,25 @@ pub async fn run(args: Args) -> Result<()> {
         .context("resolving the data dir")?;
     let node_name = args.node_name.clone().unwrap_or_else(process::hostname);
     let kubeconfig = credentials(&args, &data_dir, &node_name).await?;
-    let client = pki::client_from_kubeconfig(&kubeconfig).await?;
     let shutdown = CancellationToken::new();
     let mut tasks = Tasks::new();
+    // Every request goes through the local proxy, which fails over between members.
+    let upstreams = balancer::Upstreams::new(&args.server);
+    let (proxy, proxy_task) = balancer::start(upstreams.clone(), shutdown.clone()).await?;
+    tasks.spawn(async move {
+        let _ = proxy_task.await;
+        ("api-proxy", Ok(()))
+    });
+    let client =
+        pki::client_from_kubeconfig_at(&kubeconfig, Some(&format!("https://{proxy}"))).await?;
+    {
+        let client = client.clone();
+        let shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            balancer::follow_members(client, upstreams, shutdown).await;
+            ("member-list", Ok(()))
+        });
+    }
     spawn_node(
         &mut tasks,
         client,
@@ -144,8 +163,11 @@ pub async fn run(args: Args) -> Result<()> {
         &args.node,
         shutdown.clone(),
     )?;
-    info!(node = %node_name, server = %args.server, "shoal agent is up");
-    eprintln!("shoal agent is up: node {node_name} joined {}", args.server);
+    info!(node = %node_name, servers = ?args.server, "shoal agent is up");
+    eprintln!(
+        "shoal agent is up: node {node_name} joined {}",
+        args.server.join(",")
+    );
     let failure = process::supervise(&mut tasks).await;
     process::stop(tasks, &shutdown, None, failure).await
 }

@@ -4,6 +4,7 @@
 
 mod agent;
 mod apply;
+mod balancer;
 mod client;
 mod delete;
 mod get;

@@ -100,10 +100,19 @@ pub fn write_kubeconfig(path: &Path, text: &str) -> Result<()> {
 
 /// A kube-rs client from kubeconfig text.
 pub async fn client_from_kubeconfig(text: &str) -> Result<kube::Client> {
+    client_from_kubeconfig_at(text, None).await
+}
+
+/// A kube-rs client from kubeconfig text, talking to `server` instead of the kubeconfig's.
+pub async fn client_from_kubeconfig_at(text: &str, server: Option<&str>) -> Result<kube::Client> {
     let kubeconfig = Kubeconfig::from_yaml(text).context("parsing a kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .context("loading a kubeconfig")?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .context("loading a kubeconfig")?;
+    if let Some(server) = server {
+        config.cluster_url = server.parse().context("API address")?;
+    }
     kube::Client::try_from(config).context("building the API client")
 }
 

@@ -98,6 +98,7 @@ pub struct Registry {
     child: Child,
     addr: SocketAddr,
     dir: tempfile::TempDir,
+    netns: Option<String>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -112,11 +113,17 @@ impl Registry {
     /// Starts `/usr/bin/docker-registry` (or `$SHOAL_DOCKER_REGISTRY`) on a free port and waits
     /// until `/v2/` answers.
     pub fn start() -> Registry {
-        let dir = tempfile::tempdir().expect("registry tempdir");
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
+        Self::start_in(None, port)
+    }
+
+    /// Starts the registry on `127.0.0.1:port` of the network namespace `netns` (made with
+    /// `ip netns add`), or of this one; waits until `/v2/` answers there.
+    pub fn start_in(netns: Option<&str>, port: u16) -> Registry {
+        let dir = tempfile::tempdir().expect("registry tempdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let storage = dir.path().join("storage");
         let config = dir.path().join("config.yml");
@@ -131,7 +138,15 @@ impl Registry {
         let log = std::fs::File::create(dir.path().join("registry.log")).expect("registry log");
         let program = std::env::var_os("SHOAL_DOCKER_REGISTRY")
             .unwrap_or_else(|| "/usr/bin/docker-registry".into());
-        let child = Command::new(program)
+        let mut command = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let child = command
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
@@ -139,7 +154,12 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("start docker-registry (apt-get install docker-registry)");
-        let registry = Registry { child, addr, dir };
+        let registry = Registry {
+            child,
+            addr,
+            dir,
+            netns: netns.map(str::to_owned),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !registry.answers() {
             assert!(
@@ -164,6 +184,14 @@ impl Registry {
     }
 
     fn answers(&self) -> bool {
+        if let Some(ns) = &self.netns {
+            // Inside another namespace: ask from there.
+            return Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-sf", "-o", "/dev/null"])
+                .arg(format!("http://{}/v2/", self.addr))
+                .status()
+                .is_ok_and(|s| s.success());
+        }
         let Ok(mut stream) = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200))
         else {
             return false;

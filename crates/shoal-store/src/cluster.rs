@@ -27,6 +27,10 @@ pub(crate) struct Timing {
     pub quorum_grace: Duration,
     /// How long a request waits for a leader to be known before it fails.
     pub leader_wait: Duration,
+    /// How long one attempt (a forward, a read index) may take before it is made again: a
+    /// leader that went silent is given up on in about an election timeout, not the whole
+    /// request timeout. Safe for writes, which carry their ids.
+    pub attempt: Duration,
 }
 
 pub(crate) struct Core {

@@ -179,7 +179,7 @@ impl Default for StoreConfig {
             write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(5),
             heartbeat: Duration::from_millis(100),
-            election_timeout: (Duration::from_millis(600), Duration::from_millis(1200)),
+            election_timeout: (Duration::from_millis(500), Duration::from_millis(1000)),
         }
     }
 }
@@ -568,8 +568,9 @@ impl Store {
             timing: cluster::Timing {
                 write_timeout: config.write_timeout,
                 read_timeout: config.read_timeout,
-                quorum_grace: max * 2,
+                quorum_grace: max,
                 leader_wait: max * 3,
+                attempt: max * 2,
             },
             metrics: metrics.clone(),
         });
@@ -864,9 +865,9 @@ impl Store {
             };
             match answer {
                 Ok(()) => return Ok(()),
-                Err(network::ForwardError::NotLeader { .. })
-                    if tokio::time::Instant::now() < deadline =>
-                {
+                Err(
+                    network::ForwardError::NotLeader { .. } | network::ForwardError::Lost { .. },
+                ) if tokio::time::Instant::now() < deadline => {
                     core.state_change(Duration::from_millis(100)).await;
                 }
                 Err(e) => return Err(StoreError::Unavailable(e.to_string())),

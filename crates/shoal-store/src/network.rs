@@ -50,6 +50,10 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 pub enum ForwardError {
     #[error("member {me} is not the leader (leader: {leader:?})")]
     NotLeader { me: u64, leader: Option<u64> },
+    /// The writes were proposed, then the member lost leadership before they committed: they
+    /// may still be applied.
+    #[error("member {me} lost leadership with the writes proposed (leader: {leader:?})")]
+    Lost { me: u64, leader: Option<u64> },
     #[error("the leader has not heard from a quorum for {millis} ms")]
     NoQuorum { millis: u64 },
     #[error("{0}")]
@@ -68,8 +72,14 @@ pub enum MembershipChange {
 /// Why a call to a peer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
+    /// `sent`: the request may have reached the member (the connection broke after it was
+    /// made), so its effect is unknown.
     #[error("member at {addr} is unreachable: {reason}")]
-    Unreachable { addr: String, reason: String },
+    Unreachable {
+        addr: String,
+        reason: String,
+        sent: bool,
+    },
     #[error("member at {addr} did not answer within {timeout:?}")]
     Timeout { addr: String, timeout: Duration },
     #[error("member at {addr} refused the request ({status}): {message}")]
@@ -151,6 +161,7 @@ impl Network {
             .map_err(|e| CallError::Unreachable {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
+                sent: false,
             })
     }
 
@@ -171,6 +182,7 @@ impl Network {
                 .map_err(|e| CallError::Unreachable {
                     addr: addr.to_owned(),
                     reason: error_chain(&e),
+                    sent: !e.is_connect(),
                 })?;
             let status = response.status();
             let body = Limited::new(response.into_body(), MAX_RESPONSE)
@@ -179,6 +191,7 @@ impl Network {
                 .map_err(|e| CallError::Unreachable {
                     addr: addr.to_owned(),
                     reason: e.to_string(),
+                    sent: true,
                 })?
                 .to_bytes();
             if status != StatusCode::OK {

@@ -235,13 +235,13 @@ pub(crate) fn leader_check(
     Ok(())
 }
 
-/// Maps a failed local client write.
+/// Maps a failed local client write (proposed, so its fate may be open).
 pub(crate) fn write_error(
     me: u64,
     e: RaftError<u64, ClientWriteError<u64, Member>>,
 ) -> ForwardError {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::NotLeader {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ForwardError::Lost {
             me,
             leader: f.leader_id,
         },

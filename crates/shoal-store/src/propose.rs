@@ -160,46 +160,81 @@ fn no_quorum(millis: u64) -> StoreError {
 }
 
 /// Commits `ops` through the leader, retrying with the same ids until the write timeout.
+///
+/// Once an attempt may have reached a leader without an answer, the batch's fate is unknown:
+/// from then on a failure is reported as `Timeout` (it may still be applied, once), never as
+/// `Unavailable`, which promises the write was not taken.
 async fn submit(core: &Core, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
+    let outcome = submit_attempts(core, &ops).await;
+    match outcome {
+        Ok(outcomes) => Ok(outcomes),
+        Err((e, false)) => Err(e),
+        Err((StoreError::Unavailable(why), true)) => {
+            tracing::debug!(reason = %why, "a write of unknown fate failed");
+            Err(timeout_error(core.timing.write_timeout))
+        }
+        Err((e, true)) => Err(e),
+    }
+}
+
+/// The attempts of `submit`; an error says whether an attempt's fate was left unknown.
+async fn submit_attempts(core: &Core, ops: &[Op]) -> Result<Vec<Outcome>, (StoreError, bool)> {
     let started = Instant::now();
     let deadline = started + core.timing.write_timeout;
     let mut leaderless_since: Option<Instant> = None;
+    let mut uncertain = false;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(timeout_error(core.timing.write_timeout));
+            return Err((timeout_error(core.timing.write_timeout), true));
         }
         let attempt = match core.leader() {
             Leader::Me => {
                 leaderless_since = None;
-                local(core, &ops, remaining).await
+                local(
+                    core,
+                    ops,
+                    remaining.min(core.timing.attempt),
+                    &mut uncertain,
+                )
+                .await
             }
             Leader::Other(leader) => {
                 leaderless_since = None;
-                match core.network.forward(&leader, &ops, remaining).await {
+                let limit = remaining.min(core.timing.attempt);
+                match core.network.forward(&leader, ops, limit).await {
                     Ok(Ok(outcomes)) if outcomes.len() == ops.len() => Attempt::Done(outcomes),
                     Ok(Ok(_)) => Attempt::Fail(StoreError::Unavailable(
                         "the leader answered a different number of writes".into(),
                     )),
-                    Ok(Err(e)) => forward_failed(e),
-                    Err(CallError::Timeout { .. }) => {
-                        return Err(timeout_error(core.timing.write_timeout));
+                    Ok(Err(e)) => {
+                        uncertain |= matches!(e, ForwardError::Lost { .. });
+                        forward_failed(e)
                     }
-                    Err(e @ CallError::Unreachable { .. }) => Attempt::Retry(e.to_string()),
+                    // Gone silent or unreachable: the leader may be changing. Sending again
+                    // is safe: the ids make a repeated write answer its first outcome.
+                    Err(e @ CallError::Timeout { .. }) => {
+                        uncertain = true;
+                        Attempt::Retry(e.to_string())
+                    }
+                    Err(e @ CallError::Unreachable { sent, .. }) => {
+                        uncertain |= sent;
+                        Attempt::Retry(e.to_string())
+                    }
                     Err(e) => Attempt::Fail(StoreError::Unavailable(e.to_string())),
                 }
             }
             Leader::Unknown => {
                 let since = *leaderless_since.get_or_insert_with(Instant::now);
                 if let Some(e) = core.no_leader(since) {
-                    return Err(e);
+                    return Err((e, uncertain));
                 }
                 Attempt::Retry("no leader".into())
             }
         };
         match attempt {
             Attempt::Done(outcomes) => return Ok(outcomes),
-            Attempt::Fail(e) => return Err(e),
+            Attempt::Fail(e) => return Err((e, uncertain)),
             Attempt::Retry(why) => {
                 tracing::debug!(reason = %why, "sending a write batch again");
                 core.state_change(RETRY_PAUSE).await;
@@ -210,26 +245,34 @@ async fn submit(core: &Core, ops: Vec<Op>) -> Result<Vec<Outcome>, StoreError> {
 
 fn forward_failed(e: ForwardError) -> Attempt {
     match e {
-        ForwardError::NotLeader { .. } => Attempt::Retry(e.to_string()),
+        ForwardError::NotLeader { .. } | ForwardError::Lost { .. } => Attempt::Retry(e.to_string()),
         ForwardError::NoQuorum { millis } => Attempt::Fail(no_quorum(millis)),
         ForwardError::Failed(m) => Attempt::Fail(StoreError::Unavailable(m)),
     }
 }
 
-async fn local(core: &Core, ops: &[Op], remaining: Duration) -> Attempt {
+async fn local(core: &Core, ops: &[Op], limit: Duration, uncertain: &mut bool) -> Attempt {
     if let Err(e) = leader_check(&core.raft, core.id, core.timing.quorum_grace) {
         return forward_failed(e);
     }
     let n = ops.len();
     let write = core.raft.client_write(Request::Ops(ops.to_vec()));
-    match tokio::time::timeout(remaining, write).await {
-        Err(_) => Attempt::Fail(timeout_error(core.timing.write_timeout)),
+    match tokio::time::timeout(limit, write).await {
+        // Appended but not committed in time: propose it again (same ids) or give up later.
+        Err(_) => {
+            *uncertain = true;
+            Attempt::Retry("not committed within an attempt".into())
+        }
         Ok(Ok(r)) => match r.data {
             Response::Ops(outcomes) if outcomes.len() == n => Attempt::Done(outcomes),
             other => Attempt::Fail(StoreError::Unavailable(format!(
                 "unexpected apply response {other:?}"
             ))),
         },
-        Ok(Err(e)) => forward_failed(write_error(core.id, e)),
+        Ok(Err(e)) => {
+            // Proposed: whatever went wrong, it may still commit.
+            *uncertain = true;
+            forward_failed(write_error(core.id, e))
+        }
     }
 }

@@ -86,8 +86,9 @@ async fn round(core: &Core) -> Result<(), StoreError> {
                     }
                     Err(e) => e.to_string(),
                     Ok(()) => {
-                        match tokio::time::timeout(remaining, core.raft.get_read_log_id()).await {
-                            Err(_) => return Err(read_timeout(core)),
+                        let limit = remaining.min(core.timing.attempt);
+                        match tokio::time::timeout(limit, core.raft.get_read_log_id()).await {
+                            Err(_) => "confirming leadership took too long".to_string(),
                             Ok(Ok((read, _))) => break read.map_or(0, |l| l.index),
                             Ok(Err(RaftError::APIError(e))) => e.to_string(),
                             Ok(Err(e)) => return Err(StoreError::Unavailable(e.to_string())),
@@ -97,7 +98,8 @@ async fn round(core: &Core) -> Result<(), StoreError> {
             }
             Leader::Other(leader) => {
                 leaderless_since = None;
-                match core.network.read_index(&leader, remaining).await {
+                let limit = remaining.min(core.timing.attempt);
+                match core.network.read_index(&leader, limit).await {
                     Ok(Ok(index)) => break index,
                     Ok(Err(ForwardError::NoQuorum { millis })) => {
                         return Err(StoreError::Unavailable(format!(
@@ -105,8 +107,10 @@ async fn round(core: &Core) -> Result<(), StoreError> {
                         )));
                     }
                     Ok(Err(e)) => e.to_string(),
-                    Err(CallError::Timeout { .. }) => return Err(read_timeout(core)),
-                    Err(e @ CallError::Unreachable { .. }) => e.to_string(),
+                    // A silent leader may be on its way out: ask again (maybe a new one).
+                    Err(e @ (CallError::Timeout { .. } | CallError::Unreachable { .. })) => {
+                        e.to_string()
+                    }
                     Err(e) => return Err(StoreError::Unavailable(e.to_string())),
                 }
             }

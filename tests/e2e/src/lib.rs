@@ -10,6 +10,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
+pub mod lan;
+pub mod multi;
 pub use shoal_runtime_wasm::testing::{
     GuestTarget, Registry, build_guest, hello_guest, test_guest, workspace_root,
 };
