@@ -36,11 +36,11 @@ trap cleanup EXIT INT TERM
 echo "==> starting docker-registry on 127.0.0.1:$REGISTRY_PORT"
 docker-registry serve "$DATA/registry.yml" >"$DATA/registry.log" 2>&1 &
 pids+=($!)
-echo "==> starting shoal up (API on http://$API, data in $DATA)"
+echo "==> starting shoal up (API on https://$API, data in $DATA)"
 "$SHOAL" up --data-dir "$DATA" --listen "$API" >"$DATA/shoal.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 600); do
-    curl -fsS "http://$API/readyz" >/dev/null 2>&1 && [ -f "$DATA/kubeconfig" ] && break
+    [ -f "$DATA/kubeconfig" ] && curl -fsS --cacert "$DATA/pki/ca.crt" "https://$API/readyz" >/dev/null 2>&1 && break
     sleep 0.1
 done
 export KUBECONFIG="$DATA/kubeconfig"

@@ -1,5 +1,5 @@
-//! `cargo xtask bench apply`: the apply-to-Running benchmark of issue 2, plus the idle RSS of
-//! `shoal up`. Builds the release binary and the example guest, starts Debian's
+//! `cargo xtask bench apply|store`. `store` (in `store.rs`) measures the store against etcd;
+//! `apply` is the apply-to-Running benchmark of issue 2, plus the idle RSS of `shoal up`. Builds the release binary and the example guest, starts Debian's
 //! docker-registry and `shoal up`, warms the image cache with one pod, then five times applies
 //! a 100-replica Deployment with kubectl and times until a watch has seen all 100 pods Running.
 //! Prints the figures and writes them as JSON under `target/bench/`. Never asserts on time.
@@ -15,6 +15,8 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
+mod store;
+
 use shoal_e2e::{Cluster, GuestTarget, Registry, hello_guest, wait_until, workspace_root};
 
 const RUNS: usize = 5;
@@ -28,19 +30,29 @@ fn main() -> Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["bench", "apply"] | ["bench"] => bench_apply(),
-        _ => bail!("usage: cargo xtask bench apply"),
+        ["bench", "apply"] => bench_apply(),
+        ["bench", "store"] => {
+            let root = workspace_root();
+            let bin = release_shoal(&root)?;
+            store::run(&bin, &root.join("target/bench"), machine())
+        }
+        _ => bail!("usage: cargo xtask bench apply|store"),
     }
+}
+
+/// Builds `target/release/shoal` and returns its path.
+fn release_shoal(root: &Path) -> Result<std::path::PathBuf> {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "shoal-cli", "--bin", "shoal"])
+        .current_dir(root)
+        .status()?;
+    ensure!(status.success(), "release build failed");
+    Ok(root.join("target/release/shoal"))
 }
 
 fn bench_apply() -> Result<()> {
     let root = workspace_root();
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "shoal-cli", "--bin", "shoal"])
-        .current_dir(&root)
-        .status()?;
-    ensure!(status.success(), "release build failed");
-    shoal_e2e::use_shoal_bin(root.join("target/release/shoal"));
+    shoal_e2e::use_shoal_bin(release_shoal(&root)?);
     let wasm = hello_guest(GuestTarget::P2);
     let registry = Registry::start();
     let data = tempfile::tempdir()?;

@@ -28,6 +28,9 @@ pub struct Args {
     /// Join token (`SHOAL1...`); needed on the first start only.
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the join token from this file (waiting up to two minutes for it to appear).
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Where the node certificate, images, compile cache and pod data live.
     #[arg(long, default_value = "shoal-agent")]
     pub data_dir: PathBuf,
@@ -51,6 +54,10 @@ pub struct NodeArgs {
     /// Pods this node accepts.
     #[arg(long, default_value_t = 1000)]
     pub max_pods: u32,
+    /// A registry (`host:port`) to pull from over plain HTTP (those on 127.0.0.0/8 always
+    /// are); repeatable.
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Starts the node agent (with the Wasm runtime) as a task of `tasks`.
@@ -62,10 +69,10 @@ pub fn spawn_node(
     node: &NodeArgs,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let wasm = shoal_runtime_wasm::WasmRuntime::new(shoal_runtime_wasm::WasmRuntimeConfig::new(
-        data_dir.join("wasm"),
-    ))
-    .context("starting the wasm runtime")?;
+    let mut wasm_config = shoal_runtime_wasm::WasmRuntimeConfig::new(data_dir.join("wasm"));
+    wasm_config.insecure_registries = node.insecure_registries.clone();
+    let wasm =
+        shoal_runtime_wasm::WasmRuntime::new(wasm_config).context("starting the wasm runtime")?;
     let runtimes: Vec<Arc<dyn shoal_runtime::Runtime>> = vec![Arc::new(wasm)];
     let mut capacity = shoal_agent::NodeResources::detect();
     capacity.pods = node.max_pods;
@@ -92,13 +99,14 @@ async fn credentials(args: &Args, data_dir: &Path, node_name: &str) -> Result<St
             .with_context(|| format!("reading {}", path.display()));
     }
     let server = &args.server[0];
-    let token: JoinToken = match &args.token {
-        Some(t) => t.parse().context("reading --token")?,
-        None => anyhow::bail!(
-            "this node has no certificate yet: give it the cluster's join token (--token or \
-             SHOAL_TOKEN)"
-        ),
-    };
+    let token: JoinToken =
+        match crate::token::from_args(args.token.as_deref(), args.token_file.as_deref()).await? {
+            Some(t) => t,
+            None => anyhow::bail!(
+                "this node has no certificate yet: give it the cluster's join token (--token, \
+                 --token-file or SHOAL_TOKEN)"
+            ),
+        };
     let ca_pem = http::ca_bundle(server, &token).await?;
     let key_pem = shoal_tls::new_private_key()?;
     let cert_pem = http::request_node_certificate(

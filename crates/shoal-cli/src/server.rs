@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use shoal_store::{Identity, MEMBERS_GROUP, Member, MemberOptions, PeerTransport, Store};
-use shoal_tls::{CertificateAuthority, JoinToken};
+use shoal_tls::CertificateAuthority;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -37,12 +37,15 @@ pub struct ServerArgs {
     #[arg(long)]
     pub advertise_address: Option<IpAddr>,
     /// API URL of any member of the cluster to join (`https://HOST:PORT`).
-    #[arg(long, requires = "token")]
+    #[arg(long)]
     pub join: Option<String>,
     /// Join token (`SHOAL1...`, from the first server's `DIR/token` or `shoal token create
     /// --server`).
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the join token from this file (waiting up to two minutes for it to appear).
+    #[arg(long, conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
     /// Extra names or addresses for the API certificate (repeatable).
     #[arg(long = "tls-san")]
     pub tls_san: Vec<String>,
@@ -151,10 +154,9 @@ pub async fn start(args: &ServerArgs, shutdown: CancellationToken) -> Result<Ser
 
     // Who this data dir is: a restart, a new cluster, or a member joining one.
     let existing = Identity::load(&store_dir)?;
-    let join_token = match &args.token {
-        Some(t) => Some(t.parse::<JoinToken>().context("reading --token")?),
-        None => None,
-    };
+    let join_token =
+        crate::token::from_args(args.token.as_deref(), args.token_file.as_deref()).await?;
+    let new_cluster = existing.is_none() && args.join.is_none();
     let (identity, ca, joining) = match (existing, &args.join) {
         (Some(identity), _) => {
             let ca = pki::load_or_create_ca(&data_dir, false)?;
@@ -178,7 +180,7 @@ pub async fn start(args: &ServerArgs, shutdown: CancellationToken) -> Result<Ser
         (None, Some(url)) => {
             let token = join_token
                 .clone()
-                .ok_or_else(|| anyhow!("--join needs --token"))?;
+                .ok_or_else(|| anyhow!("--join needs --token or --token-file"))?;
             ensure!(
                 !pki::dir(&data_dir).join("ca.crt").exists(),
                 "{} already has a cluster CA but no store: it is a damaged or removed \
@@ -234,11 +236,28 @@ pub async fn start(args: &ServerArgs, shutdown: CancellationToken) -> Result<Ser
         identity: identity.clone(),
         member: member.clone(),
         peer: Some(peer),
-        initialize: joining.is_none(),
+        // Only a brand-new cluster initializes: a member that has not finished joining must
+        // never start a cluster of its own.
+        initialize: new_cluster,
     };
     let store = Store::start(&store_dir, config, options)
         .await
         .context("starting the store")?;
+    // A restart of a member whose join did not finish (it is in no membership yet) joins again.
+    let joining = match joining {
+        Some(j) => Some(j),
+        None if !new_cluster && !store.members().iter().any(|m| m.id == identity.member_id) => {
+            match (&args.join, &join_token) {
+                (Some(url), Some(token)) => Some((url.clone(), token.clone())),
+                _ => anyhow::bail!(
+                    "{} never finished joining its cluster: start it again with --join and \
+                     --token",
+                    data_dir.display()
+                ),
+            }
+        }
+        None => None,
+    };
     if let Some((url, token)) = &joining {
         http::add_member(url, token, identity.member_id, &member).await?;
         store

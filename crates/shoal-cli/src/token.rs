@@ -129,6 +129,29 @@ async fn create_with_fingerprint(
     })
 }
 
+/// The token given as `--token` or in `--token-file` (waiting up to two minutes for the file,
+/// which another member may still be writing).
+pub async fn from_args(token: Option<&str>, file: Option<&Path>) -> Result<Option<JoinToken>> {
+    let text = match (token, file) {
+        (Some(t), _) => t.to_owned(),
+        (None, Some(path)) => {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+            loop {
+                match std::fs::read_to_string(path) {
+                    Ok(t) if !t.trim().is_empty() => break t,
+                    _ if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(_) => bail!("{} is empty", path.display()),
+                    Err(e) => bail!("reading the token file {}: {e}", path.display()),
+                }
+            }
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(text.trim().parse().context("reading the join token")?))
+}
+
 /// Writes a token file (mode 0600).
 pub fn write(path: &Path, token: &JoinToken) -> Result<()> {
     shoal_tls::write_file(path, format!("{token}\n").as_bytes(), 0o600)

@@ -69,6 +69,9 @@ pub struct WasmRuntimeConfig {
     /// Largest image layer pulled, compressed or decompressed; a larger one fails the pull
     /// (held in memory while pulled, so this bounds the agent's memory per pull).
     pub max_layer_bytes: u64,
+    /// Registries (`host:port`) spoken to over plain HTTP besides those on the loopback, as
+    /// Docker's `insecure-registries`.
+    pub insecure_registries: Vec<String>,
 }
 
 impl WasmRuntimeConfig {
@@ -79,6 +82,7 @@ impl WasmRuntimeConfig {
             data_dir: data_dir.into(),
             epoch_tick: std::time::Duration::from_millis(10),
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
+            insecure_registries: Vec::new(),
         }
     }
 }
@@ -91,6 +95,7 @@ pub struct WasmRuntime {
     images: Arc<images::ImageStore>,
     engine: Arc<engine::WasmEngine>,
     max_layer_bytes: u64,
+    insecure_registries: Arc<[String]>,
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -114,6 +119,7 @@ impl WasmRuntime {
             images,
             engine,
             max_layer_bytes: config.max_layer_bytes,
+            insecure_registries: config.insecure_registries.into(),
         })
     }
 
@@ -176,7 +182,7 @@ impl Runtime for WasmRuntime {
                 message: "image is not present locally and imagePullPolicy is Never".to_string(),
             });
         }
-        let pulled = oci::pull(&reference, self.max_layer_bytes)
+        let pulled = oci::pull(&reference, self.max_layer_bytes, &self.insecure_registries)
             .await
             .map_err(|e| match e {
                 oci::PullError::Registry(message) => RuntimeError::ImagePull {

@@ -89,8 +89,14 @@ fn is_loopback_registry(registry: &str) -> bool {
 }
 
 fn client_for(reference: &Reference) -> Client {
+    client_with(reference, &[])
+}
+
+/// A client for `reference`'s registry: plain HTTP for loopback registries and the `insecure`
+/// ones (`host:port`, as Docker's `insecure-registries`), HTTPS otherwise.
+fn client_with(reference: &Reference, insecure: &[String]) -> Client {
     let registry = reference.resolve_registry().to_string();
-    let protocol = if is_loopback_registry(&registry) {
+    let protocol = if is_loopback_registry(&registry) || insecure.contains(&registry) {
         ClientProtocol::HttpsExcept(vec![registry])
     } else {
         ClientProtocol::Https
@@ -333,8 +339,12 @@ fn parse_manifest(body: &[u8]) -> Result<Manifest, PullError> {
 
 /// Fetches the artifact `reference` names: manifest (through an index if need be) and its Wasm
 /// layer, digest-verified, with no layer over `max_layer_bytes` (compressed or not).
-pub(crate) async fn pull(reference: &Reference, max_layer_bytes: u64) -> Result<Pulled, PullError> {
-    let client = client_for(reference);
+pub(crate) async fn pull(
+    reference: &Reference,
+    max_layer_bytes: u64,
+    insecure: &[String],
+) -> Result<Pulled, PullError> {
+    let client = client_with(reference, insecure);
     let registry =
         |e: oci_client::errors::OciDistributionError| PullError::Registry(error_chain(&e));
     let accept = [

@@ -339,6 +339,11 @@ fn write_op(w: &mut Writer, op: &Op) {
             w.bytes(key.as_bytes());
             write_expected(w, *expected);
         }
+        Write::Put { key, value } => {
+            w.u8(3);
+            w.bytes(key.as_bytes());
+            w.bytes(value);
+        }
     }
 }
 
@@ -360,6 +365,10 @@ fn read_op(r: &mut Reader<'_>) -> Result<Op, CorruptRecord> {
         2 => Write::Delete {
             key: r.string()?,
             expected: read_expected(r)?,
+        },
+        3 => Write::Put {
+            key: r.string()?,
+            value: Bytes::copy_from_slice(r.bytes()?),
         },
         _ => return Err(CorruptRecord("unknown write tag")),
     };
@@ -564,6 +573,13 @@ mod tests {
                     write: Write::Delete {
                         key: "/b".into(),
                         expected: None,
+                    },
+                },
+                Op {
+                    id,
+                    write: Write::Put {
+                        key: "/c".into(),
+                        value: Bytes::from_static(b"put"),
                     },
                 },
             ]),

@@ -401,7 +401,7 @@ struct Inner {
     revision: Arc<AtomicU64>,
     closed: AtomicBool,
     log_writer: Mutex<Option<JoinHandle<()>>>,
-    proposer: propose::Proposer,
+    proposer: Arc<propose::Proposer>,
     reads: read::ReadBarrier,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     cancel: CancellationToken,
@@ -576,9 +576,13 @@ impl Store {
         });
         let cancel = CancellationToken::new();
         let mut tasks = Vec::new();
+        let (proposer, proposer_task) = propose::Proposer::spawn(Arc::clone(&core));
+        let proposer = Arc::new(proposer);
+        tasks.push(proposer_task);
         if let Some(peer) = options.peer {
             let state = Arc::new(peer::PeerState {
                 raft: raft.clone(),
+                proposer: Arc::clone(&proposer),
                 shared: Arc::clone(&shared),
                 cluster_id: identity.cluster_id.clone(),
                 id: identity.member_id,
@@ -608,22 +612,45 @@ impl Store {
             // Serve nothing until a leader is known; alone, until the log is replayed too: a
             // write acknowledged before a restart must be readable after it.
             let alone = core.alone();
-            raft.wait(Some(config.open_timeout))
-                .metrics(
-                    |m| {
-                        m.current_leader.is_some()
-                            && (!alone
-                                || (m.state == ServerState::Leader
-                                    && m.last_applied.map(|l| l.index) == m.last_log_index))
-                    },
-                    "a leader, and alone the log applied",
-                )
-                .await
-                .map_err(|e| unavailable("waiting for a raft leader", e))?;
+            let waiter = raft.wait(Some(config.open_timeout));
+            let ready = waiter.metrics(
+                |m| {
+                    m.current_leader.is_some()
+                        && (!alone
+                            || (m.state == ServerState::Leader
+                                && m.last_applied.map(|l| l.index) == m.last_log_index))
+                },
+                "a leader, and alone the log applied",
+            );
+            // A peer may tell us meanwhile that we were removed or belong elsewhere.
+            let mut refused = fatal.clone();
+            let refusal = async move {
+                loop {
+                    if let Some(reason) = refused.borrow_and_update().clone() {
+                        return reason;
+                    }
+                    if refused.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            let outcome = tokio::select! {
+                ready = ready => ready.map(|_| ()).map_err(|e| unavailable("waiting for a raft leader", e)),
+                reason = refusal => Err(StoreError::Refused(format!(
+                    "{reason}: {} cannot serve with this data dir",
+                    dir.display()
+                ))),
+            };
+            if let Err(e) = outcome {
+                cancel.cancel();
+                for task in &tasks {
+                    task.abort();
+                }
+                let _ = raft.shutdown().await;
+                return Err(e);
+            }
         }
-        let (proposer, proposer_task) = propose::Proposer::spawn(Arc::clone(&core));
         let (reads, reads_task) = read::ReadBarrier::spawn(Arc::clone(&core));
-        tasks.push(proposer_task);
         tasks.push(reads_task);
         tasks.push(tokio::spawn(trigger_snapshots(
             raft.clone(),
@@ -714,13 +741,36 @@ impl Store {
 
     /// Writes `key` only if absent. Returns the stored pair.
     pub async fn create(&self, key: &str, value: Vec<u8>) -> Result<KeyValue, StoreError> {
+        self.write_value(key, value, None, |key, value| Write::Create { key, value })
+            .await
+    }
+
+    /// Overwrites an existing `key`; with `expected` set, only if its `mod_revision` matches.
+    pub async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+    ) -> Result<KeyValue, StoreError> {
+        self.write_value(key, value, expected, |key, value| Write::Update {
+            key,
+            value,
+            expected,
+        })
+        .await
+    }
+
+    /// Proposes the write `make` builds from `key` and `value`; the stored pair, or why not.
+    async fn write_value(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expected: Option<u64>,
+        make: impl FnOnce(String, Bytes) -> Write,
+    ) -> Result<KeyValue, StoreError> {
         check_size(&value)?;
         let value = Bytes::from(value);
-        let write = Write::Create {
-            key: key.to_owned(),
-            value: value.clone(),
-        };
-        match self.propose(write).await? {
+        match self.propose(make(key.to_owned(), value.clone())).await? {
             Outcome::Written {
                 create_revision,
                 mod_revision,
@@ -731,34 +781,6 @@ impl Store {
                 mod_revision,
             }),
             Outcome::AlreadyExists => Err(StoreError::AlreadyExists(key.to_owned())),
-            other => Err(condition_failed(key, None, other)),
-        }
-    }
-
-    /// Overwrites an existing `key`; with `expected` set, only if its `mod_revision` matches.
-    pub async fn update(
-        &self,
-        key: &str,
-        value: Vec<u8>,
-        expected: Option<u64>,
-    ) -> Result<KeyValue, StoreError> {
-        check_size(&value)?;
-        let value = Bytes::from(value);
-        let write = Write::Update {
-            key: key.to_owned(),
-            value: value.clone(),
-            expected,
-        };
-        match self.propose(write).await? {
-            Outcome::Written {
-                create_revision,
-                mod_revision,
-            } => Ok(KeyValue {
-                key: key.to_owned(),
-                value,
-                create_revision,
-                mod_revision,
-            }),
             other => Err(condition_failed(key, expected, other)),
         }
     }

@@ -1,5 +1,7 @@
 //! The member port's server side: answers raft RPCs, receives streamed snapshots, applies
-//! writes forwarded by followers, answers read-index requests and membership changes.
+//! writes forwarded by followers, answers read-index requests and membership changes, and
+//! offers etcd's `/v3/kv/put` (its JSON gateway's shape) to admin clients, so the store can be
+//! driven and benchmarked on the same terms as etcd, without the Kubernetes layer.
 //!
 //! Only callers with a member certificate of the cluster CA are served (the TLS layer checks
 //! the chain; here the certificate must be in `shoal:members`), and each request must name this
@@ -37,6 +39,7 @@ const MAX_RPC_BODY: usize = 128 << 20;
 
 pub(crate) struct PeerState {
     pub raft: Raft<TypeConfig>,
+    pub proposer: Arc<crate::propose::Proposer>,
     pub shared: Arc<Shared>,
     pub cluster_id: String,
     pub id: u64,
@@ -54,6 +57,7 @@ pub(crate) fn router(state: Arc<PeerState>) -> Router {
         .route("/raft/forward", post(forward))
         .route("/raft/read-index", post(read_index))
         .route("/raft/membership", post(membership))
+        .route("/v3/kv/put", post(kv_put))
         .layer(DefaultBodyLimit::max(MAX_RPC_BODY))
         .with_state(state)
 }
@@ -347,6 +351,72 @@ pub(crate) async fn change_membership(
         }
     }
     Ok(())
+}
+
+#[derive(serde::Deserialize)]
+struct PutRequest {
+    /// Base64, as etcd's JSON gateway.
+    key: String,
+    value: String,
+}
+
+/// `POST /v3/kv/put`: a durable, unconditional write through the leader, answered with the
+/// revision it took (`{"header":{"revision":"N"}}`), as etcd's gateway. Admin or member
+/// certificates only.
+async fn kv_put(State(state): St, request: Request) -> Response {
+    let run = async {
+        let (_, ext, bytes) = body_of(request).await?;
+        let allowed = ext
+            .get::<shoal_tls::ConnectionInfo>()
+            .and_then(|c| c.identity.as_ref())
+            .is_some_and(|id| {
+                id.groups
+                    .iter()
+                    .any(|g| g == MEMBERS_GROUP || g == "system:masters")
+            });
+        if !allowed {
+            return Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                "an admin or member certificate of this cluster is required",
+            ));
+        }
+        let put: PutRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let decode = |s: &str| {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|e| refuse(StatusCode::BAD_REQUEST, e.to_string()))
+        };
+        let key = String::from_utf8(decode(&put.key)?)
+            .map_err(|_| refuse(StatusCode::BAD_REQUEST, "the key is not UTF-8"))?;
+        let value = decode(&put.value)?;
+        if value.len() > crate::MAX_VALUE_BYTES {
+            return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, "value too large"));
+        }
+        let write = crate::raft::Write::Put {
+            key,
+            value: Bytes::from(value),
+        };
+        match state.proposer.propose(write).await {
+            Ok(crate::raft::Outcome::Written { mod_revision, .. }) => Ok(axum::Json(
+                serde_json::json!({"header": {"revision": mod_revision.to_string()}}),
+            )
+            .into_response()),
+            Ok(other) => Err(refuse(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected outcome {other:?}"),
+            )),
+            Err(e @ crate::StoreError::Unavailable(_)) => {
+                Err(refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))
+            }
+            Err(e @ crate::StoreError::Timeout(_)) => {
+                Err(refuse(StatusCode::GATEWAY_TIMEOUT, e.to_string()))
+            }
+            Err(e) => Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        }
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn membership(State(state): St, request: Request) -> Response {

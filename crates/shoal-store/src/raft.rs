@@ -81,15 +81,21 @@ pub enum Write {
         key: String,
         expected: Option<u64>,
     },
+    /// Create or overwrite, unconditionally (etcd's put).
+    Put {
+        key: String,
+        #[serde(with = "bytes_serde")]
+        value: Bytes,
+    },
 }
 
 impl Write {
     /// Approximate bytes this write takes in a log entry.
     pub fn size(&self) -> usize {
         match self {
-            Write::Create { key, value } | Write::Update { key, value, .. } => {
-                40 + key.len() + value.len()
-            }
+            Write::Create { key, value }
+            | Write::Update { key, value, .. }
+            | Write::Put { key, value } => 40 + key.len() + value.len(),
             Write::Delete { key, .. } => 40 + key.len(),
         }
     }

@@ -425,6 +425,19 @@ fn apply_write(
     events: &mut Vec<WatchEvent>,
 ) -> Result<Outcome, DiskError> {
     let (outcome, event) = match write {
+        // A put is an update of what is there, or a create.
+        Write::Put { key, value } => {
+            let write = if t.kv.get(key.as_str())?.is_some() {
+                Write::Update {
+                    key,
+                    value,
+                    expected: None,
+                }
+            } else {
+                Write::Create { key, value }
+            };
+            return apply_write(t, st, write, events);
+        }
         Write::Create { key, value } => {
             if t.kv.get(key.as_str())?.is_some() {
                 return Ok(Outcome::AlreadyExists);

@@ -280,7 +280,9 @@ fn an_agent_joins_and_workloads_survive_member_and_lease_holder_loss() -> Result
     );
 
     // A wrong token is refused with a clear message and a non-zero exit.
-    let wrong = format!("{}x", &cp.token[..cp.token.len() - 1]);
+    // (The last character changes to one it is not, so the secret is always wrong.)
+    let (head, last) = cp.token.split_at(cp.token.len() - 1);
+    let wrong = format!("{head}{}", if last == "a" { "b" } else { "a" });
     let mut bad = Proc::start(
         &lan,
         4,
@@ -353,5 +355,116 @@ fn an_agent_joins_and_workloads_survive_member_and_lease_holder_loss() -> Result
     let still = running(&cp, &lan, via, "app=hello")?;
     ensure!(still.len() == 3, "hello pods after the kill: {still:?}");
     drop(registry);
+    Ok(())
+}
+
+fn shoal_cli(lan: &Lan, cp: &ControlPlane, args: &[&str]) -> Result<std::process::Output> {
+    Ok(lan
+        .command(CLIENT, shoal_e2e::shoal_bin())
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .output()?)
+}
+
+/// `shoal member list|remove`; a removed member's data dir cannot rejoin; joining an
+/// unreachable address or mixing two clusters' data fails with a clear message.
+#[test]
+fn members_are_listed_and_removed_and_strangers_are_refused() -> Result<()> {
+    let lan = Lan::new(3)?;
+    let dir = tempfile::tempdir()?;
+    let mut cp = ControlPlane::start(&lan, 3, dir.path())?;
+    let out = shoal_cli(&lan, &cp, &["member", "list"])?;
+    ensure!(
+        out.status.success(),
+        "member list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8(out.stdout)?;
+    for name in ["m1", "m2", "m3", "leader"] {
+        ensure!(list.contains(name), "member list lacks {name}:\n{list}");
+    }
+
+    let out = shoal_cli(&lan, &cp, &["member", "remove", "m3"])?;
+    ensure!(
+        out.status.success(),
+        "member remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = String::from_utf8(shoal_cli(&lan, &cp, &["member", "list"])?.stdout)?;
+    ensure!(!list.contains("m3"), "m3 still listed:\n{list}");
+    cp.kubectl(&lan, 1, &["create", "configmap", "after-removal"])?;
+
+    // The removed member, started again on its data dir, stops with the reason.
+    cp.member(3).kill9()?;
+    cp.member(3).restart(&lan)?;
+    let status = cp.member(3).wait_exit(LONG)?;
+    ensure!(!status.success(), "the removed member started");
+    ensure!(
+        cp.member(3).log_tail().contains("removed"),
+        "unclear refusal: {}",
+        cp.member(3).log_tail()
+    );
+
+    // Joining an address where nothing listens: a clear error and a non-zero exit.
+    let stray = dir.path().join("stray");
+    let mut p = Proc::start(
+        &lan,
+        3,
+        &[
+            "server".into(),
+            "--data-dir".into(),
+            stray.display().to_string(),
+            "--listen".into(),
+            format!("{}:6443", lan.ip(3)),
+            "--join".into(),
+            format!("https://{}:6443", lan.ip(2)).replace(":6443", ":6999"),
+            "--token".into(),
+            cp.token.clone(),
+        ],
+        &dir.path().join("stray.log"),
+    )?;
+    ensure!(!p.wait_exit(LONG)?.success(), "a join to nowhere succeeded");
+    ensure!(
+        p.log_tail().contains("cannot reach"),
+        "unclear error: {}",
+        p.log_tail()
+    );
+
+    // A data dir of another cluster, pointed at this one: refused.
+    let other = dir.path().join("other");
+    let other_args = |join: bool| {
+        let mut a: Vec<String> = vec![
+            "server".into(),
+            "--data-dir".into(),
+            other.display().to_string(),
+            "--listen".into(),
+            format!("{}:6443", lan.ip(3)),
+        ];
+        if join {
+            a.extend([
+                "--join".into(),
+                format!("https://{}:6443", lan.ip(1)),
+                "--token".into(),
+                cp.token.clone(),
+            ]);
+        }
+        a
+    };
+    let mut own = Proc::start(&lan, 3, &other_args(false), &dir.path().join("other.log"))?;
+    wait_until("the other cluster's token", LONG, || {
+        Ok(other.join("token").exists().then_some(()))
+    })?;
+    own.kill9()?;
+    let mut mixed = Proc::start(&lan, 3, &other_args(true), &dir.path().join("mixed.log"))?;
+    ensure!(
+        !mixed.wait_exit(LONG)?.success(),
+        "two clusters' data were mixed"
+    );
+    ensure!(
+        mixed.log_tail().contains("another cluster"),
+        "unclear refusal: {}",
+        mixed.log_tail()
+    );
     Ok(())
 }

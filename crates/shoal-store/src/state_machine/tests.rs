@@ -112,6 +112,37 @@ fn a_batch_applies_in_order_and_failed_conditions_take_no_revision() {
 }
 
 #[test]
+fn a_put_creates_then_overwrites_unconditionally() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sm = open(dir.path(), "state.redb");
+    let put = |value: &'static [u8]| Write::Put {
+        key: "/p".into(),
+        value: Bytes::from_static(value),
+    };
+    let responses = sm
+        .apply_batch(vec![ops(
+            1,
+            vec![op(1, 1, put(b"one")), op(1, 2, put(b"two"))],
+        )])
+        .expect("apply");
+    assert_eq!(
+        outcomes(&responses[0]),
+        [
+            Outcome::Written {
+                create_revision: 1,
+                mod_revision: 1
+            },
+            Outcome::Written {
+                create_revision: 1,
+                mod_revision: 2
+            }
+        ]
+    );
+    let kv = sm.shared.get("/p").expect("get").expect("present");
+    assert_eq!(&kv.value[..], b"two");
+}
+
+#[test]
 fn a_write_applied_again_with_its_id_gets_its_first_outcome() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut sm = open(dir.path(), "state.redb");
