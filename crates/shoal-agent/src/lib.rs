@@ -79,6 +79,11 @@ pub struct Config {
     pub capacity: NodeResources,
     /// Extra labels of the Node, on top of the well-known ones.
     pub labels: BTreeMap<String, String>,
+    /// Serve the logs endpoint over HTTPS with this configuration, which must require client
+    /// certificates of the cluster CA; only the apiserver's ([`logs::AUTHORIZED_USERS`]) and
+    /// administrators' (`system:masters`) are then served. `None`: plain HTTP, for clusters
+    /// without TLS (loopback only).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// Errors that stop the agent. Everything that touches the API server is retried instead.
@@ -154,10 +159,19 @@ pub(crate) async fn run_with(
 
     let server_shutdown = tasks_shutdown.clone();
     let app = logs::router(Arc::clone(&logs));
+    let tls = config.tls.clone();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(server_shutdown.cancelled_owned())
-            .await
+        match tls {
+            Some(tls) => {
+                let app = app.layer(axum::middleware::from_fn(logs::authorize));
+                shoal_tls::serve(listener, tls, app, server_shutdown).await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(server_shutdown.cancelled_owned())
+                    .await
+            }
+        }
     });
 
     let (uid_tx, uid_rx) = tokio::sync::watch::channel(None);

@@ -682,6 +682,38 @@ async fn container_logs(
 }
 
 /// The agent's HTTP API: `GET /containerLogs/{namespace}/{pod}/{container}` and `GET /healthz`.
+/// Users whose client certificate may read logs from this agent, besides `system:masters`:
+/// the apiserver's, as it proxies `kubectl logs`.
+pub const AUTHORIZED_USERS: &[&str] = &["kube-apiserver-kubelet-client"];
+
+/// Over TLS: serves only the apiserver and administrators; other nodes, even with a valid
+/// certificate of the cluster, get 403 (the TLS layer already refused connections without
+/// one).
+pub async fn authorize(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let identity = request
+        .extensions()
+        .get::<shoal_tls::ConnectionInfo>()
+        .and_then(|c| c.identity.clone());
+    match identity {
+        Some(id)
+            if AUTHORIZED_USERS.contains(&id.user.as_str())
+                || id.groups.iter().any(|g| g == "system:masters") =>
+        {
+            next.run(request).await
+        }
+        Some(id) => (
+            StatusCode::FORBIDDEN,
+            format!("{} may not read logs from this node\n", id.user),
+        )
+            .into_response(),
+        None => (
+            StatusCode::UNAUTHORIZED,
+            "a client certificate of the cluster is required\n",
+        )
+            .into_response(),
+    }
+}
+
 pub fn router(store: Arc<LogStore>) -> Router {
     Router::new()
         .route(

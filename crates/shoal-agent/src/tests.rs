@@ -601,6 +601,10 @@ impl Harness {
     }
 
     async fn start_agent(&self) -> RunningAgent {
+        self.start_agent_with(None).await
+    }
+
+    async fn start_agent_with(&self, tls: Option<Arc<rustls::ServerConfig>>) -> RunningAgent {
         let config = Config {
             node_name: "n1".to_owned(),
             data_dir: self.data.path().to_path_buf(),
@@ -612,6 +616,7 @@ impl Harness {
                 pods: 110,
             },
             labels: BTreeMap::new(),
+            tls,
         };
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -666,6 +671,42 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .and_then(|c| c.parse().ok())
         .expect("status code");
     (code, body.to_owned())
+}
+
+/// `GET path` over TLS and HTTP/1.0, trusting `ca_pem`, presenting `identity`, expecting the
+/// server to be `server_name`; `Err` when the connection or handshake fails.
+async fn https_get(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    identity: Option<&shoal_tls::IssuedCertificate>,
+    server_name: &str,
+    path: &str,
+) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = (*shoal_tls::client_config(ca_pem, identity).expect("client config")).clone();
+    config.alpn_protocols.clear();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
+    let mut stream = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    // A TLS 1.3 server refusing the client certificate says so on the first read.
+    stream
+        .read_to_end(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {text:?}"))
 }
 
 fn container_status(pod: &Value) -> Value {
@@ -1193,4 +1234,85 @@ async fn api_retry_backs_off_on_errors_only_and_stops_on_shutdown() {
     assert_eq!(seen, [Some(1), Some(2), Some(2), Some(3)]);
     retry.reset();
     assert_eq!(retry.delay, None);
+}
+
+/// Over TLS the log endpoint serves only the apiserver's and administrators' certificates of
+/// the cluster CA, under the node's own name: no certificate, another CA, another node's
+/// certificate, or the wrong server name all fail.
+#[tokio::test]
+async fn the_tls_log_endpoint_serves_only_the_apiserver_and_admins() {
+    let h = Harness::new().await;
+    let ca = shoal_tls::CertificateAuthority::generate("test-ca").expect("ca");
+    let key = shoal_tls::new_private_key().expect("key");
+    let request = shoal_tls::request_serving_certificate(
+        &key,
+        "system:node:n1",
+        &["system:nodes"],
+        &["n1".to_string()],
+    )
+    .expect("request");
+    let serving = shoal_tls::IssuedCertificate {
+        cert_pem: ca
+            .sign_serving_request(&request, Duration::from_secs(3600))
+            .expect("sign"),
+        key_pem: key,
+    };
+    let tls = shoal_tls::server_config(ca.cert_pem(), &serving, true).expect("server config");
+    let agent = h.start_agent_with(Some(tls)).await;
+    let apiserver = ca
+        .issue_client(crate::logs::AUTHORIZED_USERS[0], &[])
+        .expect("apiserver cert");
+    let admin = ca
+        .issue_client("system:admin", &["system:masters"])
+        .expect("admin cert");
+    let other_node = ca
+        .issue_client("system:node:n2", &["system:nodes"])
+        .expect("node cert");
+    let ca_pem = ca.cert_pem();
+    let path = "/containerLogs/default/missing/c";
+
+    assert_eq!(
+        https_get(agent.addr, ca_pem, Some(&apiserver), "n1", "/healthz").await,
+        Ok(200)
+    );
+    assert_eq!(
+        https_get(agent.addr, ca_pem, Some(&admin), "n1", "/healthz").await,
+        Ok(200)
+    );
+    assert_eq!(
+        https_get(agent.addr, ca_pem, Some(&other_node), "n1", path).await,
+        Ok(403)
+    );
+    assert!(
+        https_get(agent.addr, ca_pem, None, "n1", path)
+            .await
+            .is_err(),
+        "served without a client certificate"
+    );
+    let stranger = shoal_tls::CertificateAuthority::generate("other-ca").expect("ca");
+    let foreign = stranger
+        .issue_client(crate::logs::AUTHORIZED_USERS[0], &[])
+        .expect("cert");
+    assert!(
+        https_get(agent.addr, ca_pem, Some(&foreign), "n1", path)
+            .await
+            .is_err(),
+        "served a certificate of another CA"
+    );
+    assert!(
+        https_get(agent.addr, ca_pem, Some(&apiserver), "n2", path)
+            .await
+            .is_err(),
+        "the agent of n1 passed for n2"
+    );
+    // Plain HTTP on the TLS port gets nothing.
+    let mut plain = tokio::net::TcpStream::connect(agent.addr)
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = plain.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let _ = plain.read_to_end(&mut buf).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("200"));
+    agent.stop().await;
 }

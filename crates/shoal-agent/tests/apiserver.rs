@@ -147,6 +147,7 @@ async fn agent_runs_pods_against_the_real_apiserver() {
             pods: 110,
         },
         labels: BTreeMap::new(),
+        tls: None,
     };
     let agent_shutdown = CancellationToken::new();
     let agent = tokio::spawn(shoal_agent::run(

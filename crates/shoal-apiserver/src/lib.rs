@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{METRICS_READERS, SERVER_JOINERS};
 pub use join::{JoinResponse, MemberInfo, MemberList};
+pub use logs::KUBELET_CLIENT_USER;
 
 /// How the apiserver listens and behaves.
 #[derive(Debug, Clone)]
@@ -94,6 +95,8 @@ pub enum Error {
     Bootstrap(#[source] StoreError),
     #[error("refusing to serve plain HTTP on {0}: without TLS the API only listens on loopback")]
     InsecureNotLoopback(SocketAddr),
+    #[error("issuing the apiserver's client certificate for node agents")]
+    Certificate(#[source] shoal_tls::TlsError),
 }
 
 /// Shared state of every request handler; cheap to clone.
@@ -122,19 +125,25 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// State over `store`; watch streams end when `shutdown` is cancelled.
-    pub fn new(store: Store, config: &Config, shutdown: CancellationToken) -> AppState {
+    /// State over `store`; watch streams end when `shutdown` is cancelled. Fails only when
+    /// the cluster CA given cannot issue the apiserver's client certificate for node agents.
+    pub fn new(
+        store: Store,
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> Result<AppState, shoal_tls::TlsError> {
         let mut registry = Registry::default();
         store.metrics().register(&mut registry);
         let api_metrics = metrics::ApiMetrics::register(&mut registry);
-        AppState {
+        let logs = logs::LogClient::new(config.cluster.as_ref())?;
+        Ok(AppState {
             inner: Arc::new(Inner {
                 store,
                 bookmark_interval: config.bookmark_interval,
                 shutdown,
                 docs: discovery::Documents::build(),
                 openapi: openapi::Documents::build(),
-                logs: logs::LogClient::new(),
+                logs,
                 auth: if config.tls.is_some() {
                     auth::Mode::Tls
                 } else {
@@ -144,7 +153,7 @@ impl AppState {
                 registry: Arc::new(registry),
                 api_metrics,
             }),
-        }
+        })
     }
 
     pub(crate) fn store(&self) -> &Store {
@@ -237,7 +246,7 @@ pub async fn serve(
 ) -> Result<(), Error> {
     bootstrap(&store).await.map_err(Error::Bootstrap)?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
-    let state = AppState::new(store, &config, shutdown.clone());
+    let state = AppState::new(store, &config, shutdown.clone()).map_err(Error::Certificate)?;
     namespace::resume(&state).await;
     match config.tls {
         Some(tls) => {

@@ -278,7 +278,8 @@ mod tests {
             .await
             .expect("store opens");
         let shutdown = CancellationToken::new();
-        let state = AppState::new(store.clone(), &Config::default(), shutdown.clone());
+        let state =
+            AppState::new(store.clone(), &Config::default(), shutdown.clone()).expect("state");
         let rt = find_by_plural("", "v1", "pods").expect("pods");
         let ctx = Ctx {
             state,

@@ -29,7 +29,7 @@ async fn setup() -> Api {
         bookmark_interval: Duration::from_millis(200),
         ..Config::default()
     };
-    let state = AppState::new(store.clone(), &config, CancellationToken::new());
+    let state = AppState::new(store.clone(), &config, CancellationToken::new()).expect("state");
     Api {
         _dir: dir,
         store,

@@ -60,15 +60,97 @@ pub struct NodeArgs {
     pub insecure_registries: Vec<String>,
 }
 
-/// Starts the node agent (with the Wasm runtime) as a task of `tasks`.
-pub fn spawn_node(
+/// Where a node's serving certificate comes from.
+pub enum ServingIssuer<'a> {
+    /// The cluster CA in this process (`shoal up`).
+    Ca(&'a shoal_tls::CertificateAuthority),
+    /// A CertificateSigningRequest for `kubernetes.io/kubelet-serving`, filed as the node.
+    Csr,
+}
+
+/// How long a kept serving certificate must still be valid to be used again.
+const SERVING_MARGIN: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The TLS configuration of the node's log endpoint: the serving certificate kept under the
+/// data dir while it still names this node for a week more, else a new one from `issuer`; and
+/// only clients with a certificate of the cluster CA.
+async fn serving_tls(
+    client: &kube::Client,
+    data_dir: &Path,
+    node_name: &str,
+    node: &NodeArgs,
+    issuer: ServingIssuer<'_>,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let dir = pki::dir(data_dir);
+    let (cert_path, key_path) = (dir.join("node-serving.crt"), dir.join("node-serving.key"));
+    let ca_pem = match &issuer {
+        ServingIssuer::Ca(ca) => ca.cert_pem().to_owned(),
+        ServingIssuer::Csr => shoal_tls::read_file(&dir.join("ca.crt"))?,
+    };
+    let kept = match (
+        shoal_tls::read_file(&cert_path),
+        shoal_tls::read_file(&key_path),
+    ) {
+        (Ok(cert_pem), Ok(key_pem))
+            if shoal_tls::certificate_serves(&cert_pem, node_name, SERVING_MARGIN) =>
+        {
+            Some(IssuedCertificate { cert_pem, key_pem })
+        }
+        _ => None,
+    };
+    let identity = match kept {
+        Some(identity) => identity,
+        None => {
+            let mut hosts = vec![node_name.to_owned()];
+            let ip = node
+                .node_ip
+                .or(Some(node.agent_listen.ip()).filter(|ip| !ip.is_unspecified()));
+            hosts.extend(ip.map(|ip| ip.to_string()));
+            let key_pem = shoal_tls::new_private_key()?;
+            let request = shoal_tls::request_serving_certificate(
+                &key_pem,
+                &format!("system:node:{node_name}"),
+                &["system:nodes"],
+                &hosts,
+            )?;
+            let cert_pem = match issuer {
+                ServingIssuer::Ca(ca) => {
+                    ca.sign_serving_request(&request, shoal_tls::CERT_VALIDITY)?
+                }
+                ServingIssuer::Csr => {
+                    http::request_serving_certificate(
+                        client,
+                        node_name,
+                        &request,
+                        Duration::from_secs(120),
+                    )
+                    .await?
+                }
+            };
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            shoal_tls::write_file(&key_path, key_pem.as_bytes(), 0o600)?;
+            shoal_tls::write_file(&cert_path, cert_pem.as_bytes(), 0o644)?;
+            info!(node = node_name, "received the node serving certificate");
+            IssuedCertificate { cert_pem, key_pem }
+        }
+    };
+    Ok(shoal_tls::server_config(&ca_pem, &identity, true)?)
+}
+
+/// Starts the node agent (with the Wasm runtime) as a task of `tasks`; its log endpoint is
+/// HTTPS with a serving certificate from `issuer`.
+pub async fn spawn_node(
     tasks: &mut Tasks,
     client: kube::Client,
     data_dir: &Path,
     node_name: String,
     node: &NodeArgs,
+    issuer: ServingIssuer<'_>,
     shutdown: CancellationToken,
 ) -> Result<()> {
+    let tls = serving_tls(&client, data_dir, &node_name, node, issuer)
+        .await
+        .context("getting the node's serving certificate")?;
     let mut wasm_config = shoal_runtime_wasm::WasmRuntimeConfig::new(data_dir.join("wasm"));
     wasm_config.insecure_registries = node.insecure_registries.clone();
     let wasm =
@@ -83,6 +165,7 @@ pub fn spawn_node(
         node_ip: node.node_ip,
         capacity,
         labels: Default::default(),
+        tls: Some(tls),
     };
     tasks.spawn(async move {
         let result = shoal_agent::run(config, client, runtimes, shutdown).await;
@@ -169,8 +252,10 @@ pub async fn run(args: Args) -> Result<()> {
         &data_dir,
         node_name.clone(),
         &args.node,
+        ServingIssuer::Csr,
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     info!(node = %node_name, servers = ?args.server, "shoal agent is up");
     eprintln!(
         "shoal agent is up: node {node_name} joined {}",

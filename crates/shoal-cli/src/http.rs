@@ -266,3 +266,63 @@ pub async fn request_node_certificate(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Files a CSR for the node's serving certificate (`kubernetes.io/kubelet-serving`) as the
+/// node itself through `client`, waits until it is approved and signed, returns the PEM.
+pub async fn request_serving_certificate(
+    client: &kube::Client,
+    node: &str,
+    request_pem: &str,
+    timeout: Duration,
+) -> Result<String> {
+    use base64::Engine;
+    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+    let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client.clone());
+    let name = format!("node-serving-{node}-{:08x}", rand::random::<u32>());
+    let csr: CertificateSigningRequest = serde_json::from_value(json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": base64::engine::general_purpose::STANDARD.encode(request_pem),
+            "signerName": "kubernetes.io/kubelet-serving",
+            "usages": ["digital signature", "key encipherment", "server auth"],
+        },
+    }))
+    .context("building the serving certificate request")?;
+    api.create(&kube::api::PostParams::default(), &csr)
+        .await
+        .context("filing the serving certificate request")?;
+    tracing::info!(csr = %name, "waiting for the node serving certificate");
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let current = api
+            .get(&name)
+            .await
+            .with_context(|| format!("reading {name}"))?;
+        let status = current.status.unwrap_or_default();
+        if let Some(refusal) = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True")
+        {
+            bail!(
+                "the serving certificate request {name} was {}: {}",
+                refusal.type_.to_ascii_lowercase(),
+                refusal.message.clone().unwrap_or_default()
+            );
+        }
+        if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
+            return String::from_utf8(cert.0)
+                .map_err(|_| anyhow!("the signed certificate of {name} is not PEM text"));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "the serving certificate request {name} was not signed within {timeout:?}: \
+                 is a control-plane member running its controllers?"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -51,8 +51,10 @@ pub async fn run(mut args: Args) -> Result<()> {
         &data_dir,
         node_name,
         &args.node,
+        agent::ServingIssuer::Ca(&srv.ca),
         shutdown.clone(),
-    )?;
+    )
+    .await?;
     info!(
         api = %srv.local_url,
         kubeconfig = %srv.kubeconfig.display(),

@@ -1,15 +1,24 @@
 //! CertificateSigningRequests: the approver and the signer of kube-controller-manager's
-//! `csrapproving` and `csrsigning`, for node client certificates (the kubelet TLS bootstrap).
+//! `csrapproving` and `csrsigning`, for node client certificates (the kubelet TLS bootstrap)
+//! and node serving certificates (the agent's log endpoint).
 //!
-//! Approval: a request for the signer `kubernetes.io/kube-apiserver-client-kubelet` is approved
-//! when it asks for exactly `CN=system:node:<name>, O=system:nodes` with client-auth usages,
-//! and was filed by a bootstrap token (a new node) or by that node itself (a renewal); a
-//! bootstrap token asking for anything else is denied with the reason. Other signers are left
-//! to an administrator (`kubectl certificate approve`).
+//! Approval of `kubernetes.io/kube-apiserver-client-kubelet`: a request is approved when it
+//! asks for exactly `CN=system:node:<name>, O=system:nodes` with client-auth usages, and was
+//! filed by a bootstrap token (a new node) or by that node itself (a renewal); a bootstrap
+//! token asking for anything else is denied with the reason.
 //!
-//! Signing: an approved request for one of the client signers gets a certificate from the
-//! cluster CA, valid one year, with only the request's subject and key (never its extensions).
-//! Without a CA (`Config::certificate_authority` unset) nothing is signed.
+//! Approval of `kubernetes.io/kubelet-serving`: a request is approved when the node itself
+//! (`system:node:<name>`, never a bootstrap token) asks for `CN=system:node:<name>,
+//! O=system:nodes` with server-auth usages and names the DNS name `<name>` and no other DNS
+//! name (IP addresses may be added). The apiserver dials agents with the node's name as the
+//! TLS server name, so a node can never answer for another; upstream leaves these requests to
+//! an administrator or an external approver, which would leave a new node's logs unreachable.
+//!
+//! Other signers are left to an administrator (`kubectl certificate approve`).
+//!
+//! Signing: an approved request for one of these signers gets a certificate from the cluster
+//! CA, valid one year, with only the request's subject, key and (serving) hosts, never its
+//! other extensions. Without a CA (`Config::certificate_authority` unset) nothing is signed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +36,32 @@ use crate::Error;
 
 /// The signer of kubelet client certificates.
 pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+/// The signer of kubelet (node agent) serving certificates.
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
 /// The signer of other client certificates (approved by an administrator).
 pub const CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client";
+
+/// What a PEM certificate request asks for, read after checking its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requested {
+    pub user: String,
+    pub groups: Vec<String>,
+    /// DNS names and IP addresses; `Err` when it names something else.
+    pub hosts: Result<Vec<String>, String>,
+}
+
+impl Requested {
+    /// Reads `pem`; `None` when it is not a valid request.
+    pub fn read(pem: &str) -> Option<Requested> {
+        let (user, groups) = shoal_tls::request_subject(pem).ok()?;
+        let hosts = shoal_tls::request_hosts(pem).map_err(|e| e.to_string());
+        Some(Requested {
+            user,
+            groups,
+            hosts,
+        })
+    }
+}
 
 /// What to do with a request now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +79,8 @@ fn has_condition(csr: &CertificateSigningRequest, kind: &str) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == kind && c.status == "True"))
 }
 
-/// The decision for `csr`, given the subject its PEM request names (`None`: unreadable).
-pub fn decide(csr: &CertificateSigningRequest, subject: Option<(String, Vec<String>)>) -> Decision {
+/// The decision for `csr`, given what its PEM request asks for (`None`: unreadable).
+pub fn decide(csr: &CertificateSigningRequest, request: Option<Requested>) -> Decision {
     let signed = csr
         .status
         .as_ref()
@@ -57,7 +90,8 @@ pub fn decide(csr: &CertificateSigningRequest, subject: Option<(String, Vec<Stri
         return Decision::Nothing;
     }
     let spec = &csr.spec;
-    let ours = spec.signer_name == KUBELET_CLIENT_SIGNER || spec.signer_name == CLIENT_SIGNER;
+    let ours = [KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, CLIENT_SIGNER]
+        .contains(&spec.signer_name.as_str());
     if has_condition(csr, "Approved") {
         return if ours {
             Decision::Sign
@@ -65,60 +99,120 @@ pub fn decide(csr: &CertificateSigningRequest, subject: Option<(String, Vec<Stri
             Decision::Nothing
         };
     }
-    if spec.signer_name != KUBELET_CLIENT_SIGNER {
-        return Decision::Nothing;
-    }
     let requester = spec.username.clone().unwrap_or_default();
-    let bootstrap = requester.starts_with("system:bootstrap:");
-    let Some((user, groups)) = subject else {
-        return if bootstrap {
-            Decision::Deny("the request is not a valid PEM certificate request".into())
-        } else {
-            Decision::Nothing
-        };
-    };
-    let Some(node) = user.strip_prefix("system:node:").filter(|n| !n.is_empty()) else {
-        return if bootstrap {
-            Decision::Deny(format!(
-                "a node may only ask for CN=system:node:<name>, not CN={user}"
-            ))
-        } else {
-            Decision::Nothing
-        };
-    };
-    if groups != ["system:nodes"] {
-        return if bootstrap {
-            Decision::Deny(format!(
-                "a node certificate is in exactly the group system:nodes, not {groups:?}"
-            ))
-        } else {
-            Decision::Nothing
-        };
-    }
-    let allowed = ["digital signature", "key encipherment", "client auth"];
     let usages = spec.usages.clone().unwrap_or_default();
-    if !usages.iter().any(|u| u == "client auth")
-        || usages.iter().any(|u| !allowed.contains(&u.as_str()))
-    {
-        return if bootstrap {
-            Decision::Deny(format!(
-                "usages must be client auth (with digital signature, key encipherment), not {usages:?}"
-            ))
+    match spec.signer_name.as_str() {
+        KUBELET_CLIENT_SIGNER => decide_client(&requester, &usages, request),
+        KUBELET_SERVING_SIGNER => decide_serving(&requester, &usages, request),
+        _ => Decision::Nothing,
+    }
+}
+
+/// The node `request` is for, if it asks for exactly `CN=system:node:<name>, O=system:nodes`;
+/// else why not.
+fn node_subject(request: &Requested) -> Result<String, String> {
+    let Some(node) = request
+        .user
+        .strip_prefix("system:node:")
+        .filter(|n| !n.is_empty())
+    else {
+        return Err(format!(
+            "a node may only ask for CN=system:node:<name>, not CN={}",
+            request.user
+        ));
+    };
+    if request.groups != ["system:nodes"] {
+        return Err(format!(
+            "a node certificate is in exactly the group system:nodes, not {:?}",
+            request.groups
+        ));
+    }
+    Ok(node.to_owned())
+}
+
+/// Whether `usages` include `needed` and nothing beyond it, digital signature and key
+/// encipherment.
+fn usages_fit(usages: &[String], needed: &str) -> bool {
+    let allowed = ["digital signature", "key encipherment", needed];
+    usages.iter().any(|u| u == needed) && usages.iter().all(|u| allowed.contains(&u.as_str()))
+}
+
+fn decide_client(requester: &str, usages: &[String], request: Option<Requested>) -> Decision {
+    let bootstrap = requester.starts_with("system:bootstrap:");
+    // Only a bootstrap token is told why; anything else waits for an administrator.
+    let refuse = |why: String| {
+        if bootstrap {
+            Decision::Deny(why)
         } else {
             Decision::Nothing
-        };
+        }
+    };
+    let Some(request) = request else {
+        return refuse("the request is not a valid PEM certificate request".into());
+    };
+    let node = match node_subject(&request) {
+        Ok(node) => node,
+        Err(why) => return refuse(why),
+    };
+    if !usages_fit(usages, "client auth") {
+        return refuse(format!(
+            "usages must be client auth (with digital signature, key encipherment), not {usages:?}"
+        ));
     }
     if bootstrap {
         return Decision::Approve(format!(
             "Auto approving the client certificate of node {node}, requested with a bootstrap token"
         ));
     }
-    if requester == user {
+    if requester == request.user {
         return Decision::Approve(format!(
             "Auto approving the renewal of node {node}'s client certificate"
         ));
     }
     Decision::Nothing
+}
+
+fn decide_serving(requester: &str, usages: &[String], request: Option<Requested>) -> Decision {
+    // Only a node asking for its own certificate is decided here, either way.
+    let Some(own) = requester
+        .strip_prefix("system:node:")
+        .filter(|n| !n.is_empty())
+    else {
+        return Decision::Nothing;
+    };
+    let Some(request) = request else {
+        return Decision::Deny("the request is not a valid PEM certificate request".into());
+    };
+    let node = match node_subject(&request) {
+        Ok(node) => node,
+        Err(why) => return Decision::Deny(why),
+    };
+    if node != own {
+        return Decision::Deny(format!(
+            "node {own} may only ask for its own serving certificate, not {node}'s"
+        ));
+    }
+    if !usages_fit(usages, "server auth") {
+        return Decision::Deny(format!(
+            "usages must be server auth (with digital signature, key encipherment), not {usages:?}"
+        ));
+    }
+    let hosts = match &request.hosts {
+        Ok(hosts) => hosts,
+        Err(why) => return Decision::Deny(why.clone()),
+    };
+    let names: Vec<&String> = hosts
+        .iter()
+        .filter(|h| h.parse::<std::net::IpAddr>().is_err())
+        .collect();
+    if names.is_empty() || names.iter().any(|n| **n != node) {
+        return Decision::Deny(format!(
+            "a serving certificate names the DNS name {node} and no other, not {names:?}"
+        ));
+    }
+    Decision::Approve(format!(
+        "Auto approving the serving certificate of node {node}, requested by the node"
+    ))
 }
 
 /// What the controller needs.
@@ -137,9 +231,7 @@ async fn reconcile(
 ) -> Result<Action, Error> {
     let name = csr.metadata.name.clone().unwrap_or_default();
     let pem = request_pem(&csr);
-    let subject = pem
-        .as_deref()
-        .and_then(|p| shoal_tls::request_subject(p).ok());
+    let request = pem.as_deref().and_then(Requested::read);
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
     let condition = |kind: &str, reason: &str, message: &str| {
         json!({
@@ -151,7 +243,7 @@ async fn reconcile(
             "lastTransitionTime": jiff::Timestamp::now().to_string(),
         })
     };
-    match decide(&csr, subject) {
+    match decide(&csr, request) {
         Decision::Nothing => {}
         Decision::Approve(message) => {
             info!(csr = %name, "approving certificate signing request");
@@ -180,9 +272,14 @@ async fn reconcile(
             let Some(ca) = &ctx.ca else {
                 return Ok(Action::await_change());
             };
-            let signed = pem
-                .as_deref()
-                .map(|p| ca.sign_client_request(p, shoal_tls::CERT_VALIDITY));
+            let serving = csr.spec.signer_name == KUBELET_SERVING_SIGNER;
+            let signed = pem.as_deref().map(|p| {
+                if serving {
+                    ca.sign_serving_request(p, shoal_tls::CERT_VALIDITY)
+                } else {
+                    ca.sign_client_request(p, shoal_tls::CERT_VALIDITY)
+                }
+            });
             let mut conditions = csr
                 .status
                 .as_ref()
@@ -252,8 +349,66 @@ mod tests {
         }
     }
 
-    fn node(name: &str) -> Option<(String, Vec<String>)> {
-        Some((format!("system:node:{name}"), vec!["system:nodes".into()]))
+    fn requested(user: &str, groups: &[&str], hosts: &[&str]) -> Option<Requested> {
+        Some(Requested {
+            user: user.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            hosts: Ok(hosts.iter().map(|h| h.to_string()).collect()),
+        })
+    }
+
+    fn node(name: &str) -> Option<Requested> {
+        requested(&format!("system:node:{name}"), &["system:nodes"], &[])
+    }
+
+    fn serving(name: &str, hosts: &[&str]) -> Option<Requested> {
+        requested(&format!("system:node:{name}"), &["system:nodes"], hosts)
+    }
+
+    const SERVER: [&str; 3] = ["digital signature", "key encipherment", "server auth"];
+
+    #[test]
+    fn a_node_asking_for_its_own_serving_certificate_is_approved() {
+        let c = csr(KUBELET_SERVING_SIGNER, "system:node:n1", &SERVER);
+        assert!(matches!(
+            decide(&c, serving("n1", &["n1", "10.0.0.1"])),
+            Decision::Approve(_)
+        ));
+    }
+
+    #[test]
+    fn serving_requests_for_other_names_or_from_others_are_refused() {
+        let c = csr(KUBELET_SERVING_SIGNER, "system:node:n1", &SERVER);
+        // Another node's name, as subject or as DNS name: denied with the reason.
+        assert!(
+            matches!(decide(&c, serving("n2", &["n2"])), Decision::Deny(m) if m.contains("own"))
+        );
+        assert!(matches!(
+            decide(&c, serving("n1", &["n1", "n2"])),
+            Decision::Deny(m) if m.contains("no other")
+        ));
+        assert!(matches!(
+            decide(&c, serving("n1", &["10.0.0.1"])),
+            Decision::Deny(_)
+        ));
+        // Client usages on the serving signer: denied.
+        let client = csr(KUBELET_SERVING_SIGNER, "system:node:n1", &CLIENT);
+        assert!(
+            matches!(decide(&client, serving("n1", &["n1"])), Decision::Deny(m) if m.contains("usages"))
+        );
+        // A bootstrap token or a user never gets one automatically.
+        for who in ["system:bootstrap:abcdef", "alice"] {
+            let c = csr(KUBELET_SERVING_SIGNER, who, &SERVER);
+            assert_eq!(
+                decide(&c, serving("n1", &["n1"])),
+                Decision::Nothing,
+                "{who}"
+            );
+        }
+        // Names of another kind than DNS and IP: denied.
+        let mut odd = serving("n1", &["n1"]).expect("request");
+        odd.hosts = Err("only DNS names and IP addresses may be named".into());
+        assert!(matches!(decide(&c, Some(odd)), Decision::Deny(_)));
     }
 
     const CLIENT: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
@@ -274,12 +429,9 @@ mod tests {
     #[test]
     fn a_bootstrap_token_asking_for_more_is_denied_with_the_reason() {
         let c = csr(KUBELET_CLIENT_SIGNER, "system:bootstrap:abcdef", &CLIENT);
-        let masters = Some((
-            "system:node:n1".to_string(),
-            vec!["system:masters".to_string()],
-        ));
+        let masters = requested("system:node:n1", &["system:masters"], &[]);
         assert!(matches!(decide(&c, masters), Decision::Deny(m) if m.contains("system:nodes")));
-        let admin = Some(("admin".to_string(), vec!["system:nodes".to_string()]));
+        let admin = requested("admin", &["system:nodes"], &[]);
         assert!(matches!(decide(&c, admin), Decision::Deny(m) if m.contains("CN=admin")));
         let server = csr(
             KUBELET_CLIENT_SIGNER,

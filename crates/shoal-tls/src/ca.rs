@@ -84,6 +84,82 @@ pub fn request_certificate(key_pem: &str, user: &str, groups: &[&str]) -> Result
     Ok(params.serialize_request(&key)?.pem()?)
 }
 
+/// A PKCS#10 request for a serving certificate of `user` in `groups` for `hosts` (DNS names or
+/// IP addresses), signed by `key_pem`: what a node agent files for its own endpoint.
+pub fn request_serving_certificate(
+    key_pem: &str,
+    user: &str,
+    groups: &[&str],
+    hosts: &[String],
+) -> Result<String, TlsError> {
+    let key = KeyPair::from_pem(key_pem)?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(user, groups);
+    params.subject_alt_names = subject_alt_names(hosts)?;
+    Ok(params.serialize_request(&key)?.pem()?)
+}
+
+fn subject_alt_names(hosts: &[String]) -> Result<Vec<SanType>, TlsError> {
+    hosts
+        .iter()
+        .map(|h| match h.parse::<IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => Ok(SanType::DnsName(h.clone().try_into()?)),
+        })
+        .collect()
+}
+
+/// The hosts a PKCS#10 request names in its subject alternative names, after checking its
+/// signature: DNS names and IP addresses; any other kind of name is refused.
+pub fn request_hosts(request_pem: &str) -> Result<Vec<String>, TlsError> {
+    let request = CertificateSigningRequestParams::from_pem(request_pem)?;
+    request
+        .params
+        .subject_alt_names
+        .iter()
+        .map(|san| match san {
+            SanType::DnsName(name) => Ok(name.as_str().to_owned()),
+            SanType::IpAddress(ip) => Ok(ip.to_string()),
+            other => Err(TlsError::Request(format!(
+                "only DNS names and IP addresses may be named, not {other:?}"
+            ))),
+        })
+        .collect()
+}
+
+/// Whether the first certificate of `cert_pem` names `host` (DNS name or IP address) and is
+/// still valid `margin` from now: a kept serving certificate is reused only then.
+pub fn certificate_serves(cert_pem: &str, host: &str, margin: Duration) -> bool {
+    let Ok(certs) = crate::certificates_from_pem(cert_pem) else {
+        return false;
+    };
+    let Some(der) = certs.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return false;
+    };
+    let deadline = OffsetDateTime::now_utc() + margin;
+    if cert.validity().not_after.to_datetime() < deadline {
+        return false;
+    }
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    names.value.general_names.iter().any(|n| match n {
+        x509_parser::extensions::GeneralName::DNSName(d) => *d == host,
+        x509_parser::extensions::GeneralName::IPAddress(bytes) => {
+            let ip = match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                _ => None,
+            };
+            ip.is_some_and(|ip| ip.to_string() == host)
+        }
+        _ => false,
+    })
+}
+
 impl CertificateAuthority {
     /// A new CA named `common_name`, kept in memory only.
     pub fn generate(common_name: &str) -> Result<CertificateAuthority, TlsError> {
@@ -164,13 +240,7 @@ impl CertificateAuthority {
     ) -> Result<IssuedCertificate, TlsError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = name(common_name, organizations);
-        params.subject_alt_names = hosts
-            .iter()
-            .map(|h| match h.parse::<IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => Ok::<_, TlsError>(SanType::DnsName(h.clone().try_into()?)),
-            })
-            .collect::<Result<_, _>>()?;
+        params.subject_alt_names = subject_alt_names(hosts)?;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
@@ -210,6 +280,29 @@ impl CertificateAuthority {
     ) -> Result<String, TlsError> {
         let request = CertificateSigningRequestParams::from_pem(request_pem)?;
         let params = client_params(request.params.distinguished_name.clone(), validity);
+        Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
+    }
+
+    /// Signs a PKCS#10 request as a serving certificate (server auth only) for the request's
+    /// subject and the DNS names and IP addresses it names, valid for `validity`. Whether
+    /// those hosts are the requester's to have is the approver's decision, made before.
+    pub fn sign_serving_request(
+        &self,
+        request_pem: &str,
+        validity: Duration,
+    ) -> Result<String, TlsError> {
+        let hosts = request_hosts(request_pem)?;
+        let request = CertificateSigningRequestParams::from_pem(request_pem)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = request.params.distinguished_name.clone();
+        params.subject_alt_names = subject_alt_names(&hosts)?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        (params.not_before, params.not_after) = self::validity(validity);
         Ok(params.signed_by(&request.public_key, &self.issuer)?.pem())
     }
 }
@@ -285,6 +378,60 @@ mod tests {
         let id = identity_of_certificate(&der).expect("identity");
         assert_eq!(id.user, "system:node:n1");
         assert_eq!(id.groups, vec!["system:nodes".to_string()]);
+    }
+
+    #[test]
+    fn serving_requests_are_signed_for_their_hosts_and_verify_by_name() {
+        let ca = CertificateAuthority::generate("test-ca").expect("ca");
+        let key = new_private_key().expect("key");
+        let hosts = vec!["n1".to_string(), "10.0.0.7".to_string()];
+        let csr = request_serving_certificate(&key, "system:node:n1", &["system:nodes"], &hosts)
+            .expect("request");
+        assert_eq!(request_hosts(&csr).expect("hosts"), hosts);
+        let cert = ca
+            .sign_serving_request(&csr, Duration::from_secs(3600))
+            .expect("sign");
+        let der = crate::certificates_from_pem(&cert).expect("pem")[0].clone();
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
+        let eku = parsed
+            .extended_key_usage()
+            .expect("eku")
+            .expect("present")
+            .value;
+        assert!(eku.server_auth && !eku.client_auth);
+        assert!(certificate_serves(&cert, "n1", Duration::from_secs(60)));
+        assert!(certificate_serves(
+            &cert,
+            "10.0.0.7",
+            Duration::from_secs(60)
+        ));
+        assert!(!certificate_serves(&cert, "n2", Duration::from_secs(60)));
+        assert!(!certificate_serves(&cert, "n1", Duration::from_secs(7200)));
+        // A client that trusts the CA accepts it for the name `n1`, and not for `n2`.
+        let roots = {
+            let mut r = rustls::RootCertStore::empty();
+            r.add(crate::certificates_from_pem(ca.cert_pem()).expect("ca")[0].clone())
+                .expect("root");
+            std::sync::Arc::new(r)
+        };
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots,
+            std::sync::Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .expect("verifier");
+        use rustls::client::danger::ServerCertVerifier;
+        let now = rustls::pki_types::UnixTime::now();
+        for (host, ok) in [("n1", true), ("n2", false)] {
+            let name = rustls::pki_types::ServerName::try_from(host).expect("name");
+            assert_eq!(
+                verifier
+                    .verify_server_cert(&der, &[], &name, &[], now)
+                    .is_ok(),
+                ok,
+                "{host}"
+            );
+        }
     }
 
     #[test]

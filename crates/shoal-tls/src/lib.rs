@@ -19,8 +19,8 @@ mod serve;
 mod token;
 
 pub use ca::{
-    CERT_VALIDITY, CertificateAuthority, IssuedCertificate, new_private_key, request_certificate,
-    request_subject,
+    CERT_VALIDITY, CertificateAuthority, IssuedCertificate, certificate_serves, new_private_key,
+    request_certificate, request_hosts, request_serving_certificate, request_subject,
 };
 pub use config::{client_config, pinned_client_config, server_config};
 pub use identity::{ClientIdentity, identity_of_certificate};

@@ -322,6 +322,20 @@ fn an_agent_joins_and_workloads_survive_member_and_lease_holder_loss() -> Result
 
     apply(&cp, &lan, 2, &deployment("hello", &image, 2))?;
     let before = wait_running(&cp, &lan, 2, "hello", 2)?;
+    // Logs come from the agent on host 4 through a member: HTTPS both ways, the agent under
+    // the serving certificate it got through a CSR.
+    let logs = wait_until("the pod's logs", LONG, || {
+        Ok(cp
+            .kubectl(&lan, 2, &["logs", &before[0]])
+            .ok()
+            .filter(|l| l.contains("Hello from Shoal!")))
+    })?;
+    ensure!(logs.contains("args:"), "logs: {logs}");
+    let csrs = cp.kubectl(&lan, 1, &["get", "csr", "-o", "json"])?;
+    ensure!(
+        csrs.contains("kubernetes.io/kubelet-serving") && csrs.contains("AutoApproved"),
+        "no approved serving certificate request: {csrs}"
+    );
 
     // One member down: the pods keep running and the cluster still scales.
     let down = 3;
