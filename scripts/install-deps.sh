@@ -16,6 +16,7 @@ command -v docker-registry >/dev/null 2>&1 || need_apt+=(docker-registry)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+[ -f /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if [ "${#need_apt[@]}" -gt 0 ]; then
     SUDO=""
     [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -21,6 +21,9 @@ copy_with_libs() {
 }
 copy_with_libs "$ROOT/target/release/shoal" shoal
 copy_with_libs "$(command -v docker-registry)" docker-registry
+# Trust roots for registries over HTTPS (the agent's pulls); a scratch image has none.
+mkdir -p "$STAGE/etc/ssl/certs"
+cp -L /etc/ssl/certs/ca-certificates.crt "$STAGE/etc/ssl/certs/ca-certificates.crt"
 cat >"$STAGE/etc/registry.yml" <<YAML
 version: 0.1
 log:

@@ -36,7 +36,17 @@ fn main() -> Result<()> {
             let bin = release_shoal(&root)?;
             store::run(&bin, &root.join("target/bench"), machine())
         }
-        _ => bail!("usage: cargo xtask bench apply|store"),
+        ["bench", "store", "failover"] => {
+            let root = workspace_root();
+            let bin = release_shoal(&root)?;
+            store::failover_only(&bin, &root.join("target/bench"))
+        }
+        ["bench", "store", "disk"] => {
+            let root = workspace_root();
+            let bin = release_shoal(&root)?;
+            store::disk_only(&bin, &root.join("target/bench"), machine())
+        }
+        _ => bail!("usage: cargo xtask bench apply|store [failover|disk]"),
     }
 }
 

@@ -679,7 +679,62 @@ fn disk_use(rt: &tokio::runtime::Runtime, system: &System) -> Result<(Load, u64)
     Ok((result, size))
 }
 
-pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
+/// Only the failover figure, on a 3-member cluster whose data dirs and logs are kept under
+/// `out/failover` (to read what happened when a kill is not recovered from).
+pub fn failover_only(bin: &Path, out: &Path) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let dir = out.join("failover");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let mut shoal = start_shoal(bin, &dir, 3)?;
+    wait_writable(&rt, &shoal.system)?;
+    let samples = failover(&rt, &mut shoal, 10)?;
+    println!(
+        "failover samples (ms): {samples:?}; logs in {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+/// Disk use under a steady update load (100,000 updates of 1,000 keys), one member each.
+fn disk_report(rt: &tokio::runtime::Runtime, bin: &Path, tls: &Tls) -> Result<Value> {
+    let dir = tempfile::tempdir()?;
+    let shoal = start_shoal(bin, dir.path(), 1)?;
+    wait_writable(rt, &shoal.system)?;
+    let (load_s, size_s) = disk_use(rt, &shoal.system)?;
+    drop(shoal);
+    let dir = tempfile::tempdir()?;
+    let etcd = start_etcd(tls, dir.path(), 1, &[])?;
+    wait_writable(rt, &etcd)?;
+    let (load_e, size_e) = disk_use(rt, &etcd)?;
+    drop(etcd);
+    Ok(json!({
+        "updates": 100_000, "keys": 1000,
+        "shoal_mib": size_s as f64 / (1 << 20) as f64, "shoal": load_s.json(),
+        "etcd_default_mib": size_e as f64 / (1 << 20) as f64, "etcd": load_e.json(),
+    }))
+}
+
+/// Only the disk-use figure; writes `out/store-disk.json`.
+pub fn disk_only(bin: &Path, out: &Path, machine: Value) -> Result<()> {
+    ensure_etcd()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut report = disk_report(&rt, bin, &Tls::new()?)?;
+    report["machine"] = machine;
+    std::fs::create_dir_all(out)?;
+    let path = out.join("store-disk.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn ensure_etcd() -> Result<()> {
     if !Path::new("/usr/bin/etcd").exists() {
         // Debian's etcd 3.4 is the peer; install it as the test command installs its tools.
         let ok = Command::new("apt-get")
@@ -692,6 +747,11 @@ pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
             "etcd 3.4 is needed and apt-get install etcd-server failed"
         );
     }
+    Ok(())
+}
+
+pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
+    ensure_etcd()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -707,8 +767,11 @@ pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
         report[format!("etcd_{members}")] = etcd_run.json();
         drop(etcd);
 
-        let dir = tempfile::tempdir()?;
-        let mut shoal = start_shoal(bin, dir.path(), members)?;
+        // Kept (logs included) under `out`, replaced by the next run.
+        let dir = out.join(format!("store-shoal-{members}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut shoal = start_shoal(bin, &dir, members)?;
         wait_writable(&rt, &shoal.system)?;
         let run = put_rows(&rt, &shoal.system)?;
         println!(
@@ -741,23 +804,7 @@ pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
         report[format!("shoal_{members}")] = entry;
     }
 
-    // Disk use under a steady update load, one member each.
-    let dir = tempfile::tempdir()?;
-    let shoal = start_shoal(bin, dir.path(), 1)?;
-    wait_writable(&rt, &shoal.system)?;
-    let (load_s, size_s) = disk_use(&rt, &shoal.system)?;
-    drop(shoal);
-    let dir = tempfile::tempdir()?;
-    let etcd = start_etcd(&tls, dir.path(), 1, &[])?;
-    wait_writable(&rt, &etcd)?;
-    let (load_e, size_e) = disk_use(&rt, &etcd)?;
-    drop(etcd);
-    report["disk_use"] = json!({
-        "updates": 100_000, "keys": 1000,
-        "shoal_mib": size_s as f64 / (1 << 20) as f64, "shoal": load_s.json(),
-        "etcd_default_mib": size_e as f64 / (1 << 20) as f64, "etcd": load_e.json(),
-    });
-
+    report["disk_use"] = disk_report(&rt, bin, &tls)?;
     std::fs::create_dir_all(out)?;
     let path = out.join("store.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;

@@ -88,25 +88,28 @@ fn is_loopback_registry(registry: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn client_for(reference: &Reference) -> Client {
+fn client_for(reference: &Reference) -> Result<Client, String> {
     client_with(reference, &[])
 }
 
 /// A client for `reference`'s registry: plain HTTP for loopback registries and the `insecure`
-/// ones (`host:port`, as Docker's `insecure-registries`), HTTPS otherwise.
-fn client_with(reference: &Reference, insecure: &[String]) -> Client {
+/// ones (`host:port`, as Docker's `insecure-registries`), HTTPS otherwise. Fails (instead of
+/// panicking, as `Client::new` does) where no trust roots can be loaded, as on a host without
+/// CA certificates.
+fn client_with(reference: &Reference, insecure: &[String]) -> Result<Client, String> {
     let registry = reference.resolve_registry().to_string();
     let protocol = if is_loopback_registry(&registry) || insecure.contains(&registry) {
         ClientProtocol::HttpsExcept(vec![registry])
     } else {
         ClientProtocol::Https
     };
-    Client::new(ClientConfig {
+    Client::try_from(ClientConfig {
         protocol,
         connect_timeout: Some(std::time::Duration::from_secs(10)),
         read_timeout: Some(std::time::Duration::from_secs(60)),
         ..ClientConfig::default()
     })
+    .map_err(|e| format!("cannot build a registry client: {}", error_chain(&e)))
 }
 
 /// Display of an error with its sources, so "connection refused" survives reqwest's wrapping.
@@ -134,7 +137,10 @@ fn sha256_digest(bytes: &[u8]) -> String {
 /// on the loopback are spoken to over plain HTTP.
 pub async fn push(file_bytes: Vec<u8>, reference: &str) -> Result<String, Error> {
     let image = parse_reference(reference)?;
-    let client = client_for(&image);
+    let client = client_for(&image).map_err(|message| Error::Registry {
+        reference: reference.to_string(),
+        message,
+    })?;
     let registry_error = |e: oci_client::errors::OciDistributionError| Error::Registry {
         reference: reference.to_string(),
         message: error_chain(&e),
@@ -344,7 +350,7 @@ pub(crate) async fn pull(
     max_layer_bytes: u64,
     insecure: &[String],
 ) -> Result<Pulled, PullError> {
-    let client = client_with(reference, insecure);
+    let client = client_with(reference, insecure).map_err(PullError::Registry)?;
     let registry =
         |e: oci_client::errors::OciDistributionError| PullError::Registry(error_chain(&e));
     let accept = [
@@ -655,7 +661,7 @@ mod tests {
         // The registry is never contacted: the declared size alone fails the pull.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let reference = parse_reference("127.0.0.1:1/big:v1").expect("valid");
-        let client = client_for(&reference);
+        let client = client_for(&reference).expect("client");
         let layer = Descriptor {
             media_type: WASM_LAYER_MEDIA_TYPE.to_string(),
             digest: format!("sha256:{}", "a".repeat(64)),
