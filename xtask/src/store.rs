@@ -700,9 +700,12 @@ pub fn failover_only(bin: &Path, out: &Path) -> Result<()> {
 }
 
 /// Disk use under a steady update load (100,000 updates of 1,000 keys), one member each.
-fn disk_report(rt: &tokio::runtime::Runtime, bin: &Path, tls: &Tls) -> Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let shoal = start_shoal(bin, dir.path(), 1)?;
+fn disk_report(rt: &tokio::runtime::Runtime, bin: &Path, tls: &Tls, out: &Path) -> Result<Value> {
+    // Kept under `out`, to see which files the space is in.
+    let dir = out.join("store-disk-shoal");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let shoal = start_shoal(bin, &dir, 1)?;
     wait_writable(rt, &shoal.system)?;
     let (load_s, size_s) = disk_use(rt, &shoal.system)?;
     drop(shoal);
@@ -725,7 +728,7 @@ pub fn disk_only(bin: &Path, out: &Path, machine: Value) -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut report = disk_report(&rt, bin, &Tls::new()?)?;
+    let mut report = disk_report(&rt, bin, &Tls::new()?, out)?;
     report["machine"] = machine;
     std::fs::create_dir_all(out)?;
     let path = out.join("store-disk.json");
@@ -804,7 +807,7 @@ pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
         report[format!("shoal_{members}")] = entry;
     }
 
-    report["disk_use"] = disk_report(&rt, bin, &tls)?;
+    report["disk_use"] = disk_report(&rt, bin, &tls, out)?;
     std::fs::create_dir_all(out)?;
     let path = out.join("store.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;

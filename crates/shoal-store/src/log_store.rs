@@ -80,10 +80,10 @@ struct Shared {
     db: Database,
     /// A contiguous run of the newest entries, by index, with their encoded sizes.
     cache: Mutex<Cache>,
-    /// Bytes appended since the last purge.
+    /// Bytes appended since the last purge or snapshot request.
     since_purge: AtomicUsize,
     snapshot_bytes: usize,
-    /// Fired when `since_purge` passes `snapshot_bytes`.
+    /// Fired each time `since_purge` passes `snapshot_bytes`.
     wants_snapshot: Arc<tokio::sync::Notify>,
     metrics: StoreMetrics,
 }
@@ -377,7 +377,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             let added = cache.bytes.saturating_sub(before);
             let total = self.shared.since_purge.fetch_add(added, Ordering::AcqRel) + added;
-            if total >= self.shared.snapshot_bytes && total - added < self.shared.snapshot_bytes {
+            // Counting starts again at each request: a snapshot does not always purge (the
+            // log keeps `logs_to_keep` entries behind it), and waiting for a purge that never
+            // comes would let the log grow until the entry-count policy fires.
+            if total >= self.shared.snapshot_bytes {
+                self.shared.since_purge.store(0, Ordering::Release);
                 self.shared.wants_snapshot.notify_one();
             }
         }

@@ -479,6 +479,42 @@ async fn survives_snapshots_and_log_purge_across_reopen() {
     store.shutdown().await.expect("shutdown");
 }
 
+/// The log's byte budget keeps asking for snapshots even when a snapshot purges nothing (the
+/// log keeps `logs_to_keep` entries behind it), so the log is truncated by bytes, not only by
+/// the entry-count policy.
+#[tokio::test]
+async fn the_log_byte_budget_triggers_snapshots_again_and_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        // The entry-count policy alone would never fire here.
+        snapshot_every: 1_000_000,
+        snapshot_log_bytes: 64 << 10,
+        logs_to_keep: 100,
+        ..StoreConfig::default()
+    };
+    let store = Store::open_with(dir.path(), config).await.expect("open");
+    // Sequential 2 KiB updates: one entry each, a snapshot asked for every ~30 entries, and
+    // the first snapshots purge nothing (fewer than 100 entries behind them).
+    store.create("/k", vec![0; 2048]).await.expect("create");
+    for i in 0..400u32 {
+        store
+            .update("/k", vec![(i % 251) as u8; 2048], None)
+            .await
+            .expect("update");
+    }
+    store
+        .inner
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| m.purged.is_some_and(|p| p.index >= 200),
+            "log purged by the byte budget",
+        )
+        .await
+        .expect("log purged by the byte budget");
+    store.shutdown().await.expect("shutdown");
+}
+
 /// Prints the latency of sequential writes and the rate of concurrent ones (no assertion on
 /// time: figures depend on the machine).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
