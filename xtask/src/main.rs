@@ -77,7 +77,8 @@ fn bench_apply() -> Result<()> {
 
     // Idle RSS: no pods yet, give the process a moment to settle.
     std::thread::sleep(Duration::from_secs(3));
-    let idle_rss_kib = rss_kib(&cluster)?;
+    let pid = cluster.pid().context("cluster is not running")?;
+    let idle_rss_kib = store::rss_kib(pid).context("VmRSS not found")?;
 
     // Warm the image and compile caches.
     apply(&cluster.kubeconfig(), &manifest("warm", &image, 1))?;
@@ -217,17 +218,6 @@ async fn time_to_running(
     let elapsed = started.elapsed();
     apply.await??;
     Ok(elapsed)
-}
-
-fn rss_kib(cluster: &Cluster) -> Result<u64> {
-    let pid = cluster.pid().context("cluster is not running")?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS not found")
 }
 
 fn machine() -> serde_json::Value {

@@ -15,7 +15,6 @@
 //! the same 1,000 keys of 1 KiB. Prints a table and writes `target/bench/store.json`. Never
 //! asserts on time.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -30,6 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use shoal_e2e::free_port;
 use shoal_tls::{CertificateAuthority, IssuedCertificate};
 
 type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -38,10 +38,6 @@ const CLIENTS: [usize; 3] = [1, 16, 256];
 /// HTTP/2 connections per member (streams are multiplexed on them).
 const CONNECTIONS: usize = 4;
 const VALUE: usize = 1024;
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -63,7 +59,8 @@ fn https_client(ca_pem: &str, identity: &IssuedCertificate) -> Result<Https> {
         .build(connector))
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// The resident set of process `pid` in KiB; `None` once it is gone.
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -72,7 +69,22 @@ fn rss_kib(pid: u32) -> u64 {
                 .and_then(|v| v.split_whitespace().next())
                 .and_then(|v| v.parse().ok())
         })
-        .unwrap_or(0)
+}
+
+/// A multi-threaded runtime of two workers, as many as this machine's cores.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+/// `out/name`, emptied: a data dir kept after the run (logs included), replaced by the next.
+fn fresh_dir(out: &Path, name: &str) -> Result<PathBuf> {
+    let dir = out.join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }
 
 fn dir_size(dir: &Path) -> u64 {
@@ -334,9 +346,7 @@ fn start_etcd(tls: &Tls, dir: &Path, n: usize, extra: &[&str]) -> Result<System>
         .ca
         .issue_server("etcd", &[], &["127.0.0.1".into(), "localhost".into()])?;
     let (cert, key) = tls.write(dir, "etcd", &member)?;
-    let ports: Vec<(u16, u16)> = (0..n)
-        .map(|_| Ok((free_port()?, free_port()?)))
-        .collect::<Result<_>>()?;
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let initial: Vec<String> = ports
         .iter()
         .enumerate()
@@ -396,9 +406,7 @@ struct ShoalCluster {
 }
 
 fn start_shoal(bin: &Path, dir: &Path, n: usize) -> Result<ShoalCluster> {
-    let ports: Vec<(u16, u16)> = (0..n)
-        .map(|_| Ok((free_port()?, free_port()?)))
-        .collect::<Result<_>>()?;
+    let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let mut procs = Vec::new();
     let mut dirs = Vec::new();
     let mut token = None;
@@ -527,7 +535,7 @@ fn put_rows(rt: &tokio::runtime::Runtime, system: &System) -> Result<PutRun> {
             let pids = pids.clone();
             std::thread::spawn(move || {
                 while sampling.load(Ordering::Relaxed) {
-                    let rss = pids.iter().map(|p| rss_kib(*p)).max().unwrap_or(0);
+                    let rss = pids.iter().filter_map(|p| rss_kib(*p)).max().unwrap_or(0);
                     max_rss.fetch_max(rss, Ordering::Relaxed);
                     std::thread::sleep(Duration::from_millis(200));
                 }
@@ -555,7 +563,7 @@ fn put_rows(rt: &tokio::runtime::Runtime, system: &System) -> Result<PutRun> {
         if clients == 256 {
             peak = max_rss.load(Ordering::Relaxed);
             std::thread::sleep(Duration::from_secs(3));
-            after = pids.iter().map(|p| rss_kib(*p)).max().unwrap_or(0);
+            after = pids.iter().filter_map(|p| rss_kib(*p)).max().unwrap_or(0);
         }
         rows.push((clients, result));
     }
@@ -682,13 +690,8 @@ fn disk_use(rt: &tokio::runtime::Runtime, system: &System) -> Result<(Load, u64)
 /// Only the failover figure, on a 3-member cluster whose data dirs and logs are kept under
 /// `out/failover` (to read what happened when a kill is not recovered from).
 pub fn failover_only(bin: &Path, out: &Path) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let dir = out.join("failover");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let rt = runtime()?;
+    let dir = fresh_dir(out, "failover")?;
     let mut shoal = start_shoal(bin, &dir, 3)?;
     wait_writable(&rt, &shoal.system)?;
     let samples = failover(&rt, &mut shoal, 10)?;
@@ -702,9 +705,7 @@ pub fn failover_only(bin: &Path, out: &Path) -> Result<()> {
 /// Disk use under a steady update load (100,000 updates of 1,000 keys), one member each.
 fn disk_report(rt: &tokio::runtime::Runtime, bin: &Path, tls: &Tls, out: &Path) -> Result<Value> {
     // Kept under `out`, to see which files the space is in.
-    let dir = out.join("store-disk-shoal");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = fresh_dir(out, "store-disk-shoal")?;
     let shoal = start_shoal(bin, &dir, 1)?;
     wait_writable(rt, &shoal.system)?;
     let (load_s, size_s) = disk_use(rt, &shoal.system)?;
@@ -724,10 +725,7 @@ fn disk_report(rt: &tokio::runtime::Runtime, bin: &Path, tls: &Tls, out: &Path) 
 /// Only the disk-use figure; writes `out/store-disk.json`.
 pub fn disk_only(bin: &Path, out: &Path, machine: Value) -> Result<()> {
     ensure_etcd()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let mut report = disk_report(&rt, bin, &Tls::new()?, out)?;
     report["machine"] = machine;
     std::fs::create_dir_all(out)?;
@@ -755,10 +753,7 @@ fn ensure_etcd() -> Result<()> {
 
 pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
     ensure_etcd()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let tls = Tls::new()?;
     let mut report = json!({"benchmark": "store", "value_bytes": VALUE, "machine": machine});
 
@@ -770,10 +765,7 @@ pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
         report[format!("etcd_{members}")] = etcd_run.json();
         drop(etcd);
 
-        // Kept (logs included) under `out`, replaced by the next run.
-        let dir = out.join(format!("store-shoal-{members}"));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let dir = fresh_dir(out, &format!("store-shoal-{members}"))?;
         let mut shoal = start_shoal(bin, &dir, members)?;
         wait_writable(&rt, &shoal.system)?;
         let run = put_rows(&rt, &shoal.system)?;
