@@ -188,45 +188,38 @@ pub async fn ca_bundle(server: &str, token: &JoinToken) -> Result<String> {
     Ok(pem)
 }
 
-/// The kubelet TLS bootstrap: files a CSR for `CN=system:node:<node>, O=system:nodes` signed
-/// by `key_pem`, waits until it is approved and signed, returns the certificate PEM.
-pub async fn request_node_certificate(
-    server: &str,
-    token: &JoinToken,
-    node: &str,
-    key_pem: &str,
-    timeout: Duration,
-) -> Result<String> {
+/// A CertificateSigningRequest named `name` for `request_pem` to `signer` with `usages`.
+fn csr_manifest(name: &str, request_pem: &str, signer: &str, usages: &[&str]) -> Value {
     use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let request_pem =
-        shoal_tls::request_certificate(key_pem, &format!("system:node:{node}"), &["system:nodes"])?;
-    let name = format!("node-csr-{node}-{:08x}", rand::random::<u32>());
-    let csr = json!({
+    json!({
         "apiVersion": "certificates.k8s.io/v1",
         "kind": "CertificateSigningRequest",
         "metadata": {"name": name},
         "spec": {
-            "request": b64.encode(&request_pem),
-            "signerName": "kubernetes.io/kube-apiserver-client-kubelet",
-            "usages": ["digital signature", "key encipherment", "client auth"],
+            "request": base64::engine::general_purpose::STANDARD.encode(request_pem),
+            "signerName": signer,
+            "usages": usages,
         },
-    });
-    let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
-    let _: Value = call(server, token, Method::POST, path, Some(&csr))
-        .await
-        .context("filing the certificate signing request")?;
-    tracing::info!(csr = %name, "waiting for the node certificate to be approved and signed");
+    })
+}
+
+/// Polls the CSR `name` with `get` until it is signed (its certificate PEM), denied or failed
+/// (an error with the reason), or `timeout` passed. `what` names it in messages.
+async fn wait_signed<F, Fut>(
+    what: &str,
+    name: &str,
+    timeout: Duration,
+    mut get: F,
+) -> Result<String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Value>>,
+{
+    use base64::Engine;
+    tracing::info!(csr = %name, "waiting for the {what} to be approved and signed");
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let current: Value = call(
-            server,
-            token,
-            Method::GET,
-            &format!("{path}/{name}"),
-            None::<&Value>,
-        )
-        .await?;
+        let current = get().await?;
         let conditions = current
             .pointer("/status/conditions")
             .and_then(Value::as_array)
@@ -237,7 +230,7 @@ pub async fn request_node_certificate(
             .find(|c| matches!(c["type"].as_str(), Some("Denied" | "Failed")))
         {
             bail!(
-                "the node certificate request {name} was {}: {}",
+                "the {what} request {name} was {}: {}",
                 refusal["type"]
                     .as_str()
                     .unwrap_or_default()
@@ -250,21 +243,49 @@ pub async fn request_node_certificate(
             .and_then(Value::as_str)
             .filter(|c| !c.is_empty())
         {
-            let pem = b64
+            return base64::engine::general_purpose::STANDARD
                 .decode(cert)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| anyhow!("the signed certificate of {name} is not base64 PEM"))?;
-            return Ok(pem);
+                .ok_or_else(|| anyhow!("the signed certificate of {name} is not base64 PEM"));
         }
         if tokio::time::Instant::now() >= deadline {
             bail!(
-                "the node certificate request {name} was not signed within {timeout:?}: \
-                 is a control-plane member running its controllers?"
+                "the {what} request {name} was not signed within {timeout:?}: is a \
+                 control-plane member running its controllers?"
             );
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The kubelet TLS bootstrap: files a CSR for `CN=system:node:<node>, O=system:nodes` signed
+/// by `key_pem`, waits until it is approved and signed, returns the certificate PEM.
+pub async fn request_node_certificate(
+    server: &str,
+    token: &JoinToken,
+    node: &str,
+    key_pem: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let request_pem =
+        shoal_tls::request_certificate(key_pem, &format!("system:node:{node}"), &["system:nodes"])?;
+    let name = format!("node-csr-{node}-{:08x}", rand::random::<u32>());
+    let csr = csr_manifest(
+        &name,
+        &request_pem,
+        "kubernetes.io/kube-apiserver-client-kubelet",
+        &["digital signature", "key encipherment", "client auth"],
+    );
+    let path = "/apis/certificates.k8s.io/v1/certificatesigningrequests";
+    let _: Value = call(server, token, Method::POST, path, Some(&csr))
+        .await
+        .context("filing the certificate signing request")?;
+    let url = format!("{path}/{name}");
+    wait_signed("node certificate", &name, timeout, || {
+        call(server, token, Method::GET, &url, None::<&Value>)
+    })
+    .await
 }
 
 /// Files a CSR for the node's serving certificate (`kubernetes.io/kubelet-serving`) as the
@@ -275,54 +296,25 @@ pub async fn request_serving_certificate(
     request_pem: &str,
     timeout: Duration,
 ) -> Result<String> {
-    use base64::Engine;
     use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
     let api: kube::Api<CertificateSigningRequest> = kube::Api::all(client.clone());
     let name = format!("node-serving-{node}-{:08x}", rand::random::<u32>());
-    let csr: CertificateSigningRequest = serde_json::from_value(json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": name},
-        "spec": {
-            "request": base64::engine::general_purpose::STANDARD.encode(request_pem),
-            "signerName": "kubernetes.io/kubelet-serving",
-            "usages": ["digital signature", "key encipherment", "server auth"],
-        },
-    }))
+    let csr: CertificateSigningRequest = serde_json::from_value(csr_manifest(
+        &name,
+        request_pem,
+        "kubernetes.io/kubelet-serving",
+        &["digital signature", "key encipherment", "server auth"],
+    ))
     .context("building the serving certificate request")?;
     api.create(&kube::api::PostParams::default(), &csr)
         .await
         .context("filing the serving certificate request")?;
-    tracing::info!(csr = %name, "waiting for the node serving certificate");
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
+    wait_signed("serving certificate", &name, timeout, || async {
         let current = api
             .get(&name)
             .await
             .with_context(|| format!("reading {name}"))?;
-        let status = current.status.unwrap_or_default();
-        if let Some(refusal) = status
-            .conditions
-            .iter()
-            .flatten()
-            .find(|c| (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True")
-        {
-            bail!(
-                "the serving certificate request {name} was {}: {}",
-                refusal.type_.to_ascii_lowercase(),
-                refusal.message.clone().unwrap_or_default()
-            );
-        }
-        if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
-            return String::from_utf8(cert.0)
-                .map_err(|_| anyhow!("the signed certificate of {name} is not PEM text"));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!(
-                "the serving certificate request {name} was not signed within {timeout:?}: \
-                 is a control-plane member running its controllers?"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        Ok(serde_json::to_value(current)?)
+    })
+    .await
 }
