@@ -216,7 +216,30 @@ pub fn encode_event(event: &WatchEvent) -> Vec<u8> {
     }
 }
 
-pub fn decode_event(raw: &[u8]) -> Result<WatchEvent, CorruptRecord> {
+/// A history event as stored. An update names the value it replaced by that value's revision
+/// (where the update before it is in history, or in the kept table once compacted) instead of
+/// repeating it: without it every update would cost its value twice on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredEvent {
+    Full(WatchEvent),
+    /// A put whose previous value is the put of the same key at `prev_revision`.
+    PutAfter {
+        kv: KeyValue,
+        prev_revision: u64,
+    },
+}
+
+/// An update stored as `StoredEvent::PutAfter`.
+pub fn encode_put_after(kv: &KeyValue, prev_revision: u64) -> Vec<u8> {
+    let mut w = Writer::with_capacity(64 + kv.key.len() + kv.value.len());
+    w.u8(2);
+    w.bytes(kv.key.as_bytes());
+    write_kv_body(&mut w, kv);
+    w.u64(prev_revision);
+    w.seal(&[])
+}
+
+pub fn decode_event(raw: &[u8]) -> Result<StoredEvent, CorruptRecord> {
     let mut r = Reader(unseal(&[], raw)?);
     let tag = r.u8()?;
     let key = r.string()?;
@@ -227,12 +250,17 @@ pub fn decode_event(raw: &[u8]) -> Result<WatchEvent, CorruptRecord> {
                 0 => None,
                 _ => Some(read_kv_body(&mut r, &key)?),
             };
-            Ok(WatchEvent::Put { kv, prev })
+            Ok(StoredEvent::Full(WatchEvent::Put { kv, prev }))
         }
         1 => {
             let revision = r.u64()?;
             let prev = read_kv_body(&mut r, &key)?;
-            Ok(WatchEvent::Delete { prev, revision })
+            Ok(StoredEvent::Full(WatchEvent::Delete { prev, revision }))
+        }
+        2 => {
+            let kv = read_kv_body(&mut r, &key)?;
+            let prev_revision = r.u64()?;
+            Ok(StoredEvent::PutAfter { kv, prev_revision })
         }
         _ => Err(CorruptRecord("unknown event tag")),
     }
@@ -482,7 +510,20 @@ mod tests {
         ];
         for e in events {
             let back = decode_event(&encode_event(&e)).expect("decodes");
-            assert_eq!(back, e);
+            assert_eq!(back, StoredEvent::Full(e));
+        }
+        let after = encode_put_after(&kv("/a", "zz", 1, 9), 4);
+        assert_eq!(
+            decode_event(&after).expect("decodes"),
+            StoredEvent::PutAfter {
+                kv: kv("/a", "zz", 1, 9),
+                prev_revision: 4
+            }
+        );
+        for i in 0..after.len() {
+            let mut bad = after.clone();
+            bad[i] ^= 0x10;
+            assert!(decode_event(&bad).is_err(), "put-after flip at {i}");
         }
     }
 

@@ -15,8 +15,9 @@
 //! Reads are linearizable by read index on whichever member serves them (`read.rs`); watches
 //! are served by every member from its own history. History and remembered write ids are
 //! compacted automatically, keeping at least `StoreConfig::history_retain` revisions. Snapshots
-//! stream to and from files; the log is truncated behind them and a snapshot is taken whenever
-//! the log grew by `StoreConfig::snapshot_log_bytes`, so disk use stays bounded.
+//! stream to and from files; a snapshot is taken whenever the log grew by
+//! `StoreConfig::snapshot_log_bytes` (or half the last snapshot, if more), and the log is truncated behind it down to
+//! `StoreConfig::log_keep_bytes`, so disk use stays bounded.
 //!
 //! Knows nothing of Kubernetes; only the apiserver (and the CLI that wires it) use it.
 
@@ -43,6 +44,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use openraft::storage::RaftLogStorage;
 use openraft::{Raft, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch as tokio_watch;
@@ -149,10 +151,14 @@ pub struct StoreConfig {
     pub event_ring_bytes: usize,
     /// Log entries between state machine snapshots (after which the log is purged).
     pub snapshot_every: u64,
-    /// Log bytes appended since the last purge after which a snapshot is taken.
+    /// Log bytes appended since the last purge after which a snapshot is taken (or half the
+    /// last snapshot's size, if that is more).
     pub snapshot_log_bytes: usize,
-    /// Log entries kept behind the last snapshot when the log is purged.
+    /// At most this many log entries are kept behind the last snapshot when the log is
+    /// purged (for followers that lag a little to catch up without a snapshot)...
     pub logs_to_keep: u64,
+    /// ...and at most this many bytes of them: one entry can carry a batch of many writes.
+    pub log_keep_bytes: usize,
     /// How long `start` waits for a leader and (alone) for its log to be replayed.
     pub open_timeout: Duration,
     /// How long a write waits to be committed before it fails with `StoreError::Timeout`.
@@ -173,8 +179,9 @@ impl Default for StoreConfig {
             history_age: None,
             event_ring_bytes: 16 << 20,
             snapshot_every: 20_000,
-            snapshot_log_bytes: 16 << 20,
+            snapshot_log_bytes: 8 << 20,
             logs_to_keep: 1000,
+            log_keep_bytes: 2 << 20,
             open_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(5),
@@ -212,6 +219,14 @@ impl DiskError {
             what: what.to_owned(),
             source,
         }
+    }
+
+    /// A record that another one names is not there.
+    pub(crate) fn missing(what: &str) -> DiskError {
+        DiskError::corrupt_key(
+            what,
+            CorruptRecord("missing, yet a retained record names it"),
+        )
     }
 }
 
@@ -508,17 +523,20 @@ impl Store {
         }
         let metrics = StoreMetrics::default();
         let wants_snapshot = Arc::new(tokio::sync::Notify::new());
-        let (log_store, log_writer) = log_store::LogStore::open(
+        let trigger = Arc::new(log_store::SnapshotTrigger::new(config.snapshot_log_bytes));
+        let (mut log_store, log_writer) = log_store::LogStore::open(
             &dir.join("raft-log.redb"),
-            config.snapshot_log_bytes,
+            Arc::clone(&trigger),
             Arc::clone(&wants_snapshot),
             metrics.clone(),
         )?;
+        let log_reader = log_store.get_log_reader().await;
         let sm = state_machine::StateMachine::open(
             &dir.join("state.redb"),
             config.history_retain,
             config.event_ring_bytes,
             metrics.clone(),
+            trigger,
         )?;
         let shared = sm.shared();
         if shared.removed().contains(&identity.member_id) {
@@ -544,7 +562,9 @@ impl Store {
             election_timeout_min: min.as_millis() as u64,
             election_timeout_max: max.as_millis() as u64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
-            max_in_snapshot_log_to_keep: config.logs_to_keep,
+            // openraft's own purge keeps a number of entries; `purge_behind_snapshots` purges
+            // by bytes instead (an entry can carry a batch of many writes).
+            max_in_snapshot_log_to_keep: u64::MAX,
             max_payload_entries: 32,
             install_snapshot_timeout: 600_000,
             ..Default::default()
@@ -655,6 +675,12 @@ impl Store {
         tasks.push(tokio::spawn(trigger_snapshots(
             raft.clone(),
             wants_snapshot,
+            cancel.clone(),
+        )));
+        tasks.push(tokio::spawn(purge_behind_snapshots(
+            raft.clone(),
+            log_reader,
+            (config.log_keep_bytes, config.logs_to_keep),
             cancel.clone(),
         )));
         if let Some(age) = config.history_age {
@@ -1032,6 +1058,44 @@ async fn trigger_snapshots(
         tracing::debug!("raft log past its byte budget: taking a snapshot");
         if raft.trigger().snapshot().await.is_err() {
             return;
+        }
+    }
+}
+
+/// After each snapshot, purges the log behind it down to `keep` (bytes, entries). openraft
+/// defers a purge while a replication to a follower still reads those entries; a follower
+/// that needs purged entries gets a snapshot.
+async fn purge_behind_snapshots(
+    raft: Raft<TypeConfig>,
+    log: log_store::LogReader,
+    (keep_bytes, keep_entries): (usize, u64),
+    cancel: CancellationToken,
+) {
+    let mut rx = raft.metrics();
+    let mut done: Option<u64> = None;
+    loop {
+        let snapshot = rx.borrow_and_update().snapshot.map(|s| s.index);
+        if let Some(snapshot) = snapshot.filter(|s| Some(*s) != done) {
+            let log = log.clone();
+            let point = tokio::task::spawn_blocking(move || {
+                log.purge_point(snapshot, keep_bytes, keep_entries)
+            })
+            .await;
+            match point {
+                Ok(Ok(Some(upto))) => {
+                    if raft.trigger().purge_log(upto).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "reading the raft log to purge it"),
+                Err(_) => return,
+            }
+            done = Some(snapshot);
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rx.changed() => if changed.is_err() { return },
         }
     }
 }

@@ -13,14 +13,16 @@
 //!
 //! Every commit is durable and two-phase, and the file's page checksums are verified on open,
 //! so a damaged log is refused at start instead of being silently rolled back. The log also
-//! counts the bytes appended since its last purge; past `snapshot_bytes` it asks the store for
-//! a snapshot (after which openraft purges the log), which bounds the log in bytes.
+//! counts the bytes appended since its last purge; past the `SnapshotTrigger`'s threshold it
+//! asks the store for a snapshot, after which the store purges the log behind it
+//! (`LogReader::purge_point`), which bounds the log in bytes: between snapshots by the
+//! threshold, behind one by a byte budget.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -82,10 +84,37 @@ struct Shared {
     cache: Mutex<Cache>,
     /// Bytes appended since the last purge or snapshot request.
     since_purge: AtomicUsize,
-    snapshot_bytes: usize,
-    /// Fired each time `since_purge` passes `snapshot_bytes`.
+    trigger: Arc<SnapshotTrigger>,
+    /// Fired each time `since_purge` passes the trigger's threshold.
     wants_snapshot: Arc<tokio::sync::Notify>,
     metrics: StoreMetrics,
+}
+
+/// How many log bytes call for a snapshot: `floor`, or half the last snapshot's size when that
+/// is more. A small state keeps a small log; a large one is not rewritten after every few MiB
+/// of log (snapshot writes stay under twice the log's).
+pub struct SnapshotTrigger {
+    floor: usize,
+    last_snapshot: AtomicU64,
+}
+
+impl SnapshotTrigger {
+    pub fn new(floor: usize) -> Self {
+        SnapshotTrigger {
+            floor,
+            last_snapshot: AtomicU64::new(0),
+        }
+    }
+
+    pub fn threshold(&self) -> usize {
+        let half = self.last_snapshot.load(Ordering::Relaxed) / 2;
+        self.floor.max(usize::try_from(half).unwrap_or(usize::MAX))
+    }
+
+    /// A snapshot of `bytes` became the current one.
+    pub fn snapshot_written(&self, bytes: u64) {
+        self.last_snapshot.store(bytes, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -158,10 +187,10 @@ struct Message(String);
 
 impl LogStore {
     /// Opens `path` and starts the writer thread; the thread ends when the store is dropped.
-    /// Past `snapshot_bytes` appended since the last purge, `wants_snapshot` is notified.
+    /// Past `trigger`'s threshold appended since the last purge, `wants_snapshot` is notified.
     pub fn open(
         path: &Path,
-        snapshot_bytes: usize,
+        trigger: Arc<SnapshotTrigger>,
         wants_snapshot: Arc<tokio::sync::Notify>,
         metrics: StoreMetrics,
     ) -> Result<(LogStore, JoinHandle<()>), DiskError> {
@@ -197,7 +226,7 @@ impl LogStore {
             db,
             cache: Mutex::new(Cache::default()),
             since_purge: AtomicUsize::new(0),
-            snapshot_bytes,
+            trigger,
             wants_snapshot,
             metrics,
         });
@@ -286,6 +315,32 @@ impl Shared {
         }
         out.extend(cached);
         Ok(out)
+    }
+}
+
+impl LogReader {
+    /// The index to purge up to (inclusive) after a snapshot that covers the log up to
+    /// `snapshot`, so that at most `keep_entries` entries and `keep_bytes` encoded bytes stay
+    /// behind it (for followers that lag a little to catch up from the log rather than from a
+    /// snapshot); `None` when everything behind it fits. Counted backwards from `snapshot`.
+    pub(crate) fn purge_point(
+        &self,
+        snapshot: u64,
+        keep_bytes: usize,
+        keep_entries: u64,
+    ) -> Result<Option<u64>, DiskError> {
+        let txn = self.shared.db.begin_read()?;
+        let log = txn.open_table(LOG)?;
+        let mut kept_bytes = 0usize;
+        for (kept, item) in (0u64..).zip(log.range(..=snapshot)?.rev()) {
+            let (index, raw) = item?;
+            let size = raw.value().len();
+            if kept >= keep_entries || kept_bytes + size > keep_bytes {
+                return Ok(Some(index.value()));
+            }
+            kept_bytes += size;
+        }
+        Ok(None)
     }
 }
 
@@ -380,7 +435,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // Counting starts again at each request: a snapshot does not always purge (the
             // log keeps `logs_to_keep` entries behind it), and waiting for a purge that never
             // comes would let the log grow until the entry-count policy fires.
-            if total >= self.shared.snapshot_bytes {
+            if total >= self.shared.trigger.threshold() {
                 self.shared.since_purge.store(0, Ordering::Release);
                 self.shared.wants_snapshot.notify_one();
             }

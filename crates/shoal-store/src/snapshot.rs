@@ -5,7 +5,8 @@
 //!
 //! Layout: `SHOALSNP`, then frames `tag u8, len u32, payload`: one header (JSON: the raft
 //! snapshot meta, revision, compaction point, removed members), then every key record, every
-//! retained history event and every remembered write outcome, then an end frame carrying a
+//! retained history event, every kept event (compacted puts that retained updates name) and
+//! every remembered write outcome, then an end frame carrying a
 //! CRC-32 of all bytes before it. A file that fails the checksum, ends early or has an unknown
 //! frame is refused before anything it holds is committed.
 //!
@@ -24,13 +25,14 @@ use serde::{Deserialize, Serialize};
 use crate::DiskError;
 use crate::codec::{CorruptRecord, check_record};
 use crate::raft::Member;
-use crate::state_machine::{HISTORY, KV, OPS};
+use crate::state_machine::{HISTORY, KEPT, KV, OPS};
 
 const MAGIC: &[u8; 8] = b"SHOALSNP";
 const HEADER: u8 = 1;
 const KEY: u8 = 2;
 const EVENT: u8 = 3;
 const OUTCOME: u8 = 4;
+const KEPT_EVENT: u8 = 5;
 const END: u8 = 0;
 
 /// What a snapshot says besides its records.
@@ -88,6 +90,12 @@ pub fn write(txn: &ReadTransaction, header: &SnapshotHeader, path: &Path) -> Res
     for item in history.iter()? {
         let (rev, v) = item?;
         w.frame(EVENT, &[&rev.value().to_le_bytes(), v.value()])?;
+    }
+    let kept = txn.open_table(KEPT)?;
+    for item in kept.iter()? {
+        let (k, v) = item?;
+        let key = k.value().as_bytes();
+        w.frame(KEPT_EVENT, &[&len_prefixed(key), key, v.value()])?;
     }
     let ops = txn.open_table(OPS)?;
     for item in ops.iter()? {
@@ -196,9 +204,11 @@ pub fn load(file: File, txn: &WriteTransaction) -> Result<SnapshotHeader, DiskEr
     let (mut r, header) = open_reader(file)?;
     let mut kv = txn.open_table(KV)?;
     let mut history = txn.open_table(HISTORY)?;
+    let mut kept = txn.open_table(KEPT)?;
     let mut ops = txn.open_table(OPS)?;
     kv.retain(|_, _| false)?;
     history.retain(|_, _| false)?;
+    kept.retain(|_, _| false)?;
     ops.retain(|_, _| false)?;
     let mut buf = Vec::new();
     loop {
@@ -214,6 +224,12 @@ pub fn load(file: File, txn: &WriteTransaction) -> Result<SnapshotHeader, DiskEr
             EVENT => {
                 let (rev, event) = fixed::<8>(&buf)?;
                 history.insert(u64::from_le_bytes(rev), event)?;
+            }
+            KEPT_EVENT => {
+                let (key, event) = split_u32(&buf)?;
+                let key = std::str::from_utf8(key)
+                    .map_err(|_| CorruptRecord("snapshot key is not utf-8"))?;
+                kept.insert(key, event)?;
             }
             OUTCOME => {
                 let (id, outcome) = fixed::<16>(&buf)?;

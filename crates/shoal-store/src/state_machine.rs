@@ -11,6 +11,12 @@
 //! applied durable, and openraft purges the log only up to a snapshot, so purged log never runs
 //! ahead of durable state.
 //!
+//! History: an update's event names the value it replaced by revision rather than repeating
+//! it (`StoredEvent::PutAfter`). When compaction drops the event a retained update refers to,
+//! that event moves to the kept table (key -> event), one per key at most, until the update
+//! referring to it is compacted in turn; an update written when its predecessor was already
+//! compacted carries the value inline.
+//!
 //! Write ids: every applied write's outcome is remembered under its id until the watch history
 //! older than the id's ticket is compacted; a write applied again with the same id gets its
 //! first outcome back. Snapshots are files (see `snapshot.rs`).
@@ -30,7 +36,8 @@ use openraft::{
 use redb::{Database, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition};
 
 use crate::codec::{
-    decode_event, decode_outcome, decode_record, encode_event, encode_outcome, encode_record,
+    StoredEvent, decode_event, decode_outcome, decode_record, encode_event, encode_outcome,
+    encode_put_after, encode_record,
 };
 use crate::events::EventRing;
 use crate::metrics::StoreMetrics;
@@ -41,6 +48,8 @@ use crate::{DiskError, KeyValue, WatchEvent};
 pub(crate) const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 pub(crate) const OPS: TableDefinition<u128, &[u8]> = TableDefinition::new("ops");
+/// Compacted put events still named by a retained update, by key.
+pub(crate) const KEPT: TableDefinition<&str, &[u8]> = TableDefinition::new("kept");
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const APPLIED_KEY: &str = "applied";
@@ -94,6 +103,17 @@ struct SnapshotFiles {
     /// Files handed out by `begin_receiving_snapshot`, by (device, inode).
     incoming: Mutex<HashMap<(u64, u64), PathBuf>>,
     seq: AtomicU64,
+    /// Told the size of each snapshot that becomes current.
+    trigger: Arc<crate::log_store::SnapshotTrigger>,
+}
+
+impl SnapshotFiles {
+    fn set_current(&self, meta: &SnapshotMeta<u64, Member>, path: &Path) {
+        if let Ok(m) = std::fs::metadata(path) {
+            self.trigger.snapshot_written(m.len());
+        }
+        *lock(&self.current) = Some((meta.clone(), path.to_owned()));
+    }
 }
 
 /// openraft's state machine; owned by its state machine worker.
@@ -192,12 +212,14 @@ impl StateMachine {
         retain: u64,
         ring_bytes: usize,
         metrics: StoreMetrics,
+        trigger: Arc<crate::log_store::SnapshotTrigger>,
     ) -> Result<StateMachine, DiskError> {
         let db = open_database(path)?;
         let txn = db.begin_write()?;
         txn.open_table(KV)?;
         txn.open_table(HISTORY)?;
         txn.open_table(OPS)?;
+        txn.open_table(KEPT)?;
         txn.open_table(META)?;
         txn.commit()?;
         let state = read_applied(&db.begin_read()?)?;
@@ -206,6 +228,12 @@ impl StateMachine {
             .map_or_else(|| PathBuf::from("snapshots"), |p| p.join("snapshots"));
         std::fs::create_dir_all(&dir)?;
         let current = snapshot::newest(&dir).map(|(h, p)| (h.meta, p));
+        if let Some(m) = current
+            .as_ref()
+            .and_then(|(_, p)| std::fs::metadata(p).ok())
+        {
+            trigger.snapshot_written(m.len());
+        }
         snapshot::clean(&dir, current.as_ref().map(|(_, p)| p.as_path()), true);
         Ok(StateMachine {
             shared: Arc::new(Shared {
@@ -222,6 +250,7 @@ impl StateMachine {
                     current: Mutex::new(current),
                     incoming: Mutex::new(HashMap::new()),
                     seq: AtomicU64::new(0),
+                    trigger,
                 },
             }),
             applied: state.applied,
@@ -264,6 +293,7 @@ impl StateMachine {
             let mut t = Tables {
                 kv: txn.open_table(KV)?,
                 history: txn.open_table(HISTORY)?,
+                kept: txn.open_table(KEPT)?,
                 ops: txn.open_table(OPS)?,
             };
             for entry in entries {
@@ -346,6 +376,7 @@ impl StateMachine {
 struct Tables<'t> {
     kv: Table<'t, &'static str, &'static [u8]>,
     history: Table<'t, u64, &'static [u8]>,
+    kept: Table<'t, &'static str, &'static [u8]>,
     ops: Table<'t, u128, &'static [u8]>,
 }
 
@@ -368,10 +399,44 @@ fn current(
     }
 }
 
-/// Drops history up to `upto` and the write ids ticketed up to it.
+/// Drops history up to `upto` and the write ids ticketed up to it. For each key with events
+/// in the dropped range, its kept event (named only by the first of them) goes, and its last
+/// event there is kept if it is a put and the key changed after `upto`: the change is then a
+/// retained update that names it, or a delete (which carries its value itself; the kept event
+/// then waits, unneeded, until that delete is compacted).
 fn compact(t: &mut Tables<'_>, st: &mut ApplyState, upto: u64) -> Result<(), DiskError> {
     if upto <= st.compacted {
         return Ok(());
+    }
+    // Each key's last event in the range, and whether it is a put.
+    let mut last: HashMap<String, (u64, bool)> = HashMap::new();
+    for item in t.history.range(st.compacted + 1..=upto)? {
+        let (rev, raw) = item?;
+        let rev = rev.value();
+        let event = decode_event(raw.value())
+            .map_err(|e| DiskError::corrupt_key(&format!("history/{rev}"), e))?;
+        let (key, put) = match &event {
+            StoredEvent::Full(WatchEvent::Put { kv, .. }) | StoredEvent::PutAfter { kv, .. } => {
+                (&kv.key, true)
+            }
+            StoredEvent::Full(WatchEvent::Delete { prev, .. }) => (&prev.key, false),
+        };
+        last.insert(key.clone(), (rev, put));
+    }
+    for (key, (rev, put)) in last {
+        t.kept.remove(key.as_str())?;
+        if !put {
+            continue;
+        }
+        let named = current(&t.kv, &key)?.is_none_or(|now| now.mod_revision > upto);
+        if named {
+            let raw = t
+                .history
+                .get(rev)?
+                .map(|v| v.value().to_vec())
+                .ok_or_else(|| DiskError::missing(&format!("history/{rev}")))?;
+            t.kept.insert(key.as_str(), raw.as_slice())?;
+        }
     }
     t.history.retain_in(..=upto, |_, _| false)?;
     t.ops
@@ -403,10 +468,10 @@ fn apply_op(
                     return Ok(Outcome::Expired);
                 };
                 match decode_event(raw.value()).map_err(|e| DiskError::corrupt_key("history", e))? {
-                    WatchEvent::Delete { prev, revision } => {
+                    StoredEvent::Full(WatchEvent::Delete { prev, revision }) => {
                         Ok(Outcome::Deleted { prev, revision })
                     }
-                    WatchEvent::Put { .. } => Ok(Outcome::Expired),
+                    _ => Ok(Outcome::Expired),
                 }
             }
         };
@@ -528,8 +593,15 @@ fn apply_write(
             )
         }
     };
-    t.history
-        .insert(st.revision, encode_event(&event).as_slice())?;
+    let stored = match &event {
+        // The replaced value is the event at its revision, still in history.
+        WatchEvent::Put {
+            kv,
+            prev: Some(prev),
+        } if prev.mod_revision > st.compacted => encode_put_after(kv, prev.mod_revision),
+        _ => encode_event(&event),
+    };
+    t.history.insert(st.revision, stored.as_slice())?;
     events.push(event);
     Ok(outcome)
 }
@@ -604,6 +676,7 @@ impl Shared {
             return Ok(Err(compacted + 1));
         }
         let history = txn.open_table(HISTORY)?;
+        let kept = txn.open_table(KEPT)?;
         let mut events = Vec::new();
         let mut scanned = after;
         for item in history.range(after.saturating_add(1)..)?.take(max) {
@@ -611,11 +684,57 @@ impl Shared {
             scanned = rev.value();
             let event = decode_event(v.value())
                 .map_err(|e| self.corrupt(&format!("history/{scanned}"), e))?;
-            if event_key(&event).starts_with(prefix) {
-                events.push(event);
+            let key = match &event {
+                StoredEvent::Full(e) => event_key(e),
+                StoredEvent::PutAfter { kv, .. } => &kv.key,
+            };
+            if !key.starts_with(prefix) {
+                continue;
             }
+            events.push(match event {
+                StoredEvent::Full(e) => e,
+                StoredEvent::PutAfter { kv, prev_revision } => {
+                    let prev = self.replaced(&history, &kept, &kv.key, prev_revision, compacted)?;
+                    WatchEvent::Put {
+                        kv,
+                        prev: Some(prev),
+                    }
+                }
+            });
         }
         Ok(Ok((events, scanned)))
+    }
+
+    /// The value of `key` at `revision`, which an update replaced: the put there, in history
+    /// or (compacted) in the kept table.
+    fn replaced(
+        &self,
+        history: &impl ReadableTable<u64, &'static [u8]>,
+        kept: &impl ReadableTable<&'static str, &'static [u8]>,
+        key: &str,
+        revision: u64,
+        compacted: u64,
+    ) -> Result<KeyValue, DiskError> {
+        let (what, raw) = if revision > compacted {
+            (format!("history/{revision}"), history.get(revision)?)
+        } else {
+            (format!("kept/{key}"), kept.get(key)?)
+        };
+        let found = match raw {
+            Some(raw) => decode_event(raw.value()).map_err(|e| self.corrupt(&what, e))?,
+            None => return Err(DiskError::missing(&what)),
+        };
+        match found {
+            StoredEvent::Full(WatchEvent::Put { kv, .. }) | StoredEvent::PutAfter { kv, .. }
+                if kv.key == key && kv.mod_revision == revision =>
+            {
+                Ok(kv)
+            }
+            _ => Err(self.corrupt(
+                &what,
+                crate::codec::CorruptRecord("not the put an update replaced"),
+            )),
+        }
     }
 
     /// Makes every applied transaction durable.
@@ -689,7 +808,7 @@ fn build(
     snapshot::write(&txn, &header, &partial)?;
     std::fs::rename(&partial, &path)?;
     sync_dir(&files.dir)?;
-    *lock(&files.current) = Some((meta.clone(), path.clone()));
+    files.set_current(&meta, &path);
     snapshot::clean(&files.dir, Some(&path), false);
     Ok((meta, path))
 }
@@ -873,7 +992,7 @@ fn install(
     let header = loaded?;
     std::fs::rename(&source, &path)?;
     sync_dir(&files.dir)?;
-    *lock(&files.current) = Some((meta.clone(), path.clone()));
+    files.set_current(meta, &path);
     snapshot::clean(&files.dir, Some(&path), false);
     Ok(header)
 }

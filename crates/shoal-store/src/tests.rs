@@ -356,6 +356,93 @@ async fn a_watcher_behind_the_memory_ring_reads_history_from_disk() {
     store.shutdown().await.expect("shutdown");
 }
 
+/// Rows in the kept table (compacted puts that retained updates name).
+fn kept_len(store: &Store) -> u64 {
+    let sm = store.inner.sm.read().expect("lock");
+    let shared = sm.as_ref().expect("open");
+    let txn = redb::ReadableDatabase::begin_read(&shared.db).expect("read");
+    let kept = txn.open_table(state_machine::KEPT).expect("kept table");
+    redb::ReadableTableMetadata::len(&kept).expect("len")
+}
+
+fn put_of(e: &WatchEvent) -> (&str, &[u8], Option<&[u8]>) {
+    match e {
+        WatchEvent::Put { kv, prev } => (&kv.key, &kv.value, prev.as_ref().map(|p| &p.value[..])),
+        WatchEvent::Delete { .. } => panic!("a delete where a put was expected: {e:?}"),
+    }
+}
+
+/// History stores an update with a reference to the value it replaced; replayed from disk,
+/// after the replaced value's own event was compacted and across a restart, the update still
+/// carries it, and the kept copies go once nothing names them.
+#[tokio::test]
+async fn updates_replayed_from_disk_carry_the_value_they_replaced_across_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // History compacts to the last 5 revisions once 10 piled up; the ring holds one event.
+    let config = StoreConfig {
+        history_retain: 5,
+        event_ring_bytes: 1,
+        ..StoreConfig::default()
+    };
+    {
+        let store = Store::open_with(dir.path(), config.clone())
+            .await
+            .expect("open");
+        store.create("/a", b"a1".to_vec()).await.expect("rev 1");
+        store.create("/b", b"b0".to_vec()).await.expect("rev 2");
+        store.create("/c", b"c1".to_vec()).await.expect("rev 3");
+        for (i, v) in ["b1", "b2", "b3"].iter().enumerate() {
+            store
+                .update("/b", v.as_bytes().to_vec(), None)
+                .await
+                .unwrap_or_else(|e| panic!("rev {}: {e}", 4 + i));
+        }
+        store
+            .update("/a", b"a2".to_vec(), None)
+            .await
+            .expect("rev 7");
+        store
+            .update("/c", b"c2".to_vec(), None)
+            .await
+            .expect("rev 8");
+        store.delete("/c", None).await.expect("rev 9");
+        store.create("/c", b"c3".to_vec()).await.expect("rev 10");
+        // Compacted up to 5: revisions 1, 3 and 5 are named by updates 7, 8 and 6.
+        assert!(store.watch("", 4).is_err());
+        assert_eq!(kept_len(&store), 3);
+        store.shutdown().await.expect("shutdown");
+    }
+    let store = Store::open_with(dir.path(), config).await.expect("reopen");
+    let mut stream = store.watch("", 5).expect("watch from the compaction point");
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next_event(&mut stream).await.expect("event"));
+    }
+    assert_eq!(put_of(&got[0]), ("/b", &b"b3"[..], Some(&b"b2"[..])));
+    assert_eq!(put_of(&got[1]), ("/a", &b"a2"[..], Some(&b"a1"[..])));
+    assert_eq!(put_of(&got[2]), ("/c", &b"c2"[..], Some(&b"c1"[..])));
+    assert_eq!(key_rev(&got[3]), ("/c".into(), 9, false));
+    assert_eq!(put_of(&got[4]), ("/c", &b"c3"[..], None));
+    drop(stream);
+    // Five more writes compact through 10: every update naming a kept event is gone.
+    for i in 0..5 {
+        store
+            .create(&format!("/z/{i}"), Vec::new())
+            .await
+            .expect("create");
+    }
+    assert_eq!(kept_len(&store), 0);
+    // An update whose predecessor was compacted when it was written carries it inline.
+    store
+        .update("/a", b"a3".to_vec(), None)
+        .await
+        .expect("rev 16");
+    let mut stream = store.watch("/a", 10).expect("watch");
+    let e = next_event(&mut stream).await.expect("event");
+    assert_eq!(put_of(&e), ("/a", &b"a3"[..], Some(&b"a2"[..])));
+    store.shutdown().await.expect("shutdown");
+}
+
 #[tokio::test]
 async fn a_watcher_overtaken_by_compaction_gets_compacted_then_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -512,6 +599,52 @@ async fn the_log_byte_budget_triggers_snapshots_again_and_again() {
         )
         .await
         .expect("log purged by the byte budget");
+    store.shutdown().await.expect("shutdown");
+}
+
+/// Behind a snapshot the log keeps at most `log_keep_bytes`, however few entries that is: one
+/// entry can carry a batch of hundreds of writes, so a count alone does not bound the file.
+#[tokio::test]
+async fn the_log_behind_a_snapshot_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = StoreConfig {
+        snapshot_every: 100,
+        // By count alone nothing would ever be purged in this test.
+        logs_to_keep: 1_000_000,
+        // About four of the entries written below.
+        log_keep_bytes: 9 << 10,
+        ..StoreConfig::default()
+    };
+    let store = Store::open_with(dir.path(), config).await.expect("open");
+    store.create("/k", vec![0; 2048]).await.expect("create");
+    for i in 0..250u32 {
+        store
+            .update("/k", vec![(i % 251) as u8; 2048], None)
+            .await
+            .expect("update");
+    }
+    let metrics = store
+        .inner
+        .raft
+        .wait(Some(DEADLINE))
+        .metrics(
+            |m| match (m.snapshot, m.purged) {
+                (Some(s), Some(p)) => s.index >= 150 && p.index + 10 >= s.index,
+                _ => false,
+            },
+            "log purged to a few entries behind the snapshot",
+        )
+        .await
+        .expect("log purged by bytes");
+    let (snapshot, purged) = (
+        metrics.snapshot.expect("snapshot").index,
+        metrics.purged.expect("purged").index,
+    );
+    assert!(
+        snapshot - purged <= 4,
+        "{} entries of about 2 KiB kept behind the snapshot at {snapshot}, for a 9 KiB budget",
+        snapshot - purged
+    );
     store.shutdown().await.expect("shutdown");
 }
 
@@ -706,7 +839,7 @@ impl
         let dir = tempfile::tempdir().map_err(|e| to_storage(&e))?;
         let (log, _writer) = log_store::LogStore::open(
             &dir.path().join("raft-log.redb"),
-            16 << 20,
+            Arc::new(log_store::SnapshotTrigger::new(16 << 20)),
             Arc::new(tokio::sync::Notify::new()),
             StoreMetrics::default(),
         )
@@ -716,6 +849,7 @@ impl
             10_000,
             1 << 20,
             StoreMetrics::default(),
+            Arc::new(log_store::SnapshotTrigger::new(16 << 20)),
         )
         .map_err(|e| to_storage(&e))?;
         Ok((dir, log, sm))

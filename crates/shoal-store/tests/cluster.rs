@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use shoal_store::{
     Identity, MEMBERS_GROUP, Member, MemberOptions, PeerTransport, Store, StoreConfig, StoreError,
+    WatchEvent,
 };
 use shoal_tls::CertificateAuthority;
 
@@ -298,6 +299,8 @@ async fn a_member_added_after_the_log_was_purged_catches_up_from_a_streamed_snap
     let mut f = Fixture::new(StoreConfig {
         snapshot_every: 20,
         logs_to_keep: 5,
+        // Compacts to the last 50 revisions every 50.
+        history_retain: 50,
         ..fast()
     });
     f.cluster(1).await;
@@ -308,6 +311,31 @@ async fn a_member_added_after_the_log_was_purged_catches_up_from_a_streamed_snap
             .await
             .expect("create");
     }
+    // `/kept` is created at 420 and updated at 470; compaction reaches 450 at 500, so the
+    // update's replaced value survives only in the kept table, which the snapshot carries.
+    let mut x = 0;
+    let mut filler = |n: usize| {
+        let first = first.clone();
+        let from = x;
+        x += n;
+        async move {
+            for i in from..from + n {
+                first
+                    .create(&format!("/x/{i:03}"), Vec::new())
+                    .await
+                    .expect("create");
+            }
+        }
+    };
+    filler(19).await;
+    first.create("/kept", b"v1".to_vec()).await.expect("create");
+    filler(49).await;
+    first
+        .update("/kept", b"v2".to_vec(), None)
+        .await
+        .expect("update");
+    filler(30).await;
+    assert_eq!(first.revision(), 500);
     f.add(2);
     let joiner = f.start(2, false).await.expect("joiner");
     let member = f.nodes[&2].member.clone();
@@ -324,13 +352,31 @@ async fn a_member_added_after_the_log_was_purged_catches_up_from_a_streamed_snap
         .collect();
     assert_eq!(snapshots.len(), 1);
     // History came with it: a watch on the joiner from an old revision replays.
-    let mut stream = joiner.watch("/k/", got.revision - 3).expect("watch");
+    let mut stream = joiner.watch("", got.revision - 3).expect("watch");
     let e = tokio::time::timeout(DEADLINE, stream.next())
         .await
         .expect("in time")
         .expect("open")
         .expect("event");
     assert_eq!(e.revision(), got.revision - 2);
+    let mut stream = joiner
+        .watch("/kept", 450)
+        .expect("watch from the compaction point");
+    match tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("event")
+    {
+        WatchEvent::Put {
+            kv,
+            prev: Some(prev),
+        } => {
+            assert_eq!((kv.mod_revision, &kv.value[..]), (470, &b"v2"[..]));
+            assert_eq!((prev.mod_revision, &prev.value[..]), (420, &b"v1"[..]));
+        }
+        other => panic!("expected the update with its replaced value, got {other:?}"),
+    }
     f.shutdown().await;
 }
 

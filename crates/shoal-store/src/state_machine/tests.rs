@@ -30,7 +30,14 @@ fn create(key: &str) -> Write {
 }
 
 fn open(dir: &Path, name: &str) -> StateMachine {
-    StateMachine::open(&dir.join(name), 100, 1 << 20, StoreMetrics::default()).expect("open")
+    StateMachine::open(
+        &dir.join(name),
+        100,
+        1 << 20,
+        StoreMetrics::default(),
+        Arc::new(crate::log_store::SnapshotTrigger::new(16 << 20)),
+    )
+    .expect("open")
 }
 
 fn outcomes(r: &Response) -> &[Outcome] {
