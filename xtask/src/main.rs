@@ -52,7 +52,12 @@ fn main() -> Result<()> {
 
 /// Builds `target/release/shoal` and returns its path.
 fn release_shoal(root: &Path) -> Result<std::path::PathBuf> {
-    let status = Command::new(env!("CARGO"))
+    // The cargo running us (`cargo xtask`), or the one on PATH when the xtask binary is run
+    // directly: the rustup proxy, which pins the toolchain for every crate it compiles (a
+    // toolchain path baked in at build time would not, and a dependency's own
+    // rust-toolchain file would then pick another toolchain).
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
         .args(["build", "--release", "-p", "shoal-cli", "--bin", "shoal"])
         .current_dir(root)
         .status()?;
