@@ -18,18 +18,68 @@ pub enum PatchError {
     /// The patch document is malformed (wrong shape, unknown directive, missing merge key).
     #[error("invalid patch: {0}")]
     Invalid(String),
-    /// A JSON patch operation failed (path missing, `test` failed).
+    /// A JSON patch operation failed (path missing, `test` failed, too much copied).
     #[error("json patch failed: {0}")]
     JsonPatch(String),
+    /// A JSON patch with more operations than allowed.
+    #[error("{0}")]
+    TooManyOperations(String),
 }
 
-/// Applies an RFC 6902 JSON patch (an array of operations).
+/// Most operations one JSON patch may hold (upstream's `maxJSONPatchOperations`).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+/// Most bytes the `copy` operations of one JSON patch may add up to (upstream caps the
+/// accumulated copy size likewise): without it, twenty self-doubling copies in a 2 KB patch
+/// grow an object a millionfold before anything checks its size.
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 << 20;
+
+/// Applies an RFC 6902 JSON patch (an array of operations), within the limits above.
 pub fn json_patch(original: &Value, patch: &Value) -> Result<Value, PatchError> {
+    let count = patch.as_array().map_or(0, Vec::len);
+    if count > MAX_JSON_PATCH_OPERATIONS {
+        return Err(PatchError::TooManyOperations(format!(
+            "The allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {count}"
+        )));
+    }
     let ops: json_patch::Patch =
         serde_json::from_value(patch.clone()).map_err(|e| PatchError::Invalid(e.to_string()))?;
     let mut doc = original.clone();
-    json_patch::patch(&mut doc, &ops).map_err(|e| PatchError::JsonPatch(e.to_string()))?;
+    let mut copied = 0usize;
+    for (i, op) in ops.0.iter().enumerate() {
+        if let json_patch::PatchOperation::Copy(copy) = op
+            && let Some(source) = doc.pointer(copy.from.as_str())
+        {
+            copied = copied.saturating_add(encoded_len(source));
+            if copied > MAX_JSON_PATCH_COPY_BYTES {
+                return Err(PatchError::JsonPatch(format!(
+                    "unable to complete the copy: the accumulated size increase of copy is \
+                     {copied}, exceeding the limit {MAX_JSON_PATCH_COPY_BYTES}"
+                )));
+            }
+        }
+        json_patch::patch(&mut doc, std::slice::from_ref(op)).map_err(|e| {
+            PatchError::JsonPatch(format!("operation {i} ({}): {}", e.path, e.kind))
+        })?;
+    }
     Ok(doc)
+}
+
+/// Bytes of `v` encoded as JSON, counted without building the encoding.
+fn encoded_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a `Value` to a counter cannot fail.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
 }
 
 /// Applies an RFC 7386 JSON merge patch; the patch must be an object.
@@ -577,9 +627,40 @@ mod tests {
         );
         assert!(json_patch(&doc, &json!([{"op": "remove", "path": "/zz"}])).is_err());
         assert!(json_patch(&doc, &json!({"op": "x"})).is_err());
+        // Operations are applied in order; a failing one names its index.
+        let err = json_patch(
+            &doc,
+            &json!([{"op": "add", "path": "/z", "value": 1}, {"op": "remove", "path": "/zz"}]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("operation 1"), "{err}");
         assert_eq!(
             merge_patch(&doc, &json!({"b": {"c": null, "d": 1}})).unwrap(),
             json!({"a": 1, "b": {"d": 1}})
         );
+    }
+
+    #[test]
+    fn json_patches_cannot_amplify() {
+        // Twenty self-doubling copies of 1 KiB would make 1 GiB.
+        let doc = json!({"a": [ "x".repeat(1024) ]});
+        let doubling: Vec<Value> = (0..20)
+            .map(|_| json!({"op": "copy", "from": "/a", "path": "/a/-"}))
+            .collect();
+        let err = json_patch(&doc, &Value::Array(doubling)).unwrap_err();
+        assert!(
+            matches!(&err, PatchError::JsonPatch(m) if m.contains("accumulated size increase of copy")),
+            "{err}"
+        );
+        // Small copies within the budget still work.
+        let ok = json_patch(&doc, &json!([{"op": "copy", "from": "/a/0", "path": "/b"}])).unwrap();
+        assert_eq!(ok["b"], doc["a"][0]);
+        let many: Vec<Value> = (0..=MAX_JSON_PATCH_OPERATIONS)
+            .map(|_| json!({"op": "test", "path": "/a/0", "value": "x"}))
+            .collect();
+        assert!(matches!(
+            json_patch(&doc, &Value::Array(many)),
+            Err(PatchError::TooManyOperations(_))
+        ));
     }
 }

@@ -235,18 +235,17 @@ fn split_top_level(s: &str) -> Vec<&str> {
     out
 }
 
+/// A label key as upstream accepts one in a selector: a qualified name (optional DNS
+/// subdomain prefix, name of at most 63 characters, alphanumeric at both ends).
 fn check_key(k: &str) -> Option<String> {
-    let ok = !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    ok.then(|| k.to_string())
+    crate::validation::qualified_name_errors(k)
+        .is_empty()
+        .then(|| k.to_string())
 }
 
+/// A label value: empty, or at most 63 characters, alphanumeric at both ends.
 fn check_value(v: &str) -> Option<String> {
-    let ok = v
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    ok.then(|| v.to_string())
+    crate::validation::is_label_value(v).then(|| v.to_string())
 }
 
 /// One term of a field selector.
@@ -453,9 +452,24 @@ mod tests {
             assert_eq!(sel.matches(&l), want, "{s}");
         }
         assert!(LabelSelector::parse("").unwrap().is_empty());
-        for bad in ["app=web,", "a in x", "a=(b", "=x", "a=b c"] {
+        let long_value = format!("app={}", "v".repeat(64));
+        let long_key = format!("{}=x", "k".repeat(64));
+        for bad in [
+            "app=web,",
+            "a in x",
+            "a=(b",
+            "=x",
+            "a=b c",
+            "-bad-key=x",
+            "bad-key-=x",
+            "example.com/=x",
+            "a=-x",
+            &long_value,
+            &long_key,
+        ] {
             assert!(LabelSelector::parse(bad).is_err(), "{bad}");
         }
+        assert!(LabelSelector::parse("example.com/app=v-1.x_2").is_ok());
         assert_eq!(
             LabelSelector::parse("a = b, c in (x,y)")
                 .unwrap()

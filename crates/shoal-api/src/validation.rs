@@ -1610,6 +1610,7 @@ pub fn default_object(rt: &ResourceType, obj: &mut Value) {
         ("", "Secret") => {
             if let Some(map) = obj.as_object_mut() {
                 set_default(map, "type", json!("Opaque"));
+                merge_string_data(map);
             }
         }
         ("", "Endpoints") => {
@@ -1624,6 +1625,32 @@ pub fn default_object(rt: &ResourceType, obj: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// A Secret's `stringData` is write-only: its entries go into `data` (base64), overriding keys
+/// of the same name, and it is never stored, as upstream. A malformed one (not a map of
+/// strings, or `data` not a map) is left for validation to refuse.
+fn merge_string_data(secret: &mut Map<String, Value>) {
+    use base64::Engine as _;
+    let well_formed = secret
+        .get("stringData")
+        .and_then(Value::as_object)
+        .is_some_and(|m| m.values().all(Value::is_string))
+        && secret.get("data").is_none_or(Value::is_object);
+    if !well_formed {
+        return;
+    }
+    let Some(Value::Object(strings)) = secret.remove("stringData") else {
+        return;
+    };
+    let data = secret.entry("data").or_insert_with(|| json!({}));
+    if let Some(data) = data.as_object_mut() {
+        for (k, v) in strings {
+            let plain = v.as_str().unwrap_or_default();
+            let encoded = base64::engine::general_purpose::STANDARD.encode(plain);
+            data.insert(k, Value::String(encoded));
+        }
     }
 }
 
@@ -2192,6 +2219,22 @@ mod tests {
         default_object(rt("apps", "Deployment"), &mut d);
         expect![[r#"{"metadata":{"name":"d"},"spec":{"template":{"spec":{"containers":[{"name":"a","image":"x:1","terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"IfNotPresent","resources":{}}],"restartPolicy":"Always","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","schedulerName":"default-scheduler","securityContext":{},"enableServiceLinks":true}},"replicas":1,"strategy":{"type":"RollingUpdate","rollingUpdate":{"maxUnavailable":"25%","maxSurge":"25%"}},"revisionHistoryLimit":10,"progressDeadlineSeconds":600}}"#]]
             .assert_eq(&d.to_string());
+
+        let mut secret = json!({"metadata": {"name": "s"}, "data": {"a": "eA==", "b": "eA=="},
+            "stringData": {"b": "hello", "c": ""}});
+        default_object(rt("", "Secret"), &mut secret);
+        assert_eq!(
+            secret,
+            json!({"metadata": {"name": "s"}, "type": "Opaque",
+                "data": {"a": "eA==", "b": "aGVsbG8=", "c": ""}})
+        );
+        let mut odd = json!({"metadata": {"name": "s"}, "stringData": {"b": 1}});
+        default_object(rt("", "Secret"), &mut odd);
+        assert_eq!(
+            odd["stringData"],
+            json!({"b": 1}),
+            "left for validation to refuse"
+        );
 
         let mut s = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}]}});
         default_object(rt("", "Service"), &mut s);

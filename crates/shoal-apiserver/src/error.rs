@@ -66,6 +66,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("request too large")]
     TooLarge { size: usize, limit: usize },
+    /// 413 with its own message.
+    #[error("request entity too large: {0}")]
+    EntityTooLarge(String),
+    /// 422 without field causes (a JSON patch that cannot be applied).
+    #[error("unprocessable: {0}")]
+    Unprocessable(String),
     #[error("gone: {0}")]
     Gone(String),
     #[error("unknown resource")]
@@ -179,6 +185,12 @@ impl ApiError {
                     "etcdserver: request is too large: {size} bytes exceeds the limit of {limit} bytes"
                 ),
             ),
+            ApiError::EntityTooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                m.clone(),
+            ),
+            ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m.clone()),
             ApiError::Gone(m) => (StatusCode::GONE, "Expired", m.clone()),
             ApiError::UnknownResource => (
                 StatusCode::NOT_FOUND,

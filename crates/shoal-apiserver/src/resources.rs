@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use shoal_store::StoreError;
 
 use crate::AppState;
-use crate::api::patch::{json_patch, merge_patch, strategic_merge_patch};
+use crate::api::patch::{PatchError, json_patch, merge_patch, strategic_merge_patch};
 use crate::api::registry::{ResourceType, find_by_plural};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::validation::{FieldError, default_object, validate};
@@ -52,10 +52,14 @@ impl Params {
             .transpose()
     }
 
-    pub fn field_selector(&self) -> Result<Option<FieldSelector>, ApiError> {
+    /// The field selector, with only the fields `rt` supports (as upstream: 400 otherwise).
+    pub fn field_selector(
+        &self,
+        rt: &'static ResourceType,
+    ) -> Result<Option<FieldSelector>, ApiError> {
         self.get("fieldSelector")
             .map(|s| {
-                FieldSelector::parse(s)
+                FieldSelector::parse_for(rt.kind, s)
                     .map_err(|e| ApiError::BadRequest(format!("invalid field selector: {e}")))
             })
             .transpose()
@@ -74,10 +78,10 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn from_params(params: &Params) -> Result<Filter, ApiError> {
+    pub fn from_params(params: &Params, rt: &'static ResourceType) -> Result<Filter, ApiError> {
         Ok(Filter {
             labels: params.label_selector()?,
-            fields: params.field_selector()?,
+            fields: params.field_selector(rt)?,
         })
     }
 
@@ -466,6 +470,32 @@ fn continue_expired() -> ApiError {
     )
 }
 
+/// Refuses what upstream refuses in a list's `resourceVersion` and `resourceVersionMatch`
+/// (400), rather than ignoring it.
+fn check_list_version(params: &Params) -> Result<(), ApiError> {
+    let rv = params.get("resourceVersion");
+    if let Some(v) = rv
+        && v.parse::<u64>().is_err()
+    {
+        return Err(ApiError::BadRequest(format!(
+            "resourceVersion: Invalid value: {v:?}: must be a non-negative integer"
+        )));
+    }
+    match (params.get("resourceVersionMatch"), rv) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(ApiError::BadRequest(
+            "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+        )),
+        (Some("Exact"), Some("0")) => Err(ApiError::BadRequest(
+            "resourceVersionMatch: Forbidden: resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"".into(),
+        )),
+        (Some("NotOlderThan" | "Exact"), Some(_)) => Ok(()),
+        (Some(other), _) => Err(ApiError::BadRequest(format!(
+            "resourceVersionMatch: Unsupported value: {other:?}: supported values: \"Exact\", \"NotOlderThan\""
+        ))),
+    }
+}
+
 /// Lists a collection, `limit` objects a page when asked.
 ///
 /// Every page reports the revision of the first page as `metadata.resourceVersion` (the
@@ -475,7 +505,8 @@ fn continue_expired() -> ApiError {
 /// replayed by the watch, which clients tolerate. A token whose revision has been compacted
 /// is refused with 410 Expired, since the watch could no longer replay from it.
 async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
-    let filter = Filter::from_params(&ctx.params)?;
+    let filter = Filter::from_params(&ctx.params, ctx.target.rt)?;
+    check_list_version(&ctx.params)?;
     let limit = match ctx.params.get("limit") {
         Some(l) => l
             .parse::<usize>()
@@ -945,7 +976,12 @@ fn apply_patch(
         PatchType::Merge => merge_patch(current, patch),
         PatchType::Strategic | PatchType::Apply => strategic_merge_patch(rt, current, patch),
     };
-    result.map_err(|e| ApiError::BadRequest(format!("the patch could not be applied: {e}")))
+    result.map_err(|e| match e {
+        PatchError::TooManyOperations(m) => ApiError::EntityTooLarge(m),
+        // As upstream: a JSON patch that cannot be applied is unprocessable.
+        PatchError::JsonPatch(m) => ApiError::Unprocessable(m),
+        e => ApiError::BadRequest(format!("the patch could not be applied: {e}")),
+    })
 }
 
 fn parse_patch(kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
@@ -1182,7 +1218,7 @@ async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError>
         return Err(ApiError::MethodNotAllowed);
     }
     let options = delete_options(ctx, body)?;
-    let filter = Filter::from_params(&ctx.params)?;
+    let filter = Filter::from_params(&ctx.params, ctx.target.rt)?;
     let snapshot = ctx
         .state
         .store()

@@ -27,7 +27,7 @@ use crate::table::render;
 
 /// Starts a watch on the collection `ctx` addresses (`name` narrows it to one object).
 pub async fn serve(ctx: Ctx, name: Option<String>) -> Result<Response, ApiError> {
-    let filter = Filter::from_params(&ctx.params)?;
+    let filter = Filter::from_params(&ctx.params, ctx.target.rt)?;
     let bookmarks = ctx.params.flag("allowWatchBookmarks");
     let send_initial = ctx.params.flag("sendInitialEvents");
     let timeout = match ctx.params.get("timeoutSeconds") {

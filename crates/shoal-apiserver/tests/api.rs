@@ -295,6 +295,38 @@ async fn create_get_list_with_selectors_and_pages() {
         .json();
     assert_eq!(by_name["items"][0]["metadata"]["name"], "b");
     assert_eq!(by_name["items"].as_array().expect("items").len(), 1);
+    // Field selectors accept only what the kind supports, as upstream: `spec.nodeName` is a
+    // pod field, not a ConfigMap's (a field some other kind has is no excuse).
+    let pods_on_node = api
+        .get(&format!("{PODS}?fieldSelector=spec.nodeName%3Dn1"))
+        .await;
+    assert_eq!(pods_on_node.status, StatusCode::OK);
+    let wrong_kind = api
+        .get("/api/v1/namespaces/default/configmaps?fieldSelector=spec.nodeName%3Dn1")
+        .await;
+    assert_eq!(wrong_kind.status, StatusCode::BAD_REQUEST);
+    let message = wrong_kind.json()["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains("field label not supported: spec.nodeName"),
+        "{message}"
+    );
+    // Query parameters are checked, not ignored.
+    for bad in [
+        "resourceVersion=abc",
+        "resourceVersionMatch=NotOlderThan",
+        "resourceVersion=0&resourceVersionMatch=Exact",
+        "resourceVersion=1&resourceVersionMatch=Newest",
+        "labelSelector=-bad-key%3Dx",
+        &format!("labelSelector=app%3D{}", "v".repeat(64)),
+        "limit=-1",
+    ] {
+        let refused = api.get(&format!("{PODS}?{bad}")).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(refused.json()["kind"], "Status", "{bad}");
+    }
     let across = api.get("/api/v1/pods").await.json();
     assert_eq!(across["items"].as_array().expect("items").len(), 3);
 
@@ -557,7 +589,36 @@ async fn patch_types() {
             &json!([{"op": "remove", "path": "/nope"}]),
         )
         .await;
-    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    // As upstream: a JSON patch that cannot be applied is unprocessable.
+    assert_eq!(bad.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(bad.json()["reason"], "Invalid");
+    // Twenty self-doubling copies (1 GiB from 1 KiB) are refused before they grow anything.
+    let mut amplifying =
+        vec![json!({"op": "add", "path": "/metadata/annotations/a", "value": ["x".repeat(1024)]})];
+    for _ in 0..20 {
+        amplifying.push(json!({"op": "copy", "from": "/metadata/annotations/a", "path": "/metadata/annotations/a/-"}));
+    }
+    let refused = api
+        .patch(
+            &url,
+            "application/json-patch+json",
+            &Value::Array(amplifying),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let message = refused.json()["message"].as_str().unwrap_or("").to_string();
+    assert!(
+        message.contains("accumulated size increase of copy"),
+        "{message}"
+    );
+    let too_many: Vec<Value> = (0..10_001)
+        .map(|_| json!({"op": "test", "path": "/kind", "value": "Pod"}))
+        .collect();
+    let refused = api
+        .patch(&url, "application/json-patch+json", &Value::Array(too_many))
+        .await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(refused.json()["reason"], "RequestEntityTooLarge");
     let stale = api
         .patch(
             &url,
