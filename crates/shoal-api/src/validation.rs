@@ -346,14 +346,14 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Vec<Fiel
         return errs;
     }
     if let Err(e) = check_shape(rt, obj) {
-        let (field, bad) = locate_shape_error(rt, obj);
         errs.push(FieldError {
-            field,
+            field: e.field,
             error_type: FieldErrorType::Invalid,
-            value: bad
+            value: e
+                .value
                 .filter(|v| !v.is_object() && !v.is_array())
-                .map(render_value),
-            message: e,
+                .map(|v| render_value(&v)),
+            message: e.message,
         });
         return errs;
     }
@@ -447,15 +447,33 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Vec<Fiel
     errs
 }
 
-/// Checks that `obj` deserialises as the `k8s-openapi` type of its kind; the error message is
-/// serde's (without a field path).
-pub fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), String> {
+/// Where an object does not fit its kind's schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeError {
+    /// Kubernetes-style path of the field that does not fit (`spec.containers[0].image`; empty
+    /// for the object itself).
+    pub field: String,
+    /// The value there, if the path leads to one.
+    pub value: Option<Value>,
+    /// serde's message.
+    pub message: String,
+}
+
+/// Checks that `obj` deserialises as the `k8s-openapi` type of its kind, in one pass that also
+/// records where it failed (time linear in the object's size, however deep the bad field).
+pub fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), ShapeError> {
     use k8s_openapi::api;
-    fn check<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), String> {
-        // k8s-openapi requires apiVersion/kind to match; callers set them, but tolerate absence.
-        serde_json::from_value::<T>(obj.clone())
+    fn check<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), ShapeError> {
+        serde_path_to_error::deserialize::<_, T>(obj)
             .map(drop)
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                let field = e.path().to_string();
+                ShapeError {
+                    field: if field == "." { String::new() } else { field },
+                    value: value_at(obj, e.path()).cloned(),
+                    message: e.inner().to_string(),
+                }
+            })
     }
     let mut obj = obj.clone();
     crate::meta::set_type_meta(&mut obj, &rt.api_version(), rt.kind);
@@ -517,59 +535,18 @@ fn validate_certificate_signing_request(
     }
 }
 
-/// Finds the field that makes [`check_shape`] fail by narrowing the object one level at a
-/// time to the single child that still fails. Returns the Kubernetes-style path
-/// (`spec.containers[0].image`, empty if not found) and the offending value. Only run on the
-/// error path: it deserialises once per child visited.
-fn locate_shape_error<'a>(rt: &ResourceType, obj: &'a Value) -> (String, Option<&'a Value>) {
-    let mut path: Vec<(bool, String)> = Vec::new();
-    let mut pointer = String::new();
-    'descend: while let Some(node) = obj.pointer(&pointer) {
-        let children: Vec<(bool, String, Value)> = match node {
-            Value::Object(m) => m
-                .iter()
-                .map(|(k, v)| (false, k.clone(), v.clone()))
-                .collect(),
-            Value::Array(a) => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (true, i.to_string(), v.clone()))
-                .collect(),
-            _ => break,
+/// The value at `path` in `obj`, if the path leads anywhere.
+fn value_at<'a>(obj: &'a Value, path: &serde_path_to_error::Path) -> Option<&'a Value> {
+    use serde_path_to_error::Segment;
+    let mut at = obj;
+    for segment in path.iter() {
+        at = match segment {
+            Segment::Seq { index } => at.get(*index)?,
+            Segment::Map { key } => at.get(key.as_str())?,
+            Segment::Enum { .. } | Segment::Unknown => return None,
         };
-        for (is_index, key, child) in children {
-            let mut candidate = obj.clone();
-            let Some(slot) = candidate.pointer_mut(&pointer) else {
-                break 'descend;
-            };
-            *slot = if is_index {
-                Value::Array(vec![child])
-            } else {
-                let mut m = Map::new();
-                m.insert(key.clone(), child);
-                Value::Object(m)
-            };
-            if check_shape(rt, &candidate).is_err() {
-                pointer.push('/');
-                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
-                path.push((is_index, key));
-                continue 'descend;
-            }
-        }
-        break;
     }
-    let mut out = String::new();
-    for (is_index, key) in path {
-        if is_index {
-            out.push_str(&format!("[{key}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&key);
-        }
-    }
-    (out, obj.pointer(&pointer))
+    Some(at)
 }
 
 fn validate_metadata(
@@ -2042,6 +2019,22 @@ mod tests {
             None,
         );
         assert_eq!(labels_err[0].field, "metadata.labels");
+        // Found in one pass however large the object and however late the bad field (narrowing
+        // by re-checking a copy per child took time quadratic in the size).
+        let mut env: Vec<Value> = (0..5000)
+            .map(|i| json!({"name": format!("V{i}"), "value": "x"}))
+            .collect();
+        env.push(json!({"name": "LAST", "value": 7}));
+        let big = validate(
+            rt("", "Pod"),
+            &pod(json!({"containers": [{"name": "a", "image": "x", "env": env}]})),
+            None,
+        );
+        assert_eq!(big.len(), 1);
+        assert_eq!(big[0].field, "spec.containers[0].env[5000].value");
+        assert_eq!(big[0].value.as_deref(), Some("7"));
+        let top = validate(rt("", "ConfigMap"), &json!({"metadata": 5}), None);
+        assert_eq!(top[0].field, "metadata");
         assert!(
             errs[0].message.contains("invalid type"),
             "{}",
