@@ -46,7 +46,13 @@ fn main() -> Result<()> {
             let bin = release_shoal(&root)?;
             store::disk_only(&bin, &root.join("target/bench"), machine())
         }
-        _ => bail!("usage: cargo xtask bench apply|store [failover|disk]"),
+        ["bench", "store", "writes", members] => {
+            let members: usize = members.parse()?;
+            let root = workspace_root();
+            let bin = release_shoal(&root)?;
+            store::writes_only(&bin, &root.join("target/bench"), machine(), members)
+        }
+        _ => bail!("usage: cargo xtask bench apply|store [failover|disk|writes MEMBERS]"),
     }
 }
 

@@ -751,6 +751,55 @@ fn ensure_etcd() -> Result<()> {
     Ok(())
 }
 
+/// The write rows of etcd then Shoal with `members` members each: (etcd's report, Shoal's
+/// report with its ratios to etcd, and the Shoal cluster, still running).
+fn write_rows(
+    rt: &tokio::runtime::Runtime,
+    tls: &Tls,
+    bin: &Path,
+    out: &Path,
+    members: usize,
+) -> Result<(Value, Value, ShoalCluster)> {
+    let dir = tempfile::tempdir()?;
+    let etcd = start_etcd(tls, dir.path(), members, &[])?;
+    wait_writable(rt, &etcd)?;
+    let etcd_run = put_rows(rt, &etcd)?;
+    drop(etcd);
+
+    let dir = fresh_dir(out, &format!("store-shoal-{members}"))?;
+    let shoal = start_shoal(bin, &dir, members)?;
+    wait_writable(rt, &shoal.system)?;
+    let run = put_rows(rt, &shoal.system)?;
+    println!(
+        "shoal {members} member(s): RSS {:.1} MiB during the 256-client run, {:.1} MiB after",
+        run.rss_peak_kib as f64 / 1024.0,
+        run.rss_after_kib as f64 / 1024.0
+    );
+    let mut ratios = Vec::new();
+    for ((clients, s), (_, e)) in run.rows.iter().zip(&etcd_run.rows) {
+        let ratio = s.rate() / e.rate().max(1e-9);
+        println!("{members} member(s) {clients:>4} clients: shoal/etcd throughput {ratio:.2}");
+        ratios.push(json!({"clients": clients, "shoal_over_etcd": ratio}));
+    }
+    let mut entry = run.json();
+    entry["ratio_to_etcd"] = json!(ratios);
+    Ok((etcd_run.json(), entry, shoal))
+}
+
+/// Only the write rows at `members` members; writes `out/store-writes-{members}.json`.
+pub fn writes_only(bin: &Path, out: &Path, machine: Value, members: usize) -> Result<()> {
+    ensure_etcd()?;
+    let rt = runtime()?;
+    let (etcd, shoal, _cluster) = write_rows(&rt, &Tls::new()?, bin, out, members)?;
+    let report = json!({"benchmark": "store-writes", "members": members, "value_bytes": VALUE,
+        "machine": machine, "etcd": etcd, "shoal": shoal});
+    std::fs::create_dir_all(out)?;
+    let path = out.join(format!("store-writes-{members}.json"));
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
 pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
     ensure_etcd()?;
     let rt = runtime()?;
@@ -758,30 +807,8 @@ pub fn run(bin: &Path, out: &Path, machine: Value) -> Result<()> {
     let mut report = json!({"benchmark": "store", "value_bytes": VALUE, "machine": machine});
 
     for members in [1usize, 3] {
-        let dir = tempfile::tempdir()?;
-        let etcd = start_etcd(&tls, dir.path(), members, &[])?;
-        wait_writable(&rt, &etcd)?;
-        let etcd_run = put_rows(&rt, &etcd)?;
-        report[format!("etcd_{members}")] = etcd_run.json();
-        drop(etcd);
-
-        let dir = fresh_dir(out, &format!("store-shoal-{members}"))?;
-        let mut shoal = start_shoal(bin, &dir, members)?;
-        wait_writable(&rt, &shoal.system)?;
-        let run = put_rows(&rt, &shoal.system)?;
-        println!(
-            "shoal {members} member(s): RSS {:.1} MiB during the 256-client run, {:.1} MiB after",
-            run.rss_peak_kib as f64 / 1024.0,
-            run.rss_after_kib as f64 / 1024.0
-        );
-        let mut ratios = Vec::new();
-        for ((clients, s), (_, e)) in run.rows.iter().zip(&etcd_run.rows) {
-            let ratio = s.rate() / e.rate().max(1e-9);
-            println!("{members} member(s) {clients:>4} clients: shoal/etcd throughput {ratio:.2}");
-            ratios.push(json!({"clients": clients, "shoal_over_etcd": ratio}));
-        }
-        let mut entry = run.json();
-        entry["ratio_to_etcd"] = json!(ratios);
+        let (etcd, mut entry, mut shoal) = write_rows(&rt, &tls, bin, out, members)?;
+        report[format!("etcd_{members}")] = etcd;
         if members == 3 {
             let cm = configmap_rows(&rt, &shoal);
             entry["configmap_creates"] = rows_json(&cm);
