@@ -387,6 +387,23 @@ async fn error_statuses() {
         .await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
     assert_eq!(bad.json()["reason"], "BadRequest");
+    // Nesting deeper than the decoder's limit is a client error with a Status, not a stack
+    // overflow or a 500.
+    let deep = format!(
+        r#"{{"apiVersion":"v1","kind":"ConfigMap","metadata":{{"name":"deep"}},"x":{}{}}}"#,
+        "[".repeat(20_000),
+        "]".repeat(20_000)
+    );
+    let r = api
+        .send(
+            Method::POST,
+            "/api/v1/namespaces/default/configmaps",
+            &[("content-type", "application/json")],
+            deep.into_bytes(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(r.json()["kind"], "Status");
 
     let yaml = api
         .send(
