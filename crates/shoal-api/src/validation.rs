@@ -349,10 +349,7 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Vec<Fiel
         errs.push(FieldError {
             field: e.field,
             error_type: FieldErrorType::Invalid,
-            value: e
-                .value
-                .filter(|v| !v.is_object() && !v.is_array())
-                .map(|v| render_value(&v)),
+            value: e.value.as_ref().map(render_value),
             message: e.message,
         });
         return errs;
@@ -453,7 +450,7 @@ pub struct ShapeError {
     /// Kubernetes-style path of the field that does not fit (`spec.containers[0].image`; empty
     /// for the object itself).
     pub field: String,
-    /// The value there, if the path leads to one.
+    /// The value there, if the path leads to a scalar (objects and lists are not repeated).
     pub value: Option<Value>,
     /// serde's message.
     pub message: String,
@@ -470,7 +467,9 @@ pub fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), ShapeError> {
                 let field = e.path().to_string();
                 ShapeError {
                     field: if field == "." { String::new() } else { field },
-                    value: value_at(obj, e.path()).cloned(),
+                    value: value_at(obj, e.path())
+                        .filter(|v| !v.is_object() && !v.is_array())
+                        .cloned(),
                     message: e.inner().to_string(),
                 }
             })

@@ -16,8 +16,8 @@
 //! are served by every member from its own history. History and remembered write ids are
 //! compacted automatically, keeping at least `StoreConfig::history_retain` revisions. Snapshots
 //! stream to and from files; a snapshot is taken whenever the log grew by
-//! `StoreConfig::snapshot_log_bytes` (or half the last snapshot, if more), and the log is truncated behind it down to
-//! `StoreConfig::log_keep_bytes`, so disk use stays bounded.
+//! `StoreConfig::snapshot_log_bytes` (or half the last snapshot, if more), and the log is
+//! truncated behind it down to `StoreConfig::log_keep_bytes`, so disk use stays bounded.
 //!
 //! Knows nothing of Kubernetes; only the apiserver (and the CLI that wires it) use it.
 

@@ -433,7 +433,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let added = cache.bytes.saturating_sub(before);
             let total = self.shared.since_purge.fetch_add(added, Ordering::AcqRel) + added;
             // Counting starts again at each request: a snapshot does not always purge (the
-            // log keeps `logs_to_keep` entries behind it), and waiting for a purge that never
+            // log keeps a budget of entries behind it), and waiting for a purge that never
             // comes would let the log grow until the entry-count policy fires.
             if total >= self.shared.trigger.threshold() {
                 self.shared.since_purge.store(0, Ordering::Release);

@@ -6,9 +6,9 @@
 //! Layout: `SHOALSNP`, then frames `tag u8, len u32, payload`: one header (JSON: the raft
 //! snapshot meta, revision, compaction point, removed members), then every key record, every
 //! retained history event, every kept event (compacted puts that retained updates name) and
-//! every remembered write outcome, then an end frame carrying a
-//! CRC-32 of all bytes before it. A file that fails the checksum, ends early or has an unknown
-//! frame is refused before anything it holds is committed.
+//! every remembered write outcome, then an end frame carrying a CRC-32 of all bytes before it.
+//! A file that fails the checksum, ends early or has an unknown frame is refused before
+//! anything it holds is committed.
 //!
 //! Files live in `DIR/snapshots/`: `<id>.snap` when complete, `*.partial` while being written
 //! or received. Only the newest complete one is kept.

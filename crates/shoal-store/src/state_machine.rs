@@ -228,13 +228,17 @@ impl StateMachine {
             .map_or_else(|| PathBuf::from("snapshots"), |p| p.join("snapshots"));
         std::fs::create_dir_all(&dir)?;
         let current = snapshot::newest(&dir).map(|(h, p)| (h.meta, p));
-        if let Some(m) = current
-            .as_ref()
-            .and_then(|(_, p)| std::fs::metadata(p).ok())
-        {
-            trigger.snapshot_written(m.len());
-        }
         snapshot::clean(&dir, current.as_ref().map(|(_, p)| p.as_path()), true);
+        let snapshots = SnapshotFiles {
+            dir,
+            current: Mutex::new(None),
+            incoming: Mutex::new(HashMap::new()),
+            seq: AtomicU64::new(0),
+            trigger,
+        };
+        if let Some((meta, path)) = &current {
+            snapshots.set_current(meta, path);
+        }
         Ok(StateMachine {
             shared: Arc::new(Shared {
                 db,
@@ -245,13 +249,7 @@ impl StateMachine {
                 retain,
                 removed: RwLock::new(state.removed.clone()),
                 metrics,
-                snapshots: SnapshotFiles {
-                    dir,
-                    current: Mutex::new(current),
-                    incoming: Mutex::new(HashMap::new()),
-                    seq: AtomicU64::new(0),
-                    trigger,
-                },
+                snapshots,
             }),
             applied: state.applied,
             membership: state.membership,
