@@ -1,6 +1,7 @@
-//! Shoal's resource vocabulary, with no IO: the registry of served resource types, validation
-//! and defaulting per kind, label and field selectors, JSON / merge / strategic merge patch, and
-//! the server-side `Table` columns that `kubectl get` prints.
+//! Shoal's resource vocabulary, with no IO: every served kind described once (`kinds/`: its
+//! registration and its [`strategy::Strategy`]: defaulting, validation, create/update/delete
+//! rules, field selectors, Table columns), the registry that lists them, the validation and
+//! defaulting they share, label and field selectors, and JSON / merge / strategic merge patch.
 //!
 //! Everything works on `serde_json::Value` so that the apiserver can store and return exactly
 //! what clients sent (unknown fields included); `k8s-openapi` types are used to check shapes.
@@ -8,13 +9,17 @@
 
 #![warn(missing_docs)]
 
+pub mod defaults;
+pub mod kinds;
 pub mod meta;
 pub mod patch;
 pub mod quantity;
 pub mod registry;
 pub mod selector;
+pub mod strategy;
 pub mod table;
 pub mod validation;
 
 pub use k8s_openapi;
 pub use registry::ResourceType;
+pub use strategy::Strategy;

@@ -106,8 +106,10 @@ pub enum ListStrategy {
 }
 
 /// The strategy for the list at `path` (field names from the object root, list indices
-/// omitted, e.g. `["spec", "template", "spec", "containers"]`) in an object of kind `kind`.
-pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
+/// omitted, e.g. `["spec", "template", "spec", "containers"]`) in an object of type `rt`:
+/// metadata and PodSpec lists as upstream's struct tags say wherever the kind keeps them,
+/// status conditions by type, and whatever else the kind's strategy names.
+pub fn list_strategy(rt: &ResourceType, path: &[&str]) -> ListStrategy {
     use ListStrategy::*;
     let Some((last, parent)) = path.split_last() else {
         return Replace;
@@ -119,17 +121,8 @@ pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
             _ => Replace,
         };
     }
-    // Pod specs: where they live in each kind.
-    let pod_spec_paths: &[&[&str]] = match kind {
-        "Pod" => &[&["spec"]],
-        "Deployment" | "ReplicaSet" | "Job" | "DaemonSet" | "StatefulSet" => {
-            &[&["spec", "template", "spec"]]
-        }
-        "CronJob" => &[&["spec", "jobTemplate", "spec", "template", "spec"]],
-        _ => &[],
-    };
-    for ps in pod_spec_paths {
-        if parent == *ps {
+    if let Some(ps) = rt.strategy.pod_spec_path() {
+        if parent == ps {
             return match *last {
                 "containers" | "initContainers" | "ephemeralContainers" => MergeByKey("name"),
                 "volumes" | "imagePullSecrets" | "schedulingGates" | "resourceClaims" => {
@@ -140,7 +133,7 @@ pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
                 _ => Replace,
             };
         }
-        if let Some(rest) = parent.strip_prefix(*ps)
+        if let Some(rest) = parent.strip_prefix(ps)
             && let [list, ..] = rest
             && matches!(
                 *list,
@@ -159,14 +152,10 @@ pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
             return Replace;
         }
     }
-    match (kind, parent, *last) {
-        (_, ["status"], "conditions") => MergeByKey("type"),
-        ("Pod", ["status"], "podIPs" | "hostIPs") => MergeByKey("ip"),
-        ("Service", ["spec"], "ports") => MergeByKey("port"),
-        ("Node", ["status"], "addresses") => MergeByKey("type"),
-        ("ServiceAccount", [], "secrets") => MergeByKey("name"),
-        _ => Replace,
+    if parent == ["status"] && *last == "conditions" {
+        return MergeByKey("type");
     }
+    rt.strategy.list_strategy(parent, last).unwrap_or(Replace)
 }
 
 const PATCH: &str = "$patch";
@@ -190,7 +179,7 @@ pub fn strategic_merge_patch(
             "a strategic merge patch must be a JSON object".into(),
         ));
     };
-    let ctx = Ctx { kind: rt.kind };
+    let ctx = Ctx { rt };
     let original = match original {
         Value::Object(m) => m.clone(),
         _ => Map::new(),
@@ -203,7 +192,7 @@ pub fn strategic_merge_patch(
 }
 
 struct Ctx<'a> {
-    kind: &'a str,
+    rt: &'a ResourceType,
 }
 
 impl Ctx<'_> {
@@ -280,7 +269,7 @@ impl Ctx<'_> {
                     .as_array()
                     .ok_or_else(|| PatchError::Invalid(format!("{k} must be a list")))?;
                 path.push(field);
-                let strategy = list_strategy(self.kind, path);
+                let strategy = list_strategy(self.rt, path);
                 path.pop();
                 if let Some(list) = original.get_mut(field).and_then(Value::as_array_mut) {
                     apply_order(list, order, strategy);
@@ -312,7 +301,7 @@ impl Ctx<'_> {
                 .map(strip)
                 .collect());
         }
-        match list_strategy(self.kind, path) {
+        match list_strategy(self.rt, path) {
             ListStrategy::Replace => Ok(patch
                 .iter()
                 .filter(|i| !is_delete_item(i))

@@ -1,9 +1,14 @@
-//! The registry of resource types the apiserver serves: group, version, kind, plural, scope,
-//! short names, categories and subresources. It is a static table; it owns no storage and does
-//! not know about custom resources.
+//! The registry of resource types the apiserver serves. Each kind is described once, in its
+//! own file under `kinds/` (a `static` [`ResourceType`]: registration plus [`Strategy`]); this
+//! module only lists them and looks them up. It owns no storage and does not know about
+//! custom resources.
 
-/// One served resource: a kind in a group-version, with its REST names and scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::kinds;
+use crate::strategy::Strategy;
+
+/// One served resource: a kind in a group-version, with its REST names and scope, and the
+/// strategy that gives it its behaviour.
+#[derive(Clone, Copy)]
 pub struct ResourceType {
     /// API group; `""` for the core group.
     pub group: &'static str,
@@ -25,7 +30,29 @@ pub struct ResourceType {
     pub categories: &'static [&'static str],
     /// Subresources served under the resource, e.g. `["status", "binding", "log"]`.
     pub subresources: &'static [&'static str],
+    /// Defaulting, validation, create/update/delete rules, field selectors and Table output.
+    pub strategy: &'static dyn Strategy,
 }
+
+impl std::fmt::Debug for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResourceType")
+            .field("group", &self.group)
+            .field("version", &self.version)
+            .field("kind", &self.kind)
+            .field("plural", &self.plural)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two resource types are the same when they are served at the same place.
+impl PartialEq for ResourceType {
+    fn eq(&self, other: &Self) -> bool {
+        (self.group, self.version, self.plural) == (other.group, other.version, other.plural)
+    }
+}
+
+impl Eq for ResourceType {}
 
 impl ResourceType {
     /// The `apiVersion` string: `"v1"` for core, `"apps/v1"` otherwise.
@@ -71,56 +98,30 @@ impl ResourceType {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-const fn rt(
-    group: &'static str,
-    version: &'static str,
-    kind: &'static str,
-    list_kind: &'static str,
-    plural: &'static str,
-    singular: &'static str,
-    namespaced: bool,
-    short_names: &'static [&'static str],
-    categories: &'static [&'static str],
-    subresources: &'static [&'static str],
-) -> ResourceType {
-    ResourceType {
-        group,
-        version,
-        kind,
-        list_kind,
-        plural,
-        singular,
-        namespaced,
-        short_names,
-        categories,
-        subresources,
-    }
-}
-
-#[rustfmt::skip]
-static RESOURCE_TYPES: &[ResourceType] = &[
-    rt("", "v1", "Namespace", "NamespaceList", "namespaces", "namespace", false, &["ns"], &[], &["status"]),
-    rt("", "v1", "Pod", "PodList", "pods", "pod", true, &["po"], &["all"], &["status", "binding", "log", "eviction"]),
-    rt("", "v1", "Node", "NodeList", "nodes", "node", false, &["no"], &[], &["status"]),
-    rt("", "v1", "Event", "EventList", "events", "event", true, &["ev"], &[], &[]),
-    rt("", "v1", "ConfigMap", "ConfigMapList", "configmaps", "configmap", true, &["cm"], &[], &[]),
-    rt("", "v1", "Secret", "SecretList", "secrets", "secret", true, &[], &[], &[]),
-    rt("", "v1", "ServiceAccount", "ServiceAccountList", "serviceaccounts", "serviceaccount", true, &["sa"], &[], &[]),
-    rt("", "v1", "Service", "ServiceList", "services", "service", true, &["svc"], &["all"], &["status"]),
-    rt("", "v1", "Endpoints", "EndpointsList", "endpoints", "endpoints", true, &["ep"], &[], &[]),
-    rt("apps", "v1", "ReplicaSet", "ReplicaSetList", "replicasets", "replicaset", true, &["rs"], &["all"], &["status", "scale"]),
-    rt("apps", "v1", "Deployment", "DeploymentList", "deployments", "deployment", true, &["deploy"], &["all"], &["status", "scale"]),
-    rt("events.k8s.io", "v1", "Event", "EventList", "events", "event", true, &["ev"], &[], &[]),
-    rt("coordination.k8s.io", "v1", "Lease", "LeaseList", "leases", "lease", true, &[], &[], &[]),
-    rt("node.k8s.io", "v1", "RuntimeClass", "RuntimeClassList", "runtimeclasses", "runtimeclass", false, &[], &[], &[]),
-    rt("batch", "v1", "Job", "JobList", "jobs", "job", true, &[], &["all"], &["status"]),
-    rt("batch", "v1", "CronJob", "CronJobList", "cronjobs", "cronjob", true, &["cj"], &["all"], &["status"]),
-    rt("certificates.k8s.io", "v1", "CertificateSigningRequest", "CertificateSigningRequestList", "certificatesigningrequests", "certificatesigningrequest", false, &["csr"], &[], &["status", "approval"]),
+/// Every served kind, core group first. Adding a kind: its file under `kinds/` and one line
+/// here.
+static RESOURCE_TYPES: &[&ResourceType] = &[
+    &kinds::core::namespace::NAMESPACE,
+    &kinds::core::pod::POD,
+    &kinds::core::node::NODE,
+    &kinds::core::event::EVENT,
+    &kinds::core::configmap::CONFIG_MAP,
+    &kinds::core::secret::SECRET,
+    &kinds::core::serviceaccount::SERVICE_ACCOUNT,
+    &kinds::core::service::SERVICE,
+    &kinds::core::endpoints::ENDPOINTS,
+    &kinds::apps::replicaset::REPLICA_SET,
+    &kinds::apps::deployment::DEPLOYMENT,
+    &kinds::events::event::EVENT,
+    &kinds::coordination::lease::LEASE,
+    &kinds::node::runtimeclass::RUNTIME_CLASS,
+    &kinds::batch::job::JOB,
+    &kinds::batch::cronjob::CRON_JOB,
+    &kinds::certificates::csr::CERTIFICATE_SIGNING_REQUEST,
 ];
 
 /// Every served resource type, core group first, in a stable order.
-pub fn resource_types() -> &'static [ResourceType] {
+pub fn resource_types() -> &'static [&'static ResourceType] {
     RESOURCE_TYPES
 }
 
@@ -128,6 +129,7 @@ pub fn resource_types() -> &'static [ResourceType] {
 pub fn find_by_plural(group: &str, version: &str, plural: &str) -> Option<&'static ResourceType> {
     RESOURCE_TYPES
         .iter()
+        .copied()
         .find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
@@ -135,6 +137,7 @@ pub fn find_by_plural(group: &str, version: &str, plural: &str) -> Option<&'stat
 pub fn find_by_kind(group: &str, version: &str, kind: &str) -> Option<&'static ResourceType> {
     RESOURCE_TYPES
         .iter()
+        .copied()
         .find(|r| r.group == group && r.version == version && r.kind == kind)
 }
 

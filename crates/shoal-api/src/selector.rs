@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1 as metav1;
 use serde_json::Value;
 
+use crate::registry::ResourceType;
+
 /// Why a selector does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SelectorError {
@@ -260,10 +262,9 @@ pub struct FieldRequirement {
 }
 
 /// A parsed field selector: every term must hold. Supported fields: `metadata.name`,
-/// `metadata.namespace`, and per kind `spec.nodeName`, `spec.schedulerName`, `status.phase`,
-/// `spec.restartPolicy`, `spec.serviceAccountName`, `status.podIP`, `involvedObject.*`,
-/// `reason`, `source`, `type`, `spec.unschedulable`, `status.successful`. The parser accepts
-/// them for any kind; [`FieldSelector::parse_for`] checks against one kind.
+/// `metadata.namespace`, and those each kind's strategy names (`spec.nodeName` for pods,
+/// `involvedObject.*` for events, ...). [`FieldSelector::parse`] accepts the fields of any
+/// kind; [`FieldSelector::parse_for`] checks against one kind.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct FieldSelector {
     /// The terms, ANDed.
@@ -272,70 +273,22 @@ pub struct FieldSelector {
 
 const COMMON_FIELDS: &[&str] = &["metadata.name", "metadata.namespace"];
 
-fn kind_fields(kind: &str) -> &'static [&'static str] {
-    match kind {
-        "Pod" => &[
-            "spec.nodeName",
-            "spec.schedulerName",
-            "spec.restartPolicy",
-            "spec.serviceAccountName",
-            "spec.hostNetwork",
-            "status.phase",
-            "status.podIP",
-            "status.podIPs",
-            "status.nominatedNodeName",
-        ],
-        "Event" => &[
-            "involvedObject.kind",
-            "involvedObject.namespace",
-            "involvedObject.name",
-            "involvedObject.uid",
-            "involvedObject.apiVersion",
-            "involvedObject.resourceVersion",
-            "involvedObject.fieldPath",
-            "reason",
-            "reportingComponent",
-            "source",
-            "type",
-            "regarding.kind",
-            "regarding.namespace",
-            "regarding.name",
-            "regarding.uid",
-        ],
-        "Secret" => &["type"],
-        "Node" => &["spec.unschedulable"],
-        "Namespace" => &["status.phase"],
-        "ReplicaSet" => &["status.replicas"],
-        "Job" => &["status.successful"],
-        _ => &[],
-    }
-}
-
-const ALL_KIND_FIELDS: &[&str] = &[
-    "Pod",
-    "Event",
-    "Secret",
-    "Node",
-    "Namespace",
-    "ReplicaSet",
-    "Job",
-];
-
 impl FieldSelector {
     /// Parses `a=b,c!=d` (also `==`) accepting any field some served kind supports; an unknown
     /// field gives `field label not supported: X`.
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
         Self::parse_with(s, |f| {
             COMMON_FIELDS.contains(&f)
-                || ALL_KIND_FIELDS.iter().any(|k| kind_fields(k).contains(&f))
+                || crate::registry::resource_types()
+                    .iter()
+                    .any(|rt| rt.strategy.selectable_fields().contains(&f))
         })
     }
 
-    /// Parses, accepting only the fields the given kind supports.
-    pub fn parse_for(kind: &str, s: &str) -> Result<Self, SelectorError> {
-        Self::parse_with(s, |f| {
-            COMMON_FIELDS.contains(&f) || kind_fields(kind).contains(&f)
-        })
+    /// Parses, accepting only the fields `rt`'s kind supports.
+    pub fn parse_for(rt: &ResourceType, s: &str) -> Result<Self, SelectorError> {
+        let fields = rt.strategy.selectable_fields();
+        Self::parse_with(s, |f| COMMON_FIELDS.contains(&f) || fields.contains(&f))
     }
 
     fn parse_with(s: &str, known: impl Fn(&str) -> bool) -> Result<Self, SelectorError> {
@@ -516,7 +469,13 @@ mod tests {
             FieldSelector::parse("spec.foo=x").unwrap_err().to_string(),
             "field label not supported: spec.foo"
         );
-        assert!(FieldSelector::parse_for("ConfigMap", "spec.nodeName=x").is_err());
+        assert!(
+            FieldSelector::parse_for(
+                &crate::kinds::core::configmap::CONFIG_MAP,
+                "spec.nodeName=x"
+            )
+            .is_err()
+        );
         let ev = json!({"involvedObject": {"kind": "Pod", "name": "a"}, "source": {"component": "kubelet"}, "type": "Normal"});
         assert!(
             FieldSelector::parse("involvedObject.kind=Pod,involvedObject.name=a,source=kubelet")

@@ -52,7 +52,7 @@ fn verbs(rt: &ResourceType) -> Value {
         "update",
         "watch",
     ];
-    let namespace = crate::resources::is_namespace(rt);
+    let namespace = rt.strategy.deleted_by_termination();
     json!(
         all.iter()
             .filter(|v| !(namespace && **v == "deletecollection"))

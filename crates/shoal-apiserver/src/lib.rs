@@ -275,7 +275,7 @@ pub const INITIAL_NAMESPACES: [&str; 4] =
 /// Creates the initial namespaces that do not exist yet.
 pub async fn bootstrap(store: &Store) -> Result<(), StoreError> {
     for ns in INITIAL_NAMESPACES {
-        let key = format!("/registry/core/namespaces/{ns}");
+        let key = api::kinds::core::namespace::NAMESPACE.storage_key(None, ns);
         let obj = json!({
             "kind": "Namespace",
             "apiVersion": "v1",

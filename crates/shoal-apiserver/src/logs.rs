@@ -22,7 +22,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 
 use crate::ClusterSecrets;
-use crate::api::registry::find_by_plural;
+use crate::api::kinds::core::node::NODE;
 use crate::error::{ApiError, Subject};
 use crate::object::decode;
 use crate::resources::{Ctx, key_of};
@@ -198,11 +198,10 @@ pub async fn serve(ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
                 "container \"{container}\" in pod \"{name}\" is waiting to start: pod is not yet scheduled to a node"
             ))
         })?;
-    let nodes = find_by_plural("", "v1", "nodes").ok_or(ApiError::UnknownResource)?;
     let node_kv = store
-        .get(&key_of(nodes, None, node_name))
+        .get(&key_of(&NODE, None, node_name))
         .await?
-        .ok_or_else(|| ApiError::NotFound(Subject::new(nodes, node_name)))?;
+        .ok_or_else(|| ApiError::NotFound(Subject::new(&NODE, node_name)))?;
     let node = decode(&node_kv)?;
     let address = kubelet_address(&node).ok_or_else(|| {
         ApiError::BadRequest(format!(

@@ -11,12 +11,11 @@ use serde_json::{Value, json};
 use shoal_store::StoreError;
 
 use crate::AppState;
-use crate::api::registry::{find_by_plural, resource_types};
+use crate::api::kinds::core::namespace::NAMESPACE;
+use crate::api::registry::resource_types;
 use crate::error::ApiError;
 use crate::object::{decode, encode, meta_str, metadata_mut, now_rfc3339, set_resource_version};
 use crate::resources::{Ctx, DeleteOptions, Params, Target, delete};
-
-const NAMESPACES: &str = "/registry/core/namespaces/";
 
 /// Namespaces that can never be deleted.
 pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
@@ -29,7 +28,7 @@ pub async fn terminate(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
             "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
         )));
     }
-    let key = format!("{NAMESPACES}{name}");
+    let key = NAMESPACE.storage_key(None, name);
     let store = ctx.state.store();
     for _ in 0..32 {
         let kv = store
@@ -63,7 +62,7 @@ pub async fn terminate(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
 
 /// Restarts the finalizer of every namespace left terminating by a previous run.
 pub async fn resume(state: &AppState) {
-    let Ok(list) = state.store().list(NAMESPACES).await else {
+    let Ok(list) = state.store().list(&NAMESPACE.storage_prefix()).await else {
         return;
     };
     for kv in &list.items {
@@ -141,18 +140,16 @@ async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
             }
         }
         if remaining == 0 {
-            let key = format!("{NAMESPACES}{name}");
+            let key = NAMESPACE.storage_key(None, name);
             match store.delete(&key, None).await {
                 Ok(_) | Err(StoreError::NotFound(_)) => {
                     tracing::info!(namespace = %name, "namespace deleted");
                     return Ok(());
                 }
                 Err(e) => {
-                    let rt =
-                        find_by_plural("", "v1", "namespaces").ok_or(ApiError::UnknownResource)?;
                     return Err(ApiError::from_store(
                         e,
-                        crate::error::Subject::new(rt, name),
+                        crate::error::Subject::new(&NAMESPACE, name),
                     ));
                 }
             }

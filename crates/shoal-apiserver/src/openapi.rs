@@ -225,6 +225,7 @@ impl Documents {
         for (group, version) in group_versions() {
             let types: Vec<&ResourceType> = resource_types()
                 .iter()
+                .copied()
                 .filter(|t| t.group == group && t.version == version)
                 .collect();
             let paths: Map<String, Value> =
@@ -255,7 +256,7 @@ impl Documents {
             "swagger": "2.0",
             "info": info,
             "paths": v2_paths,
-            "definitions": schemas_for(resource_types().iter()),
+            "definitions": schemas_for(resource_types().iter().copied()),
         });
         Documents {
             v2: serde_json::to_vec(&v2).unwrap_or_default(),

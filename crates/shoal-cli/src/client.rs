@@ -57,7 +57,7 @@ pub fn resolve(name: &str) -> Result<&'static ResourceType> {
         Some((resource, group)) => (resource.to_string(), Some(group.to_string())),
         None => (lower.clone(), None),
     };
-    let mut found = resource_types().iter().filter(|rt| {
+    let mut found = resource_types().iter().copied().filter(|rt| {
         group.as_deref().is_none_or(|g| g == rt.group)
             && (rt.plural == resource
                 || rt.singular == resource

@@ -1,0 +1,133 @@
+//! Job: runs pods to completion.
+
+use k8s_openapi::api::batch::v1 as api;
+use serde_json::{Map, Value, json};
+
+use super::{default_job_spec, validate_job_spec};
+use crate::defaults::obj_mut;
+use crate::registry::ResourceType;
+use crate::strategy::{Requester, Strategy, drop_status};
+use crate::table::{
+    Column, age_col, col, has_condition, human_age, i, name_and_age, name_col, s, workload_wide,
+    workload_wide_cells,
+};
+use crate::validation::{FieldError, ShapeError, typed};
+
+/// `jobs` (`/apis/batch/v1`).
+pub static JOB: ResourceType = ResourceType {
+    group: "batch",
+    version: "v1",
+    kind: "Job",
+    list_kind: "JobList",
+    plural: "jobs",
+    singular: "job",
+    namespaced: true,
+    short_names: &[],
+    categories: &["all"],
+    subresources: &["status"],
+    strategy: &Job,
+};
+
+struct Job;
+
+impl Strategy for Job {
+    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
+        typed::<api::Job>(obj)
+    }
+
+    fn default(&self, obj: &mut Value) {
+        if let Some(spec) = obj_mut(obj, "spec") {
+            default_job_spec(spec);
+        }
+    }
+
+    fn prepare_for_create(&self, obj: &mut Map<String, Value>, _: &Requester) {
+        drop_status(obj);
+    }
+
+    fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
+        validate_job_spec(obj.get("spec").unwrap_or(&Value::Null), "spec", errs);
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["status.successful"]
+    }
+
+    fn pod_spec_path(&self) -> Option<&'static [&'static str]> {
+        Some(&["spec", "template", "spec"])
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        let mut c = vec![
+            name_col(),
+            col("Status", "string", 0, "Status of the job."),
+            col(
+                "Completions",
+                "string",
+                0,
+                "The completion status of the job.",
+            ),
+            col(
+                "Duration",
+                "string",
+                0,
+                "Time required to complete the job.",
+            ),
+            age_col(),
+        ];
+        c.extend(workload_wide());
+        c
+    }
+
+    fn row(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+        let (name, age) = name_and_age(obj, now);
+        let mut cells = vec![name];
+        cells.extend(job_cells(obj, age, now));
+        cells
+    }
+}
+
+fn job_cells(job: &Value, age: String, now: jiff::Timestamp) -> Vec<Value> {
+    let succeeded = i(job, "/status/succeeded");
+    let completions = match job.pointer("/spec/completions").and_then(Value::as_i64) {
+        Some(c) => format!("{succeeded}/{c}"),
+        None => match i(job, "/spec/parallelism") {
+            p if p > 1 => format!("{succeeded}/1 of {p}"),
+            _ => format!("{succeeded}/1"),
+        },
+    };
+    let start = crate::meta::parse_time(s(job, "/status/startTime"));
+    let end = crate::meta::parse_time(s(job, "/status/completionTime"));
+    let duration = match (start, end) {
+        (None, _) => String::new(),
+        (Some(st), None) => human_age(st, now),
+        (Some(st), Some(en)) => human_age(st, en),
+    };
+    let status = if has_condition(job, "Complete") {
+        "Complete"
+    } else if has_condition(job, "Failed") {
+        "Failed"
+    } else if crate::meta::deletion_timestamp(job).is_some() {
+        "Terminating"
+    } else if has_condition(job, "Suspended") {
+        "Suspended"
+    } else if has_condition(job, "FailureTarget") {
+        "FailureTarget"
+    } else if has_condition(job, "SuccessCriteriaMet") {
+        "SuccessCriteriaMet"
+    } else {
+        "Running"
+    };
+    let mut cells = vec![
+        json!(status),
+        json!(completions),
+        json!(duration),
+        json!(age),
+    ];
+    cells.extend(workload_wide_cells(
+        job,
+        "/spec/template/spec",
+        job.pointer("/spec/selector"),
+    ));
+    cells
+}

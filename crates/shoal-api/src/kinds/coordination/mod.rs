@@ -1,0 +1,3 @@
+//! The `coordination.k8s.io` group (`/apis/coordination.k8s.io/v1`).
+
+pub mod lease;

@@ -1,0 +1,202 @@
+//! What a kind does, as opposed to what it is called: the per-kind strategy the apiserver
+//! applies to every request, modelled on kube-apiserver's `pkg/registry/<group>/<kind>/
+//! strategy.go` (`PrepareForCreate`, `Validate`, `ValidateUpdate`, `GetAttrs`) together with
+//! the kind's defaulting, Table printer and strategic-merge metadata.
+//!
+//! Each served kind implements [`Strategy`] once, in its own file under `kinds/`, and its
+//! [`ResourceType`](crate::registry::ResourceType) carries it: the apiserver, the validation,
+//! the selectors, the patcher and the Table printer all ask the strategy and never match on
+//! kind names. The generic parts (metadata, shape, names, immutability of identity) live in
+//! `validation`; a strategy adds only what is particular to its kind.
+
+use serde_json::{Map, Value};
+
+use crate::patch::ListStrategy;
+use crate::table::{Column, age_col, name_col, since};
+use crate::validation::{FieldError, ShapeError};
+
+/// Which format `metadata.name` must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameFormat {
+    /// A DNS-1123 subdomain (most kinds).
+    Subdomain,
+    /// A DNS-1123 label (Namespace).
+    Label,
+    /// A DNS-1035 label (Service: it becomes a DNS name under the namespace).
+    Dns1035,
+}
+
+/// Who makes a request, as the apiserver authenticated it. Kinds that record their requester
+/// (CertificateSigningRequest) take it from here, never from the body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Requester {
+    /// The user name (`system:node:n1`, `system:anonymous`).
+    pub name: String,
+    /// The user's groups.
+    pub groups: Vec<String>,
+}
+
+impl Requester {
+    /// The anonymous user, for requests nobody authenticated (tests of handlers).
+    pub fn anonymous() -> Self {
+        Requester {
+            name: "system:anonymous".into(),
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// The behaviour of one kind. Every method but [`Strategy::check_shape`] has the default of a
+/// kind with no particular rule.
+pub trait Strategy: Send + Sync + 'static {
+    /// The format `metadata.name` (and `generateName`'s prefix) must have.
+    fn name_format(&self) -> NameFormat {
+        NameFormat::Subdomain
+    }
+
+    /// Checks that `obj` (with its `kind`/`apiVersion` set) fits the kind's typed schema;
+    /// usually `validation::typed::<k8s_openapi::...>(obj)`.
+    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError>;
+
+    /// Fills the kind's defaults (schema defaults and the default admission plugins').
+    /// Idempotent; never removes what the client set, except write-only fields (`stringData`).
+    fn default(&self, _obj: &mut Value) {}
+
+    /// Resets what a client may not set on create (usually `status`, which belongs to the
+    /// controllers and agents that write the status subresource) and records the requester
+    /// where the kind keeps it.
+    fn prepare_for_create(&self, _obj: &mut Map<String, Value>, _requester: &Requester) {}
+
+    /// Kind-specific checks of a new or updated object; metadata and shape are already checked.
+    fn validate(&self, _obj: &Value, _errs: &mut Vec<FieldError>) {}
+
+    /// Kind-specific checks of an update against the stored object (immutable fields), after
+    /// [`Strategy::validate`] of the new object.
+    fn validate_update(&self, _obj: &Value, _old: &Value, _errs: &mut Vec<FieldError>) {}
+
+    /// The grace period a DELETE without one gives `obj`: 0 deletes at once; more marks it
+    /// deleted and leaves the removal to whoever stops it (the node agent, for bound pods).
+    fn default_grace_period(&self, _obj: &Value) -> i64 {
+        0
+    }
+
+    /// Whether deletion goes through termination (a Namespace is emptied by its finalizer
+    /// and removed only then; it has no `deletecollection`), instead of the ordinary path.
+    fn deleted_by_termination(&self) -> bool {
+        false
+    }
+
+    /// Fields a field selector may name besides `metadata.name` and `metadata.namespace`
+    /// (upstream's `GetAttrs`/field label conversion for the kind; others get 400).
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Where the kind holds a PodSpec (`["spec"]` for pods, `["spec", "template", "spec"]`
+    /// for workloads), so strategic merge treats its containers and volumes as upstream does.
+    fn pod_spec_path(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
+    /// The strategic-merge strategy of a kind-specific list at `parent.last` (path from the
+    /// object's root, list indices omitted), or `None` to replace the list as a whole.
+    fn list_strategy(&self, _parent: &[&str], _last: &str) -> Option<ListStrategy> {
+        None
+    }
+
+    /// The Table columns `kubectl get` prints, wide columns included (kubectl hides priority
+    /// 1 unless `-o wide`). Exactly one column has format `name`.
+    fn columns(&self) -> Vec<Column> {
+        vec![name_col(), age_col()]
+    }
+
+    /// One Table row for `obj`, matching [`Strategy::columns`].
+    fn row(&self, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
+        vec![
+            Value::from(crate::meta::name(obj).unwrap_or_default()),
+            Value::from(since(
+                crate::meta::creation_timestamp(obj).unwrap_or_default(),
+                now,
+            )),
+        ]
+    }
+}
+
+/// Drops `status` from a new object: it belongs to whoever writes the status subresource.
+pub fn drop_status(obj: &mut Map<String, Value>) {
+    obj.remove("status");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::registry::resource_types;
+
+    /// A client may not set what a status writer owns: create resets `status` on every kind
+    /// with a status subresource, except Node, whose agent registers it with its status.
+    #[test]
+    fn create_resets_status_only_where_a_status_writer_owns_it() {
+        let requester = Requester {
+            name: "alice".into(),
+            groups: vec!["team".into()],
+        };
+        let claimed = json!({"claimed": true});
+        for rt in resource_types() {
+            let mut obj = json!({"spec": {}, "status": claimed.clone()});
+            let map = obj.as_object_mut().unwrap();
+            rt.strategy.prepare_for_create(map, &requester);
+            let kept = map.get("status") == Some(&claimed);
+            let owned = rt.has_subresource("status") && rt.kind != "Node";
+            assert_eq!(kept, !owned, "{} {}", rt.group, rt.kind);
+        }
+    }
+
+    #[test]
+    fn a_csr_records_who_filed_it_not_what_the_body_claims() {
+        let csr =
+            crate::registry::find_by_kind("certificates.k8s.io", "v1", "CertificateSigningRequest")
+                .unwrap();
+        let mut obj =
+            json!({"spec": {"username": "admin", "groups": ["system:masters"], "uid": "0"}});
+        let requester = Requester {
+            name: "system:node:n1".into(),
+            groups: vec!["system:nodes".into()],
+        };
+        csr.strategy
+            .prepare_for_create(obj.as_object_mut().unwrap(), &requester);
+        assert_eq!(
+            obj["spec"],
+            json!({"username": "system:node:n1", "groups": ["system:nodes"]})
+        );
+    }
+
+    #[test]
+    fn only_bound_pods_are_deleted_gracefully() {
+        for rt in resource_types() {
+            let obj = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 7}});
+            let grace = rt.strategy.default_grace_period(&obj);
+            assert_eq!(grace, if rt.kind == "Pod" { 7 } else { 0 }, "{}", rt.kind);
+        }
+        let pod = crate::registry::find_by_kind("", "v1", "Pod").unwrap();
+        assert_eq!(pod.strategy.default_grace_period(&json!({"spec": {}})), 0);
+        assert_eq!(
+            pod.strategy
+                .default_grace_period(&json!({"spec": {"nodeName": "n1"}})),
+            30
+        );
+    }
+
+    #[test]
+    fn field_selectors_are_declared_once_per_kind() {
+        for rt in resource_types() {
+            let fields = rt.strategy.selectable_fields();
+            for (i, f) in fields.iter().enumerate() {
+                assert!(!fields[i + 1..].contains(f), "{} lists {f} twice", rt.kind);
+                assert!(!f.starts_with("metadata."), "{}: {f} is common", rt.kind);
+            }
+        }
+    }
+}

@@ -1,0 +1,488 @@
+//! Writes: create, update (the main resource or its status) and patch (JSON, merge,
+//! strategic, apply). Every write is a compare-and-swap on the store revision.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde_json::{Value, json};
+use shoal_store::StoreError;
+
+use super::{Ctx, load, parse_json};
+use crate::api::defaults::default_object;
+use crate::api::kinds::core::namespace::NAMESPACE;
+use crate::api::patch::{PatchError, json_patch, merge_patch, strategic_merge_patch};
+use crate::api::registry::ResourceType;
+use crate::api::validation::{FieldError, validate};
+use crate::error::{ApiError, Subject, json_response};
+use crate::object::{
+    self, decode, encode, finalizers, meta_str, metadata_mut, now_rfc3339, random_suffix,
+    same_apart_from_rv,
+};
+
+/// Checks `kind`/`apiVersion` of a body against the resource, filling them when absent.
+fn check_type(rt: &'static ResourceType, obj: &mut Value) -> Result<(), ApiError> {
+    let api_version = rt.api_version();
+    let map = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("body is not an object".into()))?;
+    if let Some(kind) = map.get("kind").and_then(Value::as_str)
+        && !kind.is_empty()
+        && kind != rt.kind
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the kind of the provided object ({kind}) does not match the kind of the resource ({})",
+            rt.kind
+        )));
+    }
+    if let Some(v) = map.get("apiVersion").and_then(Value::as_str)
+        && !v.is_empty()
+        && v != api_version
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the API version in the data ({v}) does not match the expected API version ({api_version})"
+        )));
+    }
+    map.insert("kind".into(), json!(rt.kind));
+    map.insert("apiVersion".into(), json!(api_version));
+    Ok(())
+}
+
+pub(super) fn check_namespace(ctx: &Ctx, obj: &mut Value) -> Result<(), ApiError> {
+    let rt = ctx.target.rt;
+    let meta = metadata_mut(obj);
+    if !rt.namespaced {
+        meta.remove("namespace");
+        return Ok(());
+    }
+    let path_ns = ctx
+        .target
+        .namespace
+        .as_deref()
+        .ok_or(ApiError::MethodNotAllowed)?;
+    match meta.get("namespace").and_then(Value::as_str) {
+        Some(ns) if !ns.is_empty() && ns != path_ns => Err(ApiError::BadRequest(
+            "the namespace of the provided object does not match the namespace sent on the request"
+                .into(),
+        )),
+        _ => {
+            meta.insert("namespace".into(), json!(path_ns));
+            Ok(())
+        }
+    }
+}
+
+fn invalid(rt: &'static ResourceType, name: &str, causes: Vec<FieldError>) -> ApiError {
+    ApiError::Invalid {
+        kind: rt.kind,
+        subject: Subject::new(rt, name),
+        causes,
+    }
+}
+
+fn check_valid(
+    rt: &'static ResourceType,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
+    let errors = validate(rt, obj, old);
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(rt, object::name(obj), errors))
+    }
+}
+
+pub(super) async fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError> {
+    let mut obj = parse_json(&ctx.headers, body)?;
+    let obj = create_object(ctx, &mut obj).await?;
+    Ok(json_response(StatusCode::CREATED, &obj))
+}
+
+/// Prepares, validates and stores a new object; returns it with its resourceVersion.
+pub(super) async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, ApiError> {
+    let rt = ctx.target.rt;
+    check_type(rt, obj)?;
+    check_namespace(ctx, obj)?;
+    {
+        let meta = metadata_mut(obj);
+        for field in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
+            meta.remove(field);
+        }
+        meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
+    }
+    if obj.get("spec").is_some() {
+        metadata_mut(obj).insert("generation".into(), json!(1));
+    } else {
+        metadata_mut(obj).remove("generation");
+    }
+    let requester = ctx.requester();
+    if let Some(map) = obj.as_object_mut() {
+        rt.strategy.prepare_for_create(map, &requester);
+    }
+    let generate_name = meta_str(obj, "generateName").unwrap_or("").to_string();
+    let fixed_name = object::name(obj).to_string();
+    if fixed_name.is_empty() && generate_name.is_empty() {
+        return Err(invalid(
+            rt,
+            "",
+            vec![FieldError::required(
+                "metadata.name",
+                "name or generateName is required",
+            )],
+        ));
+    }
+    if fixed_name.is_empty() {
+        // Validate with a placeholder name so generateName itself is checked.
+        metadata_mut(obj).insert(
+            "name".into(),
+            json!(format!("{generate_name}{}", random_suffix())),
+        );
+    }
+    default_object(rt, obj);
+    check_valid(rt, obj, None)?;
+    if let Some(ns) = ctx.target.namespace.as_deref().filter(|_| rt.namespaced) {
+        let ns_key = NAMESPACE.storage_key(None, ns);
+        let Some(ns_kv) = ctx.state.store().get(&ns_key).await? else {
+            return Err(ApiError::NotFound(Subject::new(&NAMESPACE, ns)));
+        };
+        if meta_str(&decode(&ns_kv)?, "deletionTimestamp").is_some() {
+            return Err(ApiError::Forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                rt.plural,
+                object::name(obj)
+            )));
+        }
+    }
+    for attempt in 0..8 {
+        if attempt > 0 {
+            metadata_mut(obj).insert(
+                "name".into(),
+                json!(format!("{generate_name}{}", random_suffix())),
+            );
+        }
+        let name = object::name(obj).to_string();
+        if ctx.params.dry_run() {
+            return Ok(obj.clone());
+        }
+        let key = ctx.target.key(&name);
+        match ctx.state.store().create(&key, encode(obj)).await {
+            Ok(kv) => {
+                object::set_resource_version(obj, kv.mod_revision);
+                tracing::debug!(key = %key, revision = kv.mod_revision, "created object");
+                return Ok(obj.clone());
+            }
+            Err(StoreError::AlreadyExists(_)) if fixed_name.is_empty() => continue,
+            Err(e) => return Err(ApiError::from_store(e, ctx.target.subject(&name))),
+        }
+    }
+    Err(ApiError::AlreadyExists(
+        ctx.target.subject(object::name(obj)),
+    ))
+}
+
+/// Which part of an object a write may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The main resource: everything but status (for kinds with a status subresource).
+    Main,
+    /// The `status` subresource: only status.
+    Status,
+}
+
+/// Builds the object to store from `old` and the client's `new` under `mode`.
+pub(super) fn merge_update(
+    rt: &'static ResourceType,
+    old: &Value,
+    mut new: Value,
+    mode: Mode,
+) -> Result<Value, ApiError> {
+    check_type(rt, &mut new)?;
+    let mut out = match mode {
+        Mode::Status => {
+            let mut out = old.clone();
+            if let Some(map) = out.as_object_mut() {
+                match new.get("status") {
+                    Some(s) => map.insert("status".into(), s.clone()),
+                    None => map.remove("status"),
+                };
+            }
+            out
+        }
+        Mode::Main => {
+            let old_meta = old
+                .get("metadata")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let meta = metadata_mut(&mut new);
+            for field in [
+                "uid",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "name",
+                "namespace",
+                "generation",
+            ] {
+                match old_meta.get(field) {
+                    Some(v) => meta.insert(field.into(), v.clone()),
+                    None => meta.remove(field),
+                };
+            }
+            if rt.has_subresource("status")
+                && let Some(map) = new.as_object_mut()
+            {
+                match old.get("status") {
+                    Some(s) => map.insert("status".into(), s.clone()),
+                    None => map.remove("status"),
+                };
+            }
+            new
+        }
+    };
+    default_object(rt, &mut out);
+    if mode == Mode::Main && out.get("spec") != old.get("spec") {
+        let generation = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            + 1;
+        metadata_mut(&mut out).insert("generation".into(), json!(generation));
+    }
+    check_valid(rt, &out, Some(old))?;
+    Ok(out)
+}
+
+/// The `resourceVersion` a body asks to update, if any.
+pub(super) fn precondition(obj: &Value) -> Result<Option<u64>, ApiError> {
+    match meta_str(obj, "resourceVersion") {
+        None | Some("") => Ok(None),
+        Some(rv) => rv
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}"))),
+    }
+}
+
+/// True when an update leaves an object that must now disappear: being deleted, no finalizers
+/// left and no grace period running. Kinds deleted through termination (namespaces) are
+/// removed by their own finalizer task (`namespace.rs`), never by an update.
+fn completes_deletion(rt: &ResourceType, obj: &Value) -> bool {
+    !rt.strategy.deleted_by_termination()
+        && meta_str(obj, "deletionTimestamp").is_some()
+        && finalizers(obj).is_empty()
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
+}
+
+/// Reads `name`, computes its next version with `f` and writes it with a compare-and-swap,
+/// retrying when another writer got in between. `f` sees the object with its resourceVersion
+/// and decides about client preconditions itself.
+pub(super) async fn guaranteed_update<F>(ctx: &Ctx, name: &str, mut f: F) -> Result<Value, ApiError>
+where
+    F: FnMut(&Value, u64) -> Result<Value, ApiError>,
+{
+    let key = ctx.target.key(name);
+    let store = ctx.state.store();
+    for _ in 0..32 {
+        let (current, rev) = load(ctx, name).await?;
+        let mut new = f(&current, rev)?;
+        if same_apart_from_rv(&new, &current) {
+            return Ok(current);
+        }
+        if ctx.params.dry_run() {
+            return Ok(new);
+        }
+        if completes_deletion(ctx.target.rt, &new) {
+            match store.delete(&key, Some(rev)).await {
+                Ok((_, deleted_at)) => {
+                    object::set_resource_version(&mut new, deleted_at);
+                    tracing::debug!(key = %key, "deleted object after its last finalizer");
+                    return Ok(new);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(ApiError::from_store(e, ctx.target.subject(name))),
+            }
+        }
+        match store.update(&key, encode(&mut new), Some(rev)).await {
+            Ok(kv) => {
+                object::set_resource_version(&mut new, kv.mod_revision);
+                return Ok(new);
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(ApiError::from_store(e, ctx.target.subject(name))),
+        }
+    }
+    Err(ApiError::stale(ctx.target.subject(name)))
+}
+
+pub(super) fn check_body_identity(ctx: &Ctx, name: &str, obj: &mut Value) -> Result<(), ApiError> {
+    if let Some(n) = meta_str(obj, "name")
+        && !n.is_empty()
+        && n != name
+    {
+        return Err(ApiError::BadRequest(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
+    }
+    check_namespace(ctx, obj)?;
+    metadata_mut(obj).insert("name".into(), json!(name));
+    Ok(())
+}
+
+pub(super) async fn update(
+    ctx: &Ctx,
+    name: &str,
+    body: &[u8],
+    mode: Mode,
+) -> Result<Response, ApiError> {
+    let mut new = parse_json(&ctx.headers, body)?;
+    check_body_identity(ctx, name, &mut new)?;
+    let expected = precondition(&new)?;
+    let rt = ctx.target.rt;
+    let subject = ctx.target.subject(name);
+    let out = guaranteed_update(ctx, name, |current, rev| {
+        if expected.is_some_and(|e| e != rev) {
+            return Err(ApiError::stale(subject.clone()));
+        }
+        merge_update(rt, current, new.clone(), mode)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+/// The kinds of PATCH bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum PatchType {
+    Json,
+    Merge,
+    Strategic,
+    Apply,
+}
+
+pub(super) fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    match media {
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/strategic-merge-patch+json" => Ok(PatchType::Strategic),
+        "application/apply-patch+yaml" | "application/apply-patch+json" => Ok(PatchType::Apply),
+        other => Err(ApiError::UnsupportedMediaType(other.to_string())),
+    }
+}
+
+pub(super) fn apply_patch(
+    rt: &'static ResourceType,
+    kind: PatchType,
+    current: &Value,
+    patch: &Value,
+) -> Result<Value, ApiError> {
+    let result = match kind {
+        PatchType::Json => json_patch(current, patch),
+        PatchType::Merge => merge_patch(current, patch),
+        PatchType::Strategic | PatchType::Apply => strategic_merge_patch(rt, current, patch),
+    };
+    result.map_err(|e| match e {
+        PatchError::TooManyOperations(m) => ApiError::EntityTooLarge(m),
+        // As upstream: a JSON patch that cannot be applied is unprocessable.
+        PatchError::JsonPatch(m) => ApiError::Unprocessable(m),
+        e => ApiError::BadRequest(format!("the patch could not be applied: {e}")),
+    })
+}
+
+pub(super) fn parse_patch(kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        if kind == PatchType::Apply {
+            ApiError::UnsupportedMediaType(
+                "application/apply-patch+yaml (only JSON is accepted)".into(),
+            )
+        } else {
+            ApiError::BadRequest(format!("error decoding patch: {e}"))
+        }
+    })?;
+    let shape_ok = match kind {
+        PatchType::Json => value.is_array(),
+        _ => value.is_object(),
+    };
+    if !shape_ok {
+        return Err(ApiError::BadRequest(
+            "the patch has the wrong shape for its type".into(),
+        ));
+    }
+    Ok(value)
+}
+
+pub(super) async fn patch(
+    ctx: &Ctx,
+    name: &str,
+    body: &[u8],
+    mode: Mode,
+) -> Result<Response, ApiError> {
+    let kind = patch_type(&ctx.headers)?;
+    let patch = parse_patch(kind, body)?;
+    let rt = ctx.target.rt;
+    if kind == PatchType::Apply && mode == Mode::Main {
+        // Server-side apply, approximated: create when absent, else a strategic merge.
+        let key = ctx.target.key(name);
+        if ctx.state.store().get(&key).await?.is_none() {
+            let mut obj = patch.clone();
+            check_body_identity(ctx, name, &mut obj)?;
+            match create_object(ctx, &mut obj).await {
+                Ok(created) => return Ok(json_response(StatusCode::CREATED, &created)),
+                Err(ApiError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let subject = ctx.target.subject(name);
+    let out = guaranteed_update(ctx, name, |current, rev| {
+        let mut patched = apply_patch(rt, kind, current, &patch)?;
+        if let Some(expected) = precondition(&patched)?
+            && expected != rev
+        {
+            return Err(ApiError::stale(subject.clone()));
+        }
+        check_body_identity(ctx, name, &mut patched)?;
+        merge_update(rt, current, patched, mode)
+    })
+    .await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::kinds::core::{configmap::CONFIG_MAP, namespace::NAMESPACE};
+
+    #[test]
+    fn completes_deletion_only_without_finalizers_and_grace() {
+        let mut obj =
+            json!({"metadata": {"name": "a", "deletionTimestamp": "2026-01-01T00:00:00Z"}});
+        assert!(completes_deletion(&CONFIG_MAP, &obj));
+        obj["metadata"]["deletionGracePeriodSeconds"] = json!(30);
+        assert!(!completes_deletion(&CONFIG_MAP, &obj));
+        obj["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+        obj["metadata"]["finalizers"] = json!(["x"]);
+        assert!(!completes_deletion(&CONFIG_MAP, &obj));
+        assert!(!completes_deletion(
+            &CONFIG_MAP,
+            &json!({"metadata": {"name": "a"}})
+        ));
+        obj["metadata"]["finalizers"] = json!([]);
+        assert!(completes_deletion(&CONFIG_MAP, &obj));
+        assert!(!completes_deletion(&NAMESPACE, &obj));
+    }
+}
