@@ -15,6 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
+mod api;
 mod store;
 
 use shoal_e2e::{Cluster, GuestTarget, Registry, hello_guest, wait_until, workspace_root};
@@ -36,6 +37,11 @@ fn main() -> Result<()> {
             let bin = release_shoal(&root)?;
             store::run(&bin, &root.join("target/bench"), machine())
         }
+        ["bench", "api"] => {
+            let root = workspace_root();
+            let bin = release_shoal(&root)?;
+            api::run(&bin, &root.join("target/bench"), machine())
+        }
         ["bench", "store", "failover"] => {
             let root = workspace_root();
             let bin = release_shoal(&root)?;
@@ -52,7 +58,7 @@ fn main() -> Result<()> {
             let bin = release_shoal(&root)?;
             store::writes_only(&bin, &root.join("target/bench"), machine(), members)
         }
-        _ => bail!("usage: cargo xtask bench apply|store [failover|disk|writes MEMBERS]"),
+        _ => bail!("usage: cargo xtask bench apply|api|store [failover|disk|writes MEMBERS]"),
     }
 }
 

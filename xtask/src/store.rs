@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use shoal_e2e::free_port;
 use shoal_tls::{CertificateAuthority, IssuedCertificate};
 
-type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type Https = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 const CLIENTS: [usize; 3] = [1, 16, 256];
 /// HTTP/2 connections per member (streams are multiplexed on them).
@@ -43,7 +43,7 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn https_client(ca_pem: &str, identity: &IssuedCertificate) -> Result<Https> {
+pub(crate) fn https_client(ca_pem: &str, identity: &IssuedCertificate) -> Result<Https> {
     let mut tls = (*shoal_tls::client_config(ca_pem, Some(identity))?).clone();
     tls.alpn_protocols.clear();
     let mut http = HttpConnector::new();
@@ -72,7 +72,7 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// A multi-threaded runtime of two workers, as many as this machine's cores.
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -80,7 +80,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 /// `out/name`, emptied: a data dir kept after the run (logs included), replaced by the next.
-fn fresh_dir(out: &Path, name: &str) -> Result<PathBuf> {
+pub(crate) fn fresh_dir(out: &Path, name: &str) -> Result<PathBuf> {
     let dir = out.join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -103,7 +103,7 @@ fn dir_size(dir: &Path) -> u64 {
 }
 
 /// A process killed on drop.
-struct Proc {
+pub(crate) struct Proc {
     child: Option<Child>,
     args: Vec<String>,
     program: PathBuf,
@@ -139,7 +139,7 @@ impl Proc {
         Ok(())
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
@@ -158,35 +158,35 @@ impl Drop for Proc {
 }
 
 /// One system under test: its members' put URLs, processes and data dirs.
-struct System {
+pub(crate) struct System {
     name: &'static str,
-    put_urls: Vec<String>,
-    procs: Vec<Proc>,
-    dirs: Vec<PathBuf>,
-    client: Vec<Https>,
+    pub(crate) put_urls: Vec<String>,
+    pub(crate) procs: Vec<Proc>,
+    pub(crate) dirs: Vec<PathBuf>,
+    pub(crate) client: Vec<Https>,
 }
 
 /// Outcome of one load.
 #[derive(Debug, Clone)]
-struct Load {
-    ops: u64,
-    errors: u64,
-    seconds: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+pub(crate) struct Load {
+    pub(crate) ops: u64,
+    pub(crate) errors: u64,
+    pub(crate) seconds: f64,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 impl Load {
-    fn rate(&self) -> f64 {
+    pub(crate) fn rate(&self) -> f64 {
         self.ops as f64 / self.seconds
     }
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({"ops": self.ops, "errors": self.errors, "seconds": self.seconds,
                "writes_per_second": self.rate(), "p50_ms": self.p50_ms, "p99_ms": self.p99_ms})
     }
 }
 
-fn percentile(sorted: &[Duration], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -195,11 +195,11 @@ fn percentile(sorted: &[Duration], q: f64) -> f64 {
 }
 
 /// What a client sends: a URL and a body, given the client and the request number.
-type Request = Arc<dyn Fn(usize, u64) -> (String, Vec<u8>) + Send + Sync>;
+pub(crate) type Request = Arc<dyn Fn(usize, u64) -> (String, Vec<u8>) + Send + Sync>;
 
 /// `clients` concurrent clients, each sending its next request once the previous one is
 /// answered, for `duration` (or until `count` requests are answered in all).
-async fn load(
+pub(crate) async fn load(
     https: &[Https],
     clients: usize,
     duration: Duration,
@@ -400,12 +400,12 @@ fn start_etcd(tls: &Tls, dir: &Path, n: usize, extra: &[&str]) -> Result<System>
 }
 
 /// `n` `shoal server` members on loopback; the first creates the cluster, the others join.
-struct ShoalCluster {
-    system: System,
-    api_urls: Vec<String>,
+pub(crate) struct ShoalCluster {
+    pub(crate) system: System,
+    pub(crate) api_urls: Vec<String>,
 }
 
-fn start_shoal(bin: &Path, dir: &Path, n: usize) -> Result<ShoalCluster> {
+pub(crate) fn start_shoal(bin: &Path, dir: &Path, n: usize) -> Result<ShoalCluster> {
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let mut procs = Vec::new();
     let mut dirs = Vec::new();

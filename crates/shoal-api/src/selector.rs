@@ -330,6 +330,14 @@ impl FieldSelector {
         })
     }
 
+    /// Whether every term holds, reading field values through `value` (for callers that hold
+    /// an object's field values rather than the object).
+    pub fn matches_by(&self, value: impl Fn(&str) -> String) -> bool {
+        self.requirements
+            .iter()
+            .all(|r| (value(&r.field) == r.value) == r.equal)
+    }
+
     /// The value of an `=` term on `field`, so callers can narrow a scan (e.g. `spec.nodeName`).
     pub fn exact(&self, field: &str) -> Option<&str> {
         self.requirements
@@ -344,7 +352,9 @@ impl FieldSelector {
     }
 }
 
-fn field_value(obj: &Value, field: &str) -> String {
+/// The value of `field` (a field-selector path such as `spec.nodeName`) in `obj`, as field
+/// selectors compare it: missing is empty, booleans and numbers as text.
+pub fn field_value(obj: &Value, field: &str) -> String {
     // `source` on core Events is `source.component`.
     let path: Vec<&str> = if field == "source" && obj.get("source").is_some_and(Value::is_object) {
         vec!["source", "component"]

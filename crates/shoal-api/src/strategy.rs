@@ -74,9 +74,10 @@ pub trait Strategy: Send + Sync + 'static {
     /// [`Strategy::validate`] of the new object.
     fn validate_update(&self, _obj: &Value, _old: &Value, _errs: &mut Vec<FieldError>) {}
 
-    /// The grace period a DELETE without one gives `obj`: 0 deletes at once; more marks it
-    /// deleted and leaves the removal to whoever stops it (the node agent, for bound pods).
-    fn default_grace_period(&self, _obj: &Value) -> i64 {
+    /// The grace period a DELETE of `obj` gets, given the one the client asked for: 0 deletes
+    /// at once; more marks it deleted and leaves the removal to whoever stops it (the node
+    /// agent, for bound pods). Kinds nobody stops ignore the request.
+    fn grace_period(&self, _obj: &Value, _requested: Option<i64>) -> i64 {
         0
     }
 
@@ -90,6 +91,13 @@ pub trait Strategy: Send + Sync + 'static {
     /// (upstream's `GetAttrs`/field label conversion for the kind; others get 400).
     fn selectable_fields(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// A field whose exact value most watchers of the kind select on (`spec.nodeName`: each
+    /// node agent watches its own pods); the watch cache indexes watchers by it so a change
+    /// wakes only the watchers of its value.
+    fn watch_index(&self) -> Option<&'static str> {
+        None
     }
 
     /// Where the kind holds a PodSpec (`["spec"]` for pods, `["spec", "template", "spec"]`
@@ -177,16 +185,18 @@ mod tests {
     fn only_bound_pods_are_deleted_gracefully() {
         for rt in resource_types() {
             let obj = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 7}});
-            let grace = rt.strategy.default_grace_period(&obj);
+            let grace = rt.strategy.grace_period(&obj, None);
             assert_eq!(grace, if rt.kind == "Pod" { 7 } else { 0 }, "{}", rt.kind);
+            let asked = rt.strategy.grace_period(&obj, Some(3));
+            assert_eq!(asked, if rt.kind == "Pod" { 3 } else { 0 }, "{}", rt.kind);
         }
         let pod = crate::registry::find_by_kind("", "v1", "Pod").unwrap();
-        assert_eq!(pod.strategy.default_grace_period(&json!({"spec": {}})), 0);
-        assert_eq!(
-            pod.strategy
-                .default_grace_period(&json!({"spec": {"nodeName": "n1"}})),
-            30
-        );
+        assert_eq!(pod.strategy.grace_period(&json!({"spec": {}}), Some(30)), 0);
+        let bound = json!({"spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 0}});
+        assert_eq!(pod.strategy.grace_period(&bound, Some(30)), 30);
+        assert_eq!(pod.strategy.grace_period(&bound, None), 0);
+        let plain = json!({"spec": {"nodeName": "n1"}});
+        assert_eq!(pod.strategy.grace_period(&plain, None), 30);
     }
 
     #[test]

@@ -86,6 +86,10 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// 504: the request could not be served in time (a resourceVersion the cache has not
+    /// reached yet).
+    #[error("timeout: {0}")]
+    Timeout(String),
 }
 
 impl ApiError {
@@ -208,6 +212,7 @@ impl ApiError {
                 "ServiceUnavailable",
                 m.clone(),
             ),
+            ApiError::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, "Timeout", m.clone()),
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 (

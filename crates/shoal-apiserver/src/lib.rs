@@ -9,6 +9,7 @@
 //! (quotas, limit ranges) is not done here.
 
 mod auth;
+mod cache;
 mod discovery;
 mod error;
 mod join;
@@ -116,6 +117,7 @@ struct Inner {
     cluster: Option<ClusterSecrets>,
     registry: Arc<Registry>,
     api_metrics: metrics::ApiMetrics,
+    caches: cache::Caches,
 }
 
 impl std::fmt::Debug for AppState {
@@ -136,8 +138,10 @@ impl AppState {
         store.metrics().register(&mut registry);
         let api_metrics = metrics::ApiMetrics::register(&mut registry);
         let logs = logs::LogClient::new(config.cluster.as_ref())?;
+        let caches = cache::Caches::new(store.clone(), shutdown.clone());
         Ok(AppState {
             inner: Arc::new(Inner {
+                caches,
                 store,
                 bookmark_interval: config.bookmark_interval,
                 shutdown,
@@ -158,6 +162,10 @@ impl AppState {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    pub(crate) fn caches(&self) -> &cache::Caches {
+        &self.inner.caches
     }
 
     pub(crate) fn auth_mode(&self) -> auth::Mode {

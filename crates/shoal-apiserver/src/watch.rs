@@ -2,11 +2,18 @@
 //!
 //! A watch starts after the requested `resourceVersion` (absent or "0": the current objects
 //! first, as `ADDED`), applies label and field selectors to both sides of each change (so an
-//! object leaving the selection is seen as `DELETED`), sends `BOOKMARK`s when asked, and turns
-//! store compaction into an `ERROR` event carrying a 410 `Status`. One task per watch, owned
-//! by the response body: it ends when the client goes, on `timeoutSeconds`, or at shutdown.
+//! object leaving the selection is seen as `DELETED`), sends `BOOKMARK`s when asked, and ends
+//! with an `ERROR` event carrying a 410 `Status` when it can no longer follow (compaction, or a
+//! client too slow for the watch cache). One task per watch, owned by the response body: it
+//! ends when the client goes, on `timeoutSeconds`, or at shutdown.
+//!
+//! Watches are served from the resource's watch cache (`cache.rs`): each change arrives
+//! decoded once, shared with every other watcher, and is written as the cached JSON. Only a
+//! watch from a `resourceVersion` older than the cache's window reads the store itself.
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,6 +27,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::cache::{Cacher, Entry, Event, Start, Subscription};
 use crate::error::ApiError;
 use crate::object::{decode, name as object_name, set_resource_version};
 use crate::resources::{Ctx, Filter};
@@ -46,6 +54,38 @@ pub async fn serve(ctx: Ctx, name: Option<String>) -> Result<Response, ApiError>
     };
     let prefix = ctx.target.collection_prefix();
     let store = ctx.state.store().clone();
+    let cacher = ctx.state.caches().cacher(ctx.target.rt);
+    let from = match (requested, send_initial) {
+        (Some(rv), false) => Start::After(rv),
+        // Unset means the most recent state, as a consistent read; "0" any state.
+        (_, _) if ctx.params.get("resourceVersion").is_none() => Start::Initial {
+            min_revision: store.consistent_revision().await?,
+        },
+        (rv, _) => Start::Initial {
+            min_revision: rv.unwrap_or(0),
+        },
+    };
+    let index = cacher
+        .index_field()
+        .and_then(|f| filter.fields.as_ref()?.exact(f))
+        .map(str::to_string);
+    if let Some(subscription) = cacher.subscribe(&prefix, from, index).await? {
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let watcher = Watcher {
+            ctx,
+            filter,
+            name,
+            first_table: true,
+            tx,
+        };
+        let options = Options {
+            bookmarks,
+            send_initial,
+            timeout,
+        };
+        tokio::spawn(watcher.run_cached(cacher, subscription, options));
+        return Ok(streaming(rx));
+    }
     let (initial, start) = match requested {
         Some(rv) if !send_initial => (None, rv),
         _ => {
@@ -63,13 +103,25 @@ pub async fn serve(ctx: Ctx, name: Option<String>) -> Result<Response, ApiError>
     };
     let events = store.watch(&prefix, start);
     tokio::spawn(watcher.run(events, initial, start, bookmarks, send_initial, timeout));
+    Ok(streaming(rx))
+}
+
+/// The response carrying what the watch task sends.
+fn streaming(rx: mpsc::Receiver<Bytes>) -> Response {
     let body = Body::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     let mut resp = (StatusCode::OK, body).into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Ok(resp)
+    resp
+}
+
+/// What the client asked of its watch besides the start.
+struct Options {
+    bookmarks: bool,
+    send_initial: bool,
+    timeout: Option<u64>,
 }
 
 struct Watcher {
@@ -86,6 +138,65 @@ type Open = bool;
 impl Watcher {
     fn selects(&self, obj: &Value) -> bool {
         self.name.as_deref().is_none_or(|n| object_name(obj) == n) && self.filter.matches(obj)
+    }
+
+    fn selects_entry(&self, cacher: &Cacher, entry: &Entry) -> bool {
+        self.name
+            .as_deref()
+            .is_none_or(|n| cacher.field(entry, "metadata.name") == Some(n))
+            && self.filter.matches_entry(cacher, entry)
+    }
+
+    /// One cached change as at most one watch event, by what this watcher selects.
+    fn translate_cached<'e>(
+        &self,
+        cacher: &Cacher,
+        event: &'e Event,
+    ) -> Option<(&'static str, &'e Entry)> {
+        if event.deleted {
+            return self
+                .selects_entry(cacher, &event.object)
+                .then_some(("DELETED", &event.object));
+        }
+        let now = self.selects_entry(cacher, &event.object);
+        let before = event
+            .prev
+            .as_ref()
+            .is_some_and(|p| self.selects_entry(cacher, p));
+        match (before, now) {
+            (false, true) => Some(("ADDED", &event.object)),
+            (true, true) => Some(("MODIFIED", &event.object)),
+            (true, false) => Some(("DELETED", &event.object)),
+            (false, false) => None,
+        }
+    }
+
+    /// Sends a cached object: its JSON as it is, or as a Table row when the client asked.
+    async fn send_entry(&mut self, kind: &str, entry: &Entry) -> Open {
+        if self.ctx.table.is_some() {
+            return match entry.object() {
+                Ok(obj) => self.send(kind, obj).await,
+                Err(e) => {
+                    self.send_error(e).await;
+                    false
+                }
+            };
+        }
+        let mut line = Vec::with_capacity(entry.json.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&entry.json);
+        line.extend_from_slice(b"}\n");
+        self.send_line(Bytes::from(line)).await
+    }
+
+    async fn send_line(&mut self, line: Bytes) -> Open {
+        // A client that stays connected but stops reading must not hold the task past shutdown.
+        tokio::select! {
+            sent = self.tx.send(line) => sent.is_ok(),
+            _ = self.ctx.state.inner.shutdown.cancelled() => false,
+        }
     }
 
     async fn send(&mut self, kind: &str, object: Value) -> Open {
@@ -110,16 +221,23 @@ impl Watcher {
         let mut line =
             serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         line.push(b'\n');
-        // A client that stays connected but stops reading must not hold the task past shutdown.
-        tokio::select! {
-            sent = self.tx.send(Bytes::from(line)) => sent.is_ok(),
-            _ = self.ctx.state.inner.shutdown.cancelled() => false,
-        }
+        self.send_line(Bytes::from(line)).await
     }
 
     async fn send_error(&mut self, err: ApiError) -> Open {
         let (_, status) = err.status();
         self.send("ERROR", status).await
+    }
+
+    /// Ticks every bookmark interval, the first one interval from now.
+    fn bookmark_ticker(&self) -> tokio::time::Interval {
+        let period = self
+            .ctx
+            .state
+            .inner
+            .bookmark_interval
+            .max(Duration::from_millis(10));
+        tokio::time::interval_at(Instant::now() + period, period)
     }
 
     fn bookmark(&self, rev: u64, initial_end: bool) -> Value {
@@ -163,6 +281,84 @@ impl Watcher {
         }
     }
 
+    /// Follows the watch cache: the initial objects or the replayed events, then live ones.
+    async fn run_cached(mut self, cacher: Arc<Cacher>, sub: Subscription, options: Options) {
+        let Subscription {
+            initial,
+            replay,
+            revision,
+            mut events,
+            lagged,
+        } = sub;
+        for entry in &initial {
+            if self.selects_entry(&cacher, entry) && !self.send_entry("ADDED", entry).await {
+                return;
+            }
+        }
+        drop(initial);
+        if options.send_initial && options.bookmarks {
+            let mark = self.bookmark(revision, true);
+            if !self.send("BOOKMARK", mark).await {
+                return;
+            }
+        }
+        let mut last = revision;
+        for event in &replay {
+            last = event.revision;
+            if let Some((kind, entry)) = self.translate_cached(&cacher, event)
+                && !self.send_entry(kind, entry).await
+            {
+                return;
+            }
+        }
+        drop(replay);
+        let shutdown = self.ctx.state.inner.shutdown.clone();
+        let mut ticker = self.bookmark_ticker();
+        let expired = deadline(options.timeout);
+        tokio::pin!(expired);
+        loop {
+            let tx = self.tx.clone();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tx.closed() => break,
+                _ = &mut expired => break,
+                _ = ticker.tick(), if options.bookmarks => {
+                    // Read the cache's revision before looking at the queue: the cache queues
+                    // an event before it publishes its revision, so an empty queue then means
+                    // every event up to that revision has been sent.
+                    let seen = cacher.revision();
+                    if events.is_empty() {
+                        last = last.max(seen);
+                    }
+                    let mark = self.bookmark(last, false);
+                    if !self.send("BOOKMARK", mark).await {
+                        break;
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(event) => {
+                        last = event.revision;
+                        if let Some((kind, entry)) = self.translate_cached(&cacher, &event)
+                            && !self.send_entry(kind, entry).await
+                        {
+                            break;
+                        }
+                    }
+                    None => {
+                        if lagged.load(Ordering::Acquire) {
+                            self.send_error(ApiError::Gone(format!(
+                                "too old resource version: {last} (the watch fell behind; list again)"
+                            )))
+                            .await;
+                        }
+                        break;
+                    }
+                },
+            }
+        }
+        tracing::trace!(resource = self.ctx.target.rt.plural, "watch ended");
+    }
+
     async fn run(
         mut self,
         events: Result<
@@ -201,20 +397,8 @@ impl Watcher {
             }
         }
         let shutdown = self.ctx.state.inner.shutdown.clone();
-        let period = self
-            .ctx
-            .state
-            .inner
-            .bookmark_interval
-            .max(Duration::from_millis(10));
-        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
-        let expired = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let mut ticker = self.bookmark_ticker();
+        let expired = deadline(timeout);
         tokio::pin!(expired);
         let mut last = start;
         loop {
@@ -258,6 +442,14 @@ impl Watcher {
             }
         }
         tracing::trace!(resource = self.ctx.target.rt.plural, "watch ended");
+    }
+}
+
+/// Completes after `timeout` seconds, or never.
+async fn deadline(timeout: Option<u64>) {
+    match timeout {
+        Some(t) => tokio::time::sleep(Duration::from_secs(t)).await,
+        None => std::future::pending().await,
     }
 }
 

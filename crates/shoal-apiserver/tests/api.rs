@@ -1380,3 +1380,77 @@ async fn namespace_finalizer_retries_after_a_failure() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn every_page_is_read_at_the_first_page_revision() {
+    let api = setup().await;
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            api.json(Method::POST, PODS, &pod(name)).await.status,
+            StatusCode::CREATED
+        );
+    }
+    let page1 = api.get(&format!("{PODS}?limit=1")).await.json();
+    assert_eq!(page1["items"][0]["metadata"]["name"], "a");
+    let token = |page: &Value| {
+        page["metadata"]["continue"]
+            .as_str()
+            .expect("continue token")
+            .to_string()
+    };
+    let first = token(&page1);
+
+    // Between the pages: b changes, c goes, d comes.
+    let patched = api
+        .patch(
+            &format!("{PODS}/b"),
+            "application/merge-patch+json",
+            &json!({"metadata": {"labels": {"step": "2"}}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    let deleted = api
+        .send(Method::DELETE, &format!("{PODS}/c"), &[], Vec::new())
+        .await;
+    assert_eq!(deleted.status, StatusCode::OK);
+    assert_eq!(
+        api.json(Method::POST, PODS, &pod("d")).await.status,
+        StatusCode::CREATED
+    );
+
+    // The later pages still show the collection as the first page saw it.
+    let page2 = api
+        .get(&format!("{PODS}?limit=1&continue={first}"))
+        .await
+        .json();
+    assert_eq!(page2["items"][0]["metadata"]["name"], "b");
+    assert!(
+        page2["items"][0]["metadata"]["labels"]
+            .get("step")
+            .is_none()
+    );
+    let page3 = api
+        .get(&format!("{PODS}?limit=1&continue={}", token(&page2)))
+        .await
+        .json();
+    let names: Vec<&Value> = page3["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| &p["metadata"]["name"])
+        .collect();
+    assert_eq!(names, ["c"]);
+    assert!(page3["metadata"].get("continue").is_none());
+    assert_eq!(rv(&page3), rv(&page1));
+
+    // A new list sees the changes.
+    let now = api.get(PODS).await.json();
+    let names: Vec<&Value> = now["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|p| &p["metadata"]["name"])
+        .collect();
+    assert_eq!(names, ["a", "b", "d"]);
+    assert_eq!(now["items"][1]["metadata"]["labels"]["step"], "2");
+}

@@ -79,6 +79,15 @@ pub struct ListResult {
     pub revision: u64,
 }
 
+/// What a progress watch ([`Store::watch_progress`]) yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchItem {
+    /// A change under the prefix.
+    Event(WatchEvent),
+    /// Every change under the prefix up to this revision has been yielded.
+    Progress(u64),
+}
+
 /// One change, as seen by a watcher, in revision order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -752,6 +761,13 @@ impl Store {
         self.inner.revision.load(Ordering::Acquire)
     }
 
+    /// The current revision, read linearizably: every write acknowledged anywhere before the
+    /// call is at or below it.
+    pub async fn consistent_revision(&self) -> Result<u64, StoreError> {
+        self.inner.reads.wait().await?;
+        Ok(self.revision())
+    }
+
     /// Reads `key` (linearizable).
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         self.inner.reads.wait().await?;
@@ -854,6 +870,17 @@ impl Store {
         after: u64,
     ) -> Result<BoxStream<'static, Result<WatchEvent, StoreError>>, StoreError> {
         watch::watch(&self.shared()?, prefix, after)
+    }
+
+    /// Like [`Store::watch`], and also reports progress whenever the stream has caught up
+    /// with the newest revision (etcd's progress notifications): a cache fed by it knows the
+    /// revision it reflects even when nothing under its prefix changes.
+    pub fn watch_progress(
+        &self,
+        prefix: &str,
+        after: u64,
+    ) -> Result<BoxStream<'static, Result<WatchItem, StoreError>>, StoreError> {
+        watch::watch_progress(&self.shared()?, prefix, after)
     }
 
     /// The members of the cluster, as this member last learned them.

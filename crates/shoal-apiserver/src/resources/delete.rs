@@ -115,12 +115,10 @@ pub async fn delete(
             fins.push(f.to_string());
             metadata_mut(&mut next).insert("finalizers".into(), json!(fins));
         }
-        // Only kinds deleted gracefully (bound pods) take the client's grace period.
-        let grace = match rt.strategy.default_grace_period(&current) {
-            0 => 0,
-            default => options.grace_period_seconds.unwrap_or(default),
-        }
-        .max(0);
+        let grace = rt
+            .strategy
+            .grace_period(&current, options.grace_period_seconds)
+            .max(0);
         let current_grace = current
             .pointer("/metadata/deletionGracePeriodSeconds")
             .and_then(Value::as_i64);

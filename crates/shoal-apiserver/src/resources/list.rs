@@ -1,13 +1,19 @@
-//! LIST: a collection, whole or in pages, filtered by label and field selectors.
+//! LIST: a collection, whole or in pages, filtered by label and field selectors, served from
+//! the watch cache and written as a stream of the cached JSON.
 
-use axum::http::StatusCode;
-use axum::response::Response;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
 use serde_json::{Value, json};
 use shoal_store::StoreError;
 
 use super::{Ctx, Filter, Params};
+use crate::cache::Entry;
 use crate::error::{ApiError, json_response};
-use crate::object::decode;
 use crate::table::render;
 
 /// Where a paginated list resumes: the revision of its first page and the last key returned.
@@ -51,7 +57,7 @@ fn decode_continue(token: &str) -> Result<Continue, ApiError> {
     })
 }
 
-/// The 410 Kubernetes answers when a continue token's revision has been compacted.
+/// The 410 Kubernetes answers when a continue token's revision can no longer be read.
 fn continue_expired() -> ApiError {
     ApiError::Gone(
         "The provided continue parameter is too old to display a consistent list result. \
@@ -90,14 +96,14 @@ fn check_list_version(params: &Params) -> Result<(), ApiError> {
     }
 }
 
-/// Lists a collection, `limit` objects a page when asked.
+/// Lists a collection, `limit` objects a page when asked, from the watch cache.
 ///
-/// Every page reports the revision of the first page as `metadata.resourceVersion` (the
-/// continue token carries it), as Kubernetes does: a client that watches from the list's
-/// revision then sees every change made while it paged. The store cannot read at an old
-/// revision, so later pages hold current data; changes after the first page's revision are
-/// replayed by the watch, which clients tolerate. A token whose revision has been compacted
-/// is refused with 410 Expired, since the watch could no longer replay from it.
+/// Without `resourceVersion` the list is consistent: the cache is first brought up to the
+/// store's current revision (a linearizable read of it). `resourceVersion=0` takes the cache as
+/// it is, `N` (not older than) waits for N, `N` with `resourceVersionMatch=Exact` needs a
+/// snapshot at exactly N. Every page of a paginated list is read from the first page's snapshot
+/// (the continue token names its revision); a token whose snapshot is gone (expired, or made by
+/// another member) is refused with 410 Expired, and clients list again.
 pub(super) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
     let filter = Filter::from_params(&ctx.params, ctx.target.rt)?;
     check_list_version(&ctx.params)?;
@@ -113,58 +119,121 @@ pub(super) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
         .map(decode_continue)
         .transpose()?;
     let prefix = ctx.target.collection_prefix();
-    let store = ctx.state.store();
-    let snapshot = store.list(&prefix).await?;
-    let revision = match &resume {
+    let cacher = ctx.state.caches().cacher(ctx.target.rt);
+    let snapshot = match &resume {
         Some(resume) => {
-            // Probe for compaction: a watch from the token's revision is refused once the
-            // history after it is gone. The stream is dropped unread.
-            match store.watch(&prefix, resume.revision) {
+            // As upstream, a token is good while the store still holds its revision: probe
+            // for compaction with a watch from there (dropped unread).
+            match ctx.state.store().watch(&prefix, resume.revision) {
                 Ok(_) => {}
                 Err(StoreError::Compacted { .. }) => return Err(continue_expired()),
                 Err(e) => return Err(e.into()),
             }
-            resume.revision
+            cacher
+                .snapshot_at(resume.revision, &prefix)
+                .ok_or_else(continue_expired)?
         }
-        None => snapshot.revision,
+        None => match ctx.params.get("resourceVersion") {
+            None => {
+                let current = ctx.state.store().consistent_revision().await?;
+                cacher.wait_for(current).await?;
+                cacher.snapshot(&prefix)
+            }
+            Some(rv) => {
+                // check_list_version made sure it is a number.
+                let rv = rv.parse::<u64>().unwrap_or(0);
+                cacher.wait_for(rv).await?;
+                if ctx.params.get("resourceVersionMatch") == Some("Exact") {
+                    cacher
+                        .snapshot_at(rv, &prefix)
+                        .ok_or_else(|| ApiError::Gone(format!("too old resource version: {rv}")))?
+                } else {
+                    cacher.snapshot(&prefix)
+                }
+            }
+        },
     };
-    let mut items = Vec::new();
+    let after = resume.as_ref().map(|r| r.key.as_str());
+    let mut items: Vec<Arc<Entry>> = Vec::new();
     let mut next = None;
-    for kv in &snapshot.items {
-        if resume
-            .as_ref()
-            .is_some_and(|resume| kv.key.as_str() <= resume.key.as_str())
-        {
-            continue;
-        }
-        let obj = decode(kv)?;
-        if !filter.matches(&obj) {
+    for entry in snapshot.range(after) {
+        if !filter.matches_entry(&cacher, entry) {
             continue;
         }
         if limit > 0 && items.len() == limit {
             next = items
                 .last()
-                .map(|(k, _): &(String, Value)| encode_continue(revision, k));
+                .map(|e| encode_continue(snapshot.revision, &e.key));
             break;
         }
-        items.push((kv.key.clone(), obj));
+        items.push(Arc::clone(entry));
     }
-    let mut meta = json!({"resourceVersion": revision.to_string()});
+    if next.is_some() {
+        cacher.keep(&snapshot);
+    }
+    let mut meta = json!({"resourceVersion": snapshot.revision.to_string()});
     if let Some(token) = next {
         meta["continue"] = json!(token);
     }
+    drop(snapshot);
     let rt = ctx.target.rt;
     if let Some(req) = ctx.table {
-        let table = render(rt, req, items.iter().map(|(_, o)| o), meta, true);
+        let objects = items
+            .iter()
+            .map(|e| e.object())
+            .collect::<Result<Vec<Value>, ApiError>>()?;
+        let table = render(rt, req, objects.iter(), meta, true);
         return Ok(json_response(StatusCode::OK, &table));
     }
-    let body = json!({
+    let head = json!({
         "kind": rt.list_kind,
         "apiVersion": rt.api_version(),
         "metadata": meta,
-        "items": items.into_iter().map(|(_, o)| o).collect::<Vec<_>>(),
     });
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(stream_list(head, items))
+}
+
+/// Bytes of a list's items written per chunk of the response body.
+const CHUNK: usize = 64 << 10;
+
+/// Writes `{...head, "items": [...]}` as a stream of chunks from the cached JSON, so a large
+/// list is never assembled in memory.
+fn stream_list(head: Value, items: Vec<Arc<Entry>>) -> Response {
+    let mut open = serde_json::to_vec(&head).unwrap_or_default();
+    // Reopen the head object to append the items.
+    open.pop();
+    open.extend_from_slice(b",\"items\":[");
+    let mut first = Some(Bytes::from(open));
+    let mut items = items.into_iter().peekable();
+    let mut done = false;
+    let chunks = futures::stream::iter(std::iter::from_fn(move || {
+        if let Some(first) = first.take() {
+            return Some(first);
+        }
+        if done {
+            return None;
+        }
+        let mut chunk = Vec::with_capacity(CHUNK + 4096);
+        while chunk.len() < CHUNK {
+            let Some(entry) = items.next() else {
+                chunk.extend_from_slice(b"]}");
+                done = true;
+                break;
+            };
+            chunk.extend_from_slice(&entry.json);
+            if items.peek().is_some() {
+                chunk.push(b',');
+            }
+        }
+        Some(Bytes::from(chunk))
+    }))
+    .map(Ok::<_, std::convert::Infallible>);
+    let mut resp = (StatusCode::OK, Body::from_stream(chunks)).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 #[cfg(test)]

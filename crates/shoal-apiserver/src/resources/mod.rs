@@ -93,6 +93,20 @@ impl Filter {
         })
     }
 
+    /// Whether a cached entry of `cacher`'s resource matches.
+    pub fn matches_entry(
+        &self,
+        cacher: &crate::cache::Cacher,
+        entry: &crate::cache::Entry,
+    ) -> bool {
+        self.labels
+            .as_ref()
+            .is_none_or(|s| s.matches(entry.labels()))
+            && self.fields.as_ref().is_none_or(|s| {
+                s.matches_by(|f| cacher.field(entry, f).unwrap_or_default().to_string())
+            })
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.labels.as_ref().is_none_or(|s| s.matches(&labels(obj)))
             && self.fields.as_ref().is_none_or(|s| s.matches(obj))

@@ -64,9 +64,10 @@ impl Strategy for Pod {
         validate_pod_update(obj, old, errs);
     }
 
-    /// A pod on a node gets its `terminationGracePeriodSeconds` (30 s by default) for the agent
-    /// to stop it; a pod no node runs is deleted at once.
-    fn default_grace_period(&self, obj: &Value) -> i64 {
+    /// A pod on a node gets the client's grace period, else its
+    /// `terminationGracePeriodSeconds` (30 s by default), for the agent to stop it; a pod no
+    /// node runs is deleted at once.
+    fn grace_period(&self, obj: &Value, requested: Option<i64>) -> i64 {
         let bound = obj
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
@@ -74,9 +75,13 @@ impl Strategy for Pod {
         if !bound {
             return 0;
         }
-        obj.pointer("/spec/terminationGracePeriodSeconds")
-            .and_then(Value::as_i64)
+        requested
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
             .unwrap_or(30)
+            .max(0)
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {
@@ -91,6 +96,10 @@ impl Strategy for Pod {
             "status.podIPs",
             "status.nominatedNodeName",
         ]
+    }
+
+    fn watch_index(&self) -> Option<&'static str> {
+        Some("spec.nodeName")
     }
 
     fn pod_spec_path(&self) -> Option<&'static [&'static str]> {
