@@ -44,6 +44,10 @@ struct Reply {
 }
 
 impl Reply {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("json body ({e}): {}", String::from_utf8_lossy(&self.body)))
@@ -405,15 +409,44 @@ async fn error_statuses() {
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.json()["kind"], "Status");
 
-    let yaml = api
-        .send(
+    // YAML bodies are accepted as upstream accepts them, within limits.
+    let yaml = |body: &str| {
+        api.send(
             Method::POST,
-            PODS,
+            "/api/v1/namespaces/default/configmaps",
             &[("content-type", "application/yaml")],
-            b"kind: Pod".to_vec(),
+            body.as_bytes().to_vec(),
         )
-        .await;
-    assert_eq!(yaml.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    };
+    let created = yaml(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-yaml\ndata:\n  a: &v \"1\"\n  b: *v\n",
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    assert_eq!(created.json()["data"], json!({"a": "1", "b": "1"}));
+    let nameless = yaml("kind: ConfigMap").await;
+    assert_eq!(nameless.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let two = yaml("kind: ConfigMap\n---\nkind: ConfigMap\n").await;
+    assert_eq!(two.status, StatusCode::BAD_REQUEST);
+    assert_eq!(two.json()["kind"], "Status");
+    // Nine levels of ten aliases would expand to a billion strings: refused, not expanded.
+    let mut bomb = String::from(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
+    for i in 1..9 {
+        let p = i - 1;
+        bomb.push_str(&format!(
+            "l{i}: &l{i} [*l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}, *l{p}]\n"
+        ));
+    }
+    let refused = yaml(&bomb).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.json()["kind"], "Status");
 
     let mut other_ns = pod("x");
     other_ns["metadata"]["namespace"] = json!("kube-system");

@@ -383,6 +383,9 @@ pub(super) fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiE
             }
         });
     }
+    if media == "application/yaml" {
+        return parse_yaml(body);
+    }
     if !(media.is_empty()
         || media == "application/json"
         || media == "*/*"
@@ -391,6 +394,35 @@ pub(super) fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiE
         return Err(ApiError::UnsupportedMediaType(media.to_string()));
     }
     parse_json_bytes(body)
+}
+
+/// Decodes a YAML body (one document; JSON is YAML too) into an object, within limits that
+/// keep a small body small: at most 128 levels deep, 256 aliases of anchors of at most 16 KiB
+/// and 100,000 replayed events (an alias bomb is refused, never expanded), no more scalar
+/// text than a body may carry.
+pub(crate) fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_documents = 1;
+    budget.max_depth = 128;
+    budget.max_nodes = 500_000;
+    budget.max_aliases = 256;
+    budget.max_anchors = 256;
+    budget.max_recorded_anchor_bytes = 16 << 10;
+    budget.max_total_scalar_bytes = MAX_REQUEST_BYTES;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options.alias_limits.max_total_replayed_events = 100_000;
+    options.alias_limits.max_alias_expansions_per_anchor = 256;
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("the YAML body is not UTF-8".into()))?;
+    let value: Value = serde_saphyr::from_str_with_options(text, options)
+        .map_err(|e| ApiError::BadRequest(format!("error decoding YAML request body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be an object".into(),
+        ));
+    }
+    Ok(value)
 }
 
 pub(super) fn parse_json_bytes(body: &[u8]) -> Result<Value, ApiError> {

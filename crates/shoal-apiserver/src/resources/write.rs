@@ -404,15 +404,13 @@ pub(super) fn apply_patch(
 }
 
 pub(super) fn parse_patch(kind: PatchType, body: &[u8]) -> Result<Value, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        if kind == PatchType::Apply {
-            ApiError::UnsupportedMediaType(
-                "application/apply-patch+yaml (only JSON is accepted)".into(),
-            )
-        } else {
-            ApiError::BadRequest(format!("error decoding patch: {e}"))
-        }
-    })?;
+    // An apply patch is YAML (kubectl sends JSON, which is YAML too).
+    let value: Value = if kind == PatchType::Apply {
+        super::parse_yaml(body)?
+    } else {
+        serde_json::from_slice(body)
+            .map_err(|e| ApiError::BadRequest(format!("error decoding patch: {e}")))?
+    };
     let shape_ok = match kind {
         PatchType::Json => value.is_array(),
         _ => value.is_object(),
