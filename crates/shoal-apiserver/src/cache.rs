@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::Value;
-use shoal_store::{KeyValue, Store, StoreError, WatchEvent, WatchItem};
+use shoal_store::{KeyValue, Store, WatchEvent, WatchItem};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -143,6 +143,23 @@ pub struct Subscription {
     pub events: mpsc::Receiver<Arc<Event>>,
     /// Set when the cacher cut the watcher off for falling behind.
     pub lagged: Arc<AtomicBool>,
+    /// Keeps the watcher registered; dropping it unregisters.
+    pub registered: Registered,
+}
+
+/// Removes a watcher's sink when its subscription goes, so watchers of a quiet resource do
+/// not pile up until the next change.
+pub struct Registered {
+    cacher: std::sync::Weak<Cacher>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        if let Some(cacher) = self.cacher.upgrade() {
+            cacher.write().sinks.remove(&self.id);
+        }
+    }
 }
 
 struct Sink {
@@ -210,6 +227,10 @@ impl Cacher {
         match reached.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(ApiError::Unavailable("the watch cache stopped".into())),
+            Err(_) if self.progress.borrow().is_none() => Err(ApiError::Unavailable(format!(
+                "the watch cache of {} is still being filled; try again",
+                self.rt.plural
+            ))),
             Err(_) => Err(ApiError::Timeout(format!(
                 "Too large resource version: {revision}, current: {}",
                 self.revision()
@@ -238,9 +259,7 @@ impl Cacher {
     pub fn keep(&self, snapshot: &Snapshot) {
         let mut state = self.write();
         let now = Instant::now();
-        state
-            .snapshots
-            .retain(|(at, _)| now.duration_since(*at) < SNAPSHOT_TTL);
+        expire_snapshots(&mut state.snapshots);
         if state
             .snapshots
             .iter()
@@ -279,7 +298,7 @@ impl Cacher {
     /// index field has that value before or after a change (the watcher still filters). `None`
     /// when `Start::After` is older than the window (the caller watches the store instead).
     pub async fn subscribe(
-        &self,
+        self: &Arc<Self>,
         prefix: &str,
         start: Start,
         index: Option<String>,
@@ -289,7 +308,6 @@ impl Cacher {
             Start::After(rev) => rev,
         };
         self.wait_for(needed).await?;
-        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         let lagged = Arc::new(AtomicBool::new(false));
         let mut state = self.write();
         let (initial, replay) = match start {
@@ -315,6 +333,9 @@ impl Cacher {
                 (Vec::new(), replay)
             }
         };
+        // Room for what arrives while the initial objects or the replay are being sent, so a
+        // large start alone never cuts a watcher off.
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE + initial.len() + replay.len());
         let id = state.next_sink;
         state.next_sink += 1;
         state.sinks.insert(
@@ -332,6 +353,10 @@ impl Cacher {
             revision: state.revision,
             events: rx,
             lagged,
+            registered: Registered {
+                cacher: Arc::downgrade(self),
+                id,
+            },
         }))
     }
 
@@ -360,8 +385,9 @@ impl Cacher {
         self.progress.send_replace(Some(revision));
     }
 
-    /// Applies one store change and hands it to the watchers.
-    fn apply(&self, event: WatchEvent) {
+    /// Applies one store change and hands it to the watchers. `false`: the change could not
+    /// be decoded, and only a relist makes the cache true again.
+    fn apply(&self, event: WatchEvent) -> bool {
         let revision = event.revision();
         let (key, built, deleted) = match event {
             WatchEvent::Put { kv, .. } => {
@@ -377,14 +403,14 @@ impl Cacher {
                 (prev.key, entry, true)
             }
         };
+        let Some(entry) = built.map(Arc::new) else {
+            // Not JSON: the store holds only what the apiserver encoded, so this is never
+            // expected; the cache cannot say what the object is now.
+            tracing::warn!(%key, revision, "watch cache met an undecodable value");
+            return false;
+        };
         let mut state = self.write();
         state.revision = revision;
-        let Some(entry) = built.map(Arc::new) else {
-            // Not JSON: nothing a client could be shown; the store holds only what the
-            // apiserver encoded, so this is never expected.
-            tracing::warn!(%key, revision, "watch cache skipped an undecodable value");
-            return;
-        };
         let prev = if deleted {
             state.objects.remove(&key)
         } else {
@@ -406,6 +432,7 @@ impl Cacher {
                 state.window_start = old.revision;
             }
         }
+        expire_snapshots(&mut state.snapshots);
         let index = self.index;
         let indexed = |entry: Option<&Arc<Entry>>, value: &str| {
             entry.is_some_and(|e| {
@@ -433,11 +460,23 @@ impl Cacher {
         });
         drop(state);
         self.progress.send_replace(Some(revision));
+        true
+    }
+
+    /// Ends every watcher (they get 410 and relist): the cache can no longer vouch for what
+    /// it would send them.
+    fn end_watchers(&self) {
+        let mut state = self.write();
+        for sink in state.sinks.values() {
+            sink.lagged.store(true, Ordering::Release);
+        }
+        state.sinks.clear();
     }
 
     /// Notes that the store has been seen up to `revision`.
     fn advance(&self, revision: u64) {
         let mut state = self.write();
+        expire_snapshots(&mut state.snapshots);
         if revision > state.revision {
             state.revision = revision;
             drop(state);
@@ -445,9 +484,16 @@ impl Cacher {
         }
     }
 
-    /// Lists and follows the store until shutdown, relisting when the watch breaks.
+    /// Lists and follows the store until shutdown, relisting (after a growing pause) when the
+    /// watch breaks.
     async fn run(self: Arc<Self>, store: Store, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(50);
+        const FIRST_PAUSE: Duration = Duration::from_millis(50);
+        let mut backoff = FIRST_PAUSE;
+        let pause = |backoff: &mut Duration| {
+            let now = *backoff;
+            *backoff = (*backoff * 2).min(Duration::from_secs(2));
+            tokio::time::sleep(now)
+        };
         while !shutdown.is_cancelled() {
             let list = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -457,17 +503,16 @@ impl Cacher {
                 Ok(list) => list,
                 Err(e) => {
                     tracing::debug!(resource = self.rt.plural, error = %e, "watch cache list failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    pause(&mut backoff).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(50);
             let revision = list.revision;
             let mut items = match store.watch_progress(&self.prefix, revision) {
                 Ok(items) => items,
                 Err(e) => {
                     tracing::debug!(resource = self.rt.plural, error = %e, "watch cache watch failed");
+                    pause(&mut backoff).await;
                     continue;
                 }
             };
@@ -476,28 +521,49 @@ impl Cacher {
                 tokio::task::spawn_blocking(move || this.reset(list.items, revision))
             };
             if decode.await.is_err() {
-                return;
+                tracing::error!(resource = self.rt.plural, "watch cache fill failed");
+                pause(&mut backoff).await;
+                continue;
             }
             tracing::debug!(resource = self.rt.plural, revision, "watch cache filled");
+            let followed = Instant::now();
             loop {
                 let item = tokio::select! {
                     _ = shutdown.cancelled() => return,
                     item = items.next() => item,
                 };
                 match item {
-                    Some(Ok(WatchItem::Event(event))) => self.apply(event),
-                    Some(Ok(WatchItem::Progress(revision))) => self.advance(revision),
-                    Some(Err(StoreError::Compacted { .. } | StoreError::WatchLagged)) | None => {
-                        tracing::info!(resource = self.rt.plural, "watch cache relists");
-                        break;
+                    Some(Ok(WatchItem::Event(event))) => {
+                        if !self.apply(event) {
+                            break;
+                        }
                     }
+                    Some(Ok(WatchItem::Progress(revision))) => self.advance(revision),
                     Some(Err(e)) => {
                         tracing::info!(resource = self.rt.plural, error = %e, "watch cache relists");
                         break;
                     }
+                    None => {
+                        tracing::info!(resource = self.rt.plural, "watch cache relists");
+                        break;
+                    }
                 }
             }
+            if followed.elapsed() > Duration::from_secs(10) {
+                backoff = FIRST_PAUSE;
+            }
+            pause(&mut backoff).await;
         }
+    }
+}
+
+/// Drops kept snapshots past their time (oldest first: they are kept in time order).
+fn expire_snapshots(snapshots: &mut VecDeque<(Instant, Snapshot)>) {
+    while snapshots
+        .front()
+        .is_some_and(|(at, _)| at.elapsed() >= SNAPSHOT_TTL)
+    {
+        snapshots.pop_front();
     }
 }
 
@@ -538,7 +604,27 @@ impl Caches {
             state: RwLock::new(State::default()),
             progress: watch::channel(None).0,
         });
-        tokio::spawn(Arc::clone(&cacher).run(self.store.clone(), self.shutdown.clone()));
+        let (store, shutdown, supervised) = (
+            self.store.clone(),
+            self.shutdown.clone(),
+            Arc::clone(&cacher),
+        );
+        // If the cache's task dies (a panic), its watchers end and it starts over: a dead
+        // cache must not leave watchers silent and lists frozen.
+        tokio::spawn(async move {
+            loop {
+                let run =
+                    tokio::spawn(Arc::clone(&supervised).run(store.clone(), shutdown.clone()));
+                match run.await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::error!(resource = supervised.rt.plural, error = %e, "watch cache task died; restarting");
+                        supervised.end_watchers();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
         cachers.insert(prefix, Arc::clone(&cacher));
         cacher
     }
@@ -786,6 +872,26 @@ mod tests {
         assert_eq!(drain(&mut n1.events), [on_n1, moved]);
         assert_eq!(drain(&mut n2.events), [moved, gone]);
         assert_eq!(drain(&mut all.events), [on_n1, moved, gone]);
+        shutdown.cancel();
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_goes_is_forgotten_without_waiting_for_a_change() {
+        let (_dir, store, shutdown, caches) = open().await;
+        let cacher = caches.cacher(&CONFIG_MAP);
+        let prefix = CONFIG_MAP.storage_prefix();
+        let start = Start::Initial {
+            min_revision: store.consistent_revision().await.unwrap(),
+        };
+        let sub = cacher
+            .subscribe(&prefix, start, None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cacher.read().sinks.len(), 1);
+        drop(sub);
+        assert_eq!(cacher.read().sinks.len(), 0);
         shutdown.cancel();
         store.shutdown().await.unwrap();
     }

@@ -289,6 +289,7 @@ impl Watcher {
             revision,
             mut events,
             lagged,
+            registered: _registered,
         } = sub;
         for entry in &initial {
             if self.selects_entry(&cacher, entry) && !self.send_entry("ADDED", entry).await {
@@ -326,8 +327,10 @@ impl Watcher {
                     // Read the cache's revision before looking at the queue: the cache queues
                     // an event before it publishes its revision, so an empty queue then means
                     // every event up to that revision has been sent.
+                    // A watcher cut off gets nothing more, so the cache's revision says
+                    // nothing about it.
                     let seen = cacher.revision();
-                    if events.is_empty() {
+                    if events.is_empty() && !lagged.load(Ordering::Acquire) {
                         last = last.max(seen);
                     }
                     let mark = self.bookmark(last, false);

@@ -122,6 +122,12 @@ async fn next(mut st: State) -> Option<(Result<WatchItem, StoreError>, State)> {
                         st.buffer.push_back(Arc::unwrap_or_clone(e));
                     }
                 }
+                // Nothing under the prefix in a whole page: say how far we looked, so a
+                // quiet prefix's progress keeps up under writes elsewhere.
+                if st.buffer.is_empty() && st.progress && st.last > st.reported {
+                    st.reported = st.last;
+                    return Some((Ok(WatchItem::Progress(st.last)), st));
+                }
             }
             Lookup::Behind => {
                 let (prefix, after) = (st.prefix.clone(), st.last);
