@@ -110,14 +110,35 @@ static RESOURCE_TYPES: &[&ResourceType] = &[
     &kinds::core::serviceaccount::SERVICE_ACCOUNT,
     &kinds::core::service::SERVICE,
     &kinds::core::endpoints::ENDPOINTS,
+    &kinds::core::volumes::PERSISTENT_VOLUME,
+    &kinds::core::volumes::PERSISTENT_VOLUME_CLAIM,
+    &kinds::core::quota::RESOURCE_QUOTA,
+    &kinds::core::quota::LIMIT_RANGE,
     &kinds::apps::replicaset::REPLICA_SET,
     &kinds::apps::deployment::DEPLOYMENT,
+    &kinds::apps::statefulset::STATEFUL_SET,
+    &kinds::apps::daemonset::DAEMON_SET,
+    &kinds::apps::controllerrevision::CONTROLLER_REVISION,
     &kinds::events::event::EVENT,
     &kinds::coordination::lease::LEASE,
     &kinds::node::runtimeclass::RUNTIME_CLASS,
     &kinds::batch::job::JOB,
     &kinds::batch::cronjob::CRON_JOB,
     &kinds::certificates::csr::CERTIFICATE_SIGNING_REQUEST,
+    &kinds::rbac::ROLE,
+    &kinds::rbac::CLUSTER_ROLE,
+    &kinds::rbac::ROLE_BINDING,
+    &kinds::rbac::CLUSTER_ROLE_BINDING,
+    &kinds::storage::STORAGE_CLASS,
+    &kinds::scheduling::PRIORITY_CLASS,
+    &kinds::networking::INGRESS,
+    &kinds::networking::INGRESS_CLASS,
+    &kinds::networking::NETWORK_POLICY,
+    &kinds::policy::POD_DISRUPTION_BUDGET,
+    &kinds::discovery::ENDPOINT_SLICE,
+    &kinds::autoscaling::HORIZONTAL_POD_AUTOSCALER,
+    &kinds::admissionregistration::VALIDATING_WEBHOOK_CONFIGURATION,
+    &kinds::admissionregistration::MUTATING_WEBHOOK_CONFIGURATION,
 ];
 
 /// Every served resource type, core group first, in a stable order.
@@ -208,8 +229,11 @@ mod tests {
                 "services",
                 "replicasets",
                 "deployments",
+                "statefulsets",
+                "daemonsets",
                 "jobs",
-                "cronjobs"
+                "cronjobs",
+                "horizontalpodautoscalers"
             ]
         );
     }

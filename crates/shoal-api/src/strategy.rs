@@ -24,6 +24,9 @@ pub enum NameFormat {
     Label,
     /// A DNS-1035 label (Service: it becomes a DNS name under the namespace).
     Dns1035,
+    /// Anything that is a path segment: not `.` or `..`, no `/` or `%` (RBAC objects, named
+    /// like `system:controller:x`).
+    PathSegment,
 }
 
 /// Who makes a request, as the apiserver authenticated it. Kinds that record their requester

@@ -1487,3 +1487,190 @@ async fn every_page_is_read_at_the_first_page_revision() {
     assert_eq!(names, ["a", "b", "d"]);
     assert_eq!(now["items"][1]["metadata"]["labels"]["step"], "2");
 }
+
+#[tokio::test]
+async fn the_kinds_charts_create_are_served() {
+    let api = setup().await;
+    let ns = "/apis/{g}/namespaces/default/{p}";
+    let cluster = "/apis/{g}/{p}";
+    let cases: Vec<(&str, &str, Value)> = vec![
+        (
+            "rbac.authorization.k8s.io/v1",
+            "roles",
+            json!({"kind": "Role", "metadata": {"name": "reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]}),
+        ),
+        (
+            "rbac.authorization.k8s.io/v1",
+            "clusterroles",
+            json!({"kind": "ClusterRole",
+            "metadata": {"name": "system:aggregate-to-view:x"}, "rules": []}),
+        ),
+        (
+            "rbac.authorization.k8s.io/v1",
+            "rolebindings",
+            json!({"kind": "RoleBinding", "metadata": {"name": "rb"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]}),
+        ),
+        (
+            "rbac.authorization.k8s.io/v1",
+            "clusterrolebindings",
+            json!({"kind": "ClusterRoleBinding", "metadata": {"name": "crb"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"}}),
+        ),
+        (
+            "storage.k8s.io/v1",
+            "storageclasses",
+            json!({"kind": "StorageClass", "metadata": {"name": "local-path"},
+            "provisioner": "shoal.dev/local-path", "volumeBindingMode": "WaitForFirstConsumer"}),
+        ),
+        (
+            "scheduling.k8s.io/v1",
+            "priorityclasses",
+            json!({"kind": "PriorityClass", "metadata": {"name": "high"}, "value": 1000}),
+        ),
+        (
+            "networking.k8s.io/v1",
+            "ingresses",
+            json!({"kind": "Ingress", "metadata": {"name": "web"},
+            "spec": {"rules": [{"host": "a.example", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+        ),
+        (
+            "networking.k8s.io/v1",
+            "ingressclasses",
+            json!({"kind": "IngressClass", "metadata": {"name": "shoal"},
+            "spec": {"controller": "shoal.dev/ingress"}}),
+        ),
+        (
+            "networking.k8s.io/v1",
+            "networkpolicies",
+            json!({"kind": "NetworkPolicy", "metadata": {"name": "deny"},
+            "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+        ),
+        (
+            "policy/v1",
+            "poddisruptionbudgets",
+            json!({"kind": "PodDisruptionBudget", "metadata": {"name": "pdb"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}}),
+        ),
+        (
+            "discovery.k8s.io/v1",
+            "endpointslices",
+            json!({"kind": "EndpointSlice", "metadata": {"name": "web-1"},
+            "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.0.1"]}]}),
+        ),
+        (
+            "autoscaling/v2",
+            "horizontalpodautoscalers",
+            json!({"kind": "HorizontalPodAutoscaler", "metadata": {"name": "web"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "maxReplicas": 3}}),
+        ),
+        (
+            "admissionregistration.k8s.io/v1",
+            "validatingwebhookconfigurations",
+            json!({"kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "hooks"}, "webhooks": []}),
+        ),
+        (
+            "v1",
+            "persistentvolumeclaims",
+            json!({"kind": "PersistentVolumeClaim", "metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+        ),
+        (
+            "v1",
+            "resourcequotas",
+            json!({"kind": "ResourceQuota", "metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}}}),
+        ),
+        (
+            "apps/v1",
+            "statefulsets",
+            json!({"kind": "StatefulSet", "metadata": {"name": "db"},
+            "spec": {"selector": {"matchLabels": {"app": "db"}}, "serviceName": "db",
+                "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "db:1"}]}}}}),
+        ),
+        (
+            "apps/v1",
+            "daemonsets",
+            json!({"kind": "DaemonSet", "metadata": {"name": "agent"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                "template": {"metadata": {"labels": {"app": "agent"}}, "spec": {"containers": [{"name": "a", "image": "a:1"}]}}}}),
+        ),
+    ];
+    for (api_version, plural, mut body) in cases {
+        body["apiVersion"] = json!(api_version);
+        let kind = body["kind"].as_str().expect("kind").to_string();
+        let name = body["metadata"]["name"].as_str().expect("name").to_string();
+        let (group, base) = match api_version.split_once('/') {
+            Some((g, v)) => (format!("{g}/{v}"), "/apis"),
+            None => (api_version.to_string(), "/api"),
+        };
+        let namespaced = !matches!(
+            plural,
+            "clusterroles"
+                | "clusterrolebindings"
+                | "storageclasses"
+                | "priorityclasses"
+                | "ingressclasses"
+                | "validatingwebhookconfigurations"
+        );
+        let template = if namespaced { ns } else { cluster };
+        let url = template
+            .replace("/apis", base)
+            .replace("{g}", &group)
+            .replace("{p}", plural);
+        let created = api.json(Method::POST, &url, &body).await;
+        assert_eq!(
+            created.status,
+            StatusCode::CREATED,
+            "{kind}: {}",
+            created.text()
+        );
+        let got = api.get(&format!("{url}/{name}")).await;
+        assert_eq!(got.status, StatusCode::OK, "{kind}");
+        assert_eq!(got.json()["kind"], kind);
+        let listed = api.get(&url).await.json();
+        assert_eq!(listed["kind"], format!("{kind}List"));
+        assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{kind}");
+    }
+    // Defaults and validation come from each kind's own strategy.
+    let sts = api
+        .get("/apis/apps/v1/namespaces/default/statefulsets/db")
+        .await
+        .json();
+    assert_eq!(sts["spec"]["podManagementPolicy"], "OrderedReady");
+    assert_eq!(sts["spec"]["template"]["spec"]["restartPolicy"], "Always");
+    let bad_shape = api
+        .json(
+            Method::POST,
+            "/apis/scheduling.k8s.io/v1/priorityclasses",
+            &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                    "metadata": {"name": "odd"}, "value": "high"}),
+        )
+        .await;
+    assert_eq!(bad_shape.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let causes = &bad_shape.json()["details"]["causes"];
+    assert_eq!(causes[0]["field"], "value", "{causes}");
+    let slash = api
+        .json(
+            Method::POST,
+            "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+            &json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                    "metadata": {"name": "a/b"}}),
+        )
+        .await;
+    assert_eq!(slash.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let bad_policy = api
+        .json(
+            Method::POST,
+            "/apis/apps/v1/namespaces/default/statefulsets",
+            &json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "x"},
+                "spec": {"podManagementPolicy": "Sometimes", "selector": {"matchLabels": {"a": "b"}},
+                    "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}}),
+        )
+        .await;
+    assert_eq!(bad_policy.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(bad_policy.text().contains("spec.podManagementPolicy"));
+}

@@ -279,6 +279,8 @@ fn check_name(format: NameFormat, s: &str) -> Option<&'static str> {
         NameFormat::Subdomain => (!is_dns1123_subdomain(s)).then_some(DNS1123_SUBDOMAIN_ERROR),
         NameFormat::Label => (!is_dns1123_label(s)).then_some(DNS1123_LABEL_ERROR),
         NameFormat::Dns1035 => (!is_dns1035_label(s)).then_some(DNS1035_LABEL_ERROR),
+        NameFormat::PathSegment => (s == "." || s == ".." || s.contains(['/', '%']))
+            .then_some("may not be '.' or '..' and may not contain '/' or '%'"),
     }
 }
 

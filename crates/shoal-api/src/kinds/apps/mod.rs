@@ -6,8 +6,11 @@ use serde_json::{Value, json};
 
 use crate::validation::{FieldError, validate_labels, validate_pod_spec};
 
+pub mod controllerrevision;
+pub mod daemonset;
 pub mod deployment;
 pub mod replicaset;
+pub mod statefulset;
 
 /// Validates what ReplicaSets and Deployments share: replicas, selector matching the template
 /// labels, and a pod template whose pods always restart.

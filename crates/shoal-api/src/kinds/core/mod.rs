@@ -12,9 +12,11 @@ pub mod event;
 pub mod namespace;
 pub mod node;
 pub mod pod;
+pub mod quota;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
+pub mod volumes;
 
 /// Validates the key-value sections of a ConfigMap or Secret: keys, total size and (for
 /// ConfigMaps, whose `data` and `binaryData` share one key space) duplicates.
