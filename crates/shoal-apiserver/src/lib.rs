@@ -280,8 +280,43 @@ pub async fn serve(
 pub const INITIAL_NAMESPACES: [&str; 4] =
     ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-/// Creates the initial namespaces that do not exist yet.
+/// The priority classes every cluster has (upstream's `scheduling/v1` system classes):
+/// name, value, description.
+pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
+    (
+        "system-node-critical",
+        2_000_001_000,
+        "Used for system critical pods that must not be moved from their current node.",
+    ),
+    (
+        "system-cluster-critical",
+        2_000_000_000,
+        "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary.",
+    ),
+];
+
+/// Creates the initial namespaces and system priority classes that do not exist yet.
 pub async fn bootstrap(store: &Store) -> Result<(), StoreError> {
+    for (name, value, description) in SYSTEM_PRIORITY_CLASSES {
+        let key = api::kinds::scheduling::PRIORITY_CLASS.storage_key(None, name);
+        let obj = json!({
+            "kind": "PriorityClass",
+            "apiVersion": "scheduling.k8s.io/v1",
+            "metadata": {
+                "name": name,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": object::now_rfc3339(),
+            },
+            "value": value,
+            "description": description,
+            "preemptionPolicy": "PreemptLowerPriority",
+        });
+        let bytes = serde_json::to_vec(&obj).unwrap_or_default();
+        match store.create(&key, bytes).await {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
     for ns in INITIAL_NAMESPACES {
         let key = api::kinds::core::namespace::NAMESPACE.storage_key(None, ns);
         let obj = json!({

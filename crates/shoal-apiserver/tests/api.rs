@@ -1633,8 +1633,19 @@ async fn the_kinds_charts_create_are_served() {
         assert_eq!(got.json()["kind"], kind);
         let listed = api.get(&url).await.json();
         assert_eq!(listed["kind"], format!("{kind}List"));
-        assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "{kind}");
+        // Besides the one made here, every cluster has the two system priority classes.
+        let expected = if plural == "priorityclasses" { 3 } else { 1 };
+        assert_eq!(
+            listed["items"].as_array().map(Vec::len),
+            Some(expected),
+            "{kind}"
+        );
     }
+    let critical = api
+        .get("/apis/scheduling.k8s.io/v1/priorityclasses/system-node-critical")
+        .await
+        .json();
+    assert_eq!(critical["value"], 2_000_001_000);
     // Defaults and validation come from each kind's own strategy.
     let sts = api
         .get("/apis/apps/v1/namespaces/default/statefulsets/db")
