@@ -1,5 +1,6 @@
-//! Shoal's controllers: ReplicaSet, Deployment, the garbage collector, and the approver and
-//! signer of node client certificates.
+//! Shoal's controllers: ReplicaSet, Deployment, the garbage collector, ServiceAccount (a
+//! `default` account in every namespace), and the approver and signer of node client
+//! certificates.
 //!
 //! Each controller is a level-triggered `reconcile(obj, ctx) -> Result<Action, Error>` whose
 //! decision is a plain function (`plan`, `decide`) tested without tokio. [`run`] wires them
@@ -14,13 +15,14 @@ pub mod garbage_collector;
 pub mod informer;
 pub mod pods;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::Api;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +39,8 @@ pub struct Config {
     pub deployment: bool,
     /// Run the garbage collector.
     pub garbage_collector: bool,
+    /// Run the ServiceAccount controller.
+    pub service_account: bool,
     /// Concurrent reconciles per controller (0 = unbounded).
     pub concurrency: u16,
     /// The cluster CA: with it, approved client certificate requests are signed (and node
@@ -50,6 +54,7 @@ impl Default for Config {
             replicaset: true,
             deployment: true,
             garbage_collector: true,
+            service_account: true,
             concurrency: 16,
             certificate_authority: None,
         }
@@ -175,6 +180,38 @@ pub async fn run(
         tasks.spawn(spawn_controller("garbage-collector", stores, async move {
             collector.run(events, token).await;
         }));
+    }
+    if config.service_account {
+        let mut namespaces = Informer::<Namespace>::new(Api::all(client.clone()));
+        let mut accounts = Informer::<ServiceAccount>::new(Api::all(client.clone()));
+        let ctx = Arc::new(serviceaccount::Context {
+            client: client.clone(),
+            accounts: accounts.store(),
+        });
+        let triggers = futures::stream::select(
+            namespaces.subscribe().map(informer::trigger_self),
+            accounts.subscribe().map(serviceaccount::trigger_namespace),
+        )
+        .flat_map(futures::stream::iter);
+        let stores = [namespaces.ready(), accounts.ready()];
+        let store = namespaces.store();
+        let token = shutdown.clone();
+        tasks.spawn(spawn_controller("serviceaccount", stores, async move {
+            drain(
+                "serviceaccount",
+                kube::runtime::applier(
+                    |ns, ctx| Box::pin(serviceaccount::reconcile(ns, ctx)),
+                    serviceaccount::error_policy,
+                    ctx,
+                    store,
+                    triggers.take_until(token.cancelled_owned()),
+                    kube::runtime::Config::default().concurrency(concurrency),
+                ),
+            )
+            .await;
+        }));
+        tasks.spawn(until(shutdown.clone(), namespaces.run()));
+        tasks.spawn(until(shutdown.clone(), accounts.run()));
     }
     if let Some(ca) = config.certificate_authority.clone() {
         let ctx = certificates::Context {

@@ -268,3 +268,43 @@ async fn foreground_deletion_waits_for_dependents() -> anyhow::Result<()> {
     controllers.await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_gets_a_default_service_account_back() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let (_server, client, shutdown) = start().await?;
+    let controllers = tokio::spawn(shoal_controllers::run(
+        shoal_controllers::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    for namespace in ["default", "kube-system", "team"] {
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        wait_until(&format!("the default account of {namespace}"), || {
+            let accounts = accounts.clone();
+            async move { Ok(accounts.get_opt("default").await?.is_some()) }
+        })
+        .await?;
+    }
+    // Deleted, it comes back (a new object: another uid).
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
+    let first = accounts.get("default").await?.metadata.uid;
+    accounts.delete("default", &DeleteParams::default()).await?;
+    wait_until("the default account back", || {
+        let accounts = accounts.clone();
+        let first = first.clone();
+        async move {
+            Ok(accounts
+                .get_opt("default")
+                .await?
+                .is_some_and(|sa| sa.metadata.uid != first))
+        }
+    })
+    .await?;
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
