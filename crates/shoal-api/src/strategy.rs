@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 use crate::patch::ListStrategy;
 use crate::table::{Column, age_col, name_col, since};
-use crate::validation::{FieldError, ShapeError};
+use crate::validation::{FieldError, ShapeError, UnknownField};
 
 /// Which format `metadata.name` must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,9 +57,10 @@ pub trait Strategy: Send + Sync + 'static {
         NameFormat::Subdomain
     }
 
-    /// Checks that `obj` (with its `kind`/`apiVersion` set) fits the kind's typed schema;
-    /// usually `validation::typed::<k8s_openapi::...>(obj)`.
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError>;
+    /// Checks that `obj` (with its `kind`/`apiVersion` set) fits the kind's typed schema and
+    /// notes the fields the schema does not know in `unknown`; usually
+    /// `validation::typed::<k8s_openapi::...>(obj, unknown)`.
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError>;
 
     /// Fills the kind's defaults (schema defaults and the default admission plugins').
     /// Idempotent; never removes what the client set, except write-only fields (`stringData`).

@@ -132,6 +132,7 @@ async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
                     headers: HeaderMap::new(),
                     table: None,
                     user: None,
+                    warnings: Default::default(),
                 };
                 match delete(&ctx, &object_name, &DeleteOptions::default()).await {
                     Ok(_) | Err(ApiError::NotFound(_)) => {}

@@ -488,6 +488,7 @@ mod tests {
             headers: HeaderMap::new(),
             table: None,
             user: None,
+            warnings: Default::default(),
         };
         // The client is connected (the receiver lives) but reads nothing.
         let (tx, mut rx) = mpsc::channel(1);

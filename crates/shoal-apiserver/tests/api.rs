@@ -40,6 +40,7 @@ async fn setup() -> Api {
 struct Reply {
     status: StatusCode,
     content_type: String,
+    warnings: Vec<String>,
     body: Vec<u8>,
 }
 
@@ -88,6 +89,12 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
+        let warnings = resp
+            .headers()
+            .get_all(header::WARNING)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect();
         let body = resp
             .into_body()
             .collect()
@@ -98,6 +105,7 @@ impl Api {
         Reply {
             status,
             content_type,
+            warnings,
             body,
         }
     }
@@ -1684,4 +1692,88 @@ async fn the_kinds_charts_create_are_served() {
         .await;
     assert_eq!(bad_policy.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(bad_policy.text().contains("spec.podManagementPolicy"));
+}
+
+#[tokio::test]
+async fn unknown_fields_are_refused_warned_or_dropped_as_asked() {
+    let api = setup().await;
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let cm = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+               "data": {"a": "1"}, "dta": {"b": "2"}})
+    };
+    let strict = api
+        .json(
+            Method::POST,
+            &format!("{cms}?fieldValidation=Strict"),
+            &cm("s"),
+        )
+        .await;
+    assert_eq!(strict.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        strict.json()["message"],
+        "strict decoding error: unknown field \"dta\""
+    );
+    assert_eq!(
+        api.get(&format!("{cms}/s")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The default is Warn: created, said, and not stored.
+    let warned = api.json(Method::POST, cms, &cm("w")).await;
+    assert_eq!(warned.status, StatusCode::CREATED);
+    assert_eq!(warned.warnings, ["299 - \"unknown field \\\"dta\\\"\""]);
+    let stored = api.get(&format!("{cms}/w")).await.json();
+    assert!(stored.get("dta").is_none(), "{stored}");
+    assert_eq!(stored["data"]["a"], "1");
+
+    let ignored = api
+        .json(
+            Method::POST,
+            &format!("{cms}?fieldValidation=Ignore"),
+            &cm("i"),
+        )
+        .await;
+    assert_eq!(ignored.status, StatusCode::CREATED);
+    assert!(ignored.warnings.is_empty());
+    assert!(
+        api.get(&format!("{cms}/i"))
+            .await
+            .json()
+            .get("dta")
+            .is_none()
+    );
+
+    let bogus = api
+        .json(
+            Method::POST,
+            &format!("{cms}?fieldValidation=Loose"),
+            &cm("b"),
+        )
+        .await;
+    assert_eq!(bogus.status, StatusCode::BAD_REQUEST);
+
+    // A patch that adds an unknown field deep in a pod is refused under Strict.
+    assert_eq!(
+        api.json(Method::POST, PODS, &pod("p")).await.status,
+        StatusCode::CREATED
+    );
+    let patched = api
+        .patch(
+            &format!("{PODS}/p?fieldValidation=Strict"),
+            "application/strategic-merge-patch+json",
+            &json!({"spec": {"containers": [{"name": "c", "imagePullPolcy": "Always"}]}}),
+        )
+        .await;
+    assert_eq!(
+        patched.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        patched.text()
+    );
+    assert!(
+        patched
+            .text()
+            .contains("unknown field \\\"spec.containers[0].imagePullPolcy\\\"")
+    );
 }

@@ -6,7 +6,7 @@
 //! metadata) lives in `validation` and `defaults`, as upstream's `pkg/apis/core/validation`.
 
 use crate::strategy::{Requester, Strategy, drop_status};
-use crate::validation::{ShapeError, typed};
+use crate::validation::{ShapeError, UnknownField, typed};
 
 /// Declares a [`Schema`] kind: its registration as a `static`, in one place.
 macro_rules! schema_kind {
@@ -68,8 +68,12 @@ impl<T, const STATUS: bool> Schema<T, STATUS> {
 }
 
 impl<T: serde::de::DeserializeOwned + 'static, const STATUS: bool> Strategy for Schema<T, STATUS> {
-    fn check_shape(&self, obj: &serde_json::Value) -> Result<(), ShapeError> {
-        typed::<T>(obj)
+    fn check_shape(
+        &self,
+        obj: &serde_json::Value,
+        unknown: &mut Vec<UnknownField>,
+    ) -> Result<(), ShapeError> {
+        typed::<T>(obj, unknown)
     }
 
     fn prepare_for_create(

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::registry::ResourceType;
 use crate::strategy::{NameFormat, Strategy};
-use crate::validation::{ShapeError, typed};
+use crate::validation::{ShapeError, UnknownField, typed};
 
 /// RBAC objects are named like path segments (`system:controller:x` is a common role name).
 struct Rbac<T>(PhantomData<fn() -> T>);
@@ -18,8 +18,8 @@ impl<T: serde::de::DeserializeOwned + 'static> Strategy for Rbac<T> {
         NameFormat::PathSegment
     }
 
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<T>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<T>(obj, unknown)
     }
 }
 

@@ -209,6 +209,16 @@ pub fn render_value(v: &Value) -> String {
 /// problem found, in field order; empty means valid. The generic checks (object, shape,
 /// metadata) come first, then the kind's strategy: `validate`, and `validate_update` on update.
 pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Vec<FieldError> {
+    validate_fields(rt, obj, old).0
+}
+
+/// [`validate`], and the fields `obj` carries that its kind's schema does not know (for the
+/// caller's `fieldValidation`: refuse, warn or drop them).
+pub fn validate_fields(
+    rt: &ResourceType,
+    obj: &Value,
+    old: Option<&Value>,
+) -> (Vec<FieldError>, Vec<UnknownField>) {
     let mut errs = Vec::new();
     if !obj.is_object() {
         errs.push(FieldError {
@@ -217,23 +227,96 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> Vec<Fiel
             value: None,
             message: "the object must be a JSON object".into(),
         });
-        return errs;
+        return (errs, Vec::new());
     }
-    if let Err(e) = check_shape(rt, obj) {
-        errs.push(FieldError {
-            field: e.field,
-            error_type: FieldErrorType::Invalid,
-            value: e.value.as_ref().map(render_value),
-            message: e.message,
-        });
-        return errs;
-    }
+    let unknown = match check_shape(rt, obj) {
+        Ok(unknown) => unknown,
+        Err(e) => {
+            errs.push(FieldError {
+                field: e.field,
+                error_type: FieldErrorType::Invalid,
+                value: e.value.as_ref().map(render_value),
+                message: e.message,
+            });
+            return (errs, Vec::new());
+        }
+    };
     validate_metadata(rt, obj, old, &mut errs);
     rt.strategy.validate(obj, &mut errs);
     if let Some(old) = old {
         rt.strategy.validate_update(obj, old, &mut errs);
     }
-    errs
+    (errs, unknown)
+}
+
+/// One step of a path into an object: a map key or a list index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A key of a map.
+    Key(String),
+    /// An index into a list.
+    Index(usize),
+}
+
+/// A field an object carries that its kind's schema does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownField(pub Vec<Step>);
+
+impl UnknownField {
+    /// The path as Kubernetes writes it: `spec.containers[0].imag`.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for step in &self.0 {
+            match step {
+                Step::Key(k) if out.is_empty() => out.push_str(k),
+                Step::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Step::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        out
+    }
+
+    /// Removes the field from `obj` (upstream drops what its types do not hold).
+    pub fn remove_from(&self, obj: &mut Value) {
+        let Some((last, parents)) = self.0.split_last() else {
+            return;
+        };
+        let mut at = obj;
+        for step in parents {
+            let next = match step {
+                Step::Key(k) => at.get_mut(k.as_str()),
+                Step::Index(i) => at.get_mut(*i),
+            };
+            match next {
+                Some(next) => at = next,
+                None => return,
+            }
+        }
+        if let (Step::Key(k), Some(map)) = (last, at.as_object_mut()) {
+            map.remove(k);
+        }
+    }
+}
+
+fn steps(path: &serde_ignored::Path<'_>, out: &mut Vec<Step>) {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => {}
+        Path::Seq { parent, index } => {
+            steps(parent, out);
+            out.push(Step::Index(*index));
+        }
+        Path::Map { parent, key } => {
+            steps(parent, out);
+            out.push(Step::Key(key.clone()));
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => steps(parent, out),
+    }
 }
 
 /// Where an object does not fit its kind's schema.
@@ -249,28 +332,43 @@ pub struct ShapeError {
 }
 
 /// Checks that `obj` fits its kind's typed schema (the strategy's [`typed`] check), with its
-/// `kind` and `apiVersion` filled in first.
-pub fn check_shape(rt: &ResourceType, obj: &Value) -> Result<(), ShapeError> {
+/// `kind` and `apiVersion` filled in first. Returns the fields the schema does not know.
+pub fn check_shape(rt: &ResourceType, obj: &Value) -> Result<Vec<UnknownField>, ShapeError> {
     let mut obj = obj.clone();
     crate::meta::set_type_meta(&mut obj, &rt.api_version(), rt.kind);
-    rt.strategy.check_shape(&obj)
+    let mut unknown = Vec::new();
+    rt.strategy.check_shape(&obj, &mut unknown)?;
+    Ok(unknown)
 }
 
 /// Checks that `obj` deserialises as `T` (the `k8s-openapi` type of its kind), in one pass that
-/// also records where it failed (time linear in the object's size, however deep the bad field).
-pub fn typed<T: serde::de::DeserializeOwned>(obj: &Value) -> Result<(), ShapeError> {
-    serde_path_to_error::deserialize::<_, T>(obj)
-        .map(drop)
-        .map_err(|e| {
-            let field = e.path().to_string();
-            ShapeError {
-                field: if field == "." { String::new() } else { field },
-                value: value_at(obj, e.path())
-                    .filter(|v| !v.is_object() && !v.is_array())
-                    .cloned(),
-                message: e.inner().to_string(),
-            }
-        })
+/// also records where it failed (time linear in the object's size, however deep the bad field)
+/// and which fields `T` does not know (added to `unknown`).
+pub fn typed<T: serde::de::DeserializeOwned>(
+    obj: &Value,
+    unknown: &mut Vec<UnknownField>,
+) -> Result<(), ShapeError> {
+    let mut ignored = Vec::new();
+    let mut note = |path: serde_ignored::Path<'_>| {
+        let mut out = Vec::new();
+        steps(&path, &mut out);
+        ignored.push(UnknownField(out));
+    };
+    let result =
+        serde_path_to_error::deserialize::<_, T>(serde_ignored::Deserializer::new(obj, &mut note))
+            .map(drop)
+            .map_err(|e| {
+                let field = e.path().to_string();
+                ShapeError {
+                    field: if field == "." { String::new() } else { field },
+                    value: value_at(obj, e.path())
+                        .filter(|v| !v.is_object() && !v.is_array())
+                        .cloned(),
+                    message: e.inner().to_string(),
+                }
+            });
+    unknown.extend(ignored);
+    result
 }
 
 /// The check `metadata.name` gets under a name format: the message when it fails.
@@ -857,5 +955,35 @@ mod tests {
             invalid_message("Pod", "x", &[e, r]),
             "Pod \"x\" is invalid: [metadata.name: Invalid value: \"Foo_\": bad, spec.containers: Required value]"
         );
+    }
+
+    #[test]
+    fn unknown_fields_are_found_by_path_and_can_be_dropped() {
+        let rt = rt("", "Pod");
+        let mut obj = pod(json!({
+            "containers": [{"name": "a", "image": "i", "imagePullPolcy": "Always"}],
+            "nodeSelectr": {"a": "b"},
+        }));
+        obj["metadata"]["labelz"] = json!({});
+        obj["status"] = json!({"phase": "Pending"});
+        crate::defaults::default_object(rt, &mut obj);
+        let (errs, unknown) = validate_fields(rt, &obj, None);
+        assert!(errs.is_empty(), "{errs:?}");
+        let mut paths: Vec<String> = unknown.iter().map(UnknownField::describe).collect();
+        paths.sort();
+        assert_eq!(
+            paths,
+            [
+                "metadata.labelz",
+                "spec.containers[0].imagePullPolcy",
+                "spec.nodeSelectr"
+            ]
+        );
+        for field in &unknown {
+            field.remove_from(&mut obj);
+        }
+        assert!(validate_fields(rt, &obj, None).1.is_empty());
+        assert_eq!(obj["spec"]["containers"][0]["image"], "i");
+        assert_eq!(obj["status"]["phase"], "Pending");
     }
 }

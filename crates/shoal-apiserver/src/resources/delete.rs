@@ -204,6 +204,7 @@ pub(super) async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response
             headers: HeaderMap::new(),
             table: None,
             user: ctx.user.clone(),
+            warnings: Default::default(),
         };
         match delete(&one, &name, &options).await {
             Ok((obj, _)) => deleted.push(obj),

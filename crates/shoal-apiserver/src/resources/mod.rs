@@ -73,6 +73,18 @@ impl Params {
             .transpose()
     }
 
+    /// `fieldValidation`: `Strict`, `Warn` (the default) or `Ignore`; anything else is a 400.
+    pub fn field_validation(&self) -> Result<FieldValidation, ApiError> {
+        match self.get("fieldValidation") {
+            None | Some("Warn") => Ok(FieldValidation::Warn),
+            Some("Strict") => Ok(FieldValidation::Strict),
+            Some("Ignore") => Ok(FieldValidation::Ignore),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "fieldValidation: Unsupported value: {other:?}: supported values: \"Ignore\", \"Strict\", \"Warn\""
+            ))),
+        }
+    }
+
     fn dry_run(&self) -> bool {
         self.get("dryRun").is_some()
     }
@@ -186,6 +198,50 @@ pub struct Ctx {
     pub table: Option<TableRequest>,
     /// Who asks (set by the auth middleware; absent only in unit tests of handlers).
     pub user: Option<crate::auth::User>,
+    /// `Warning` headers for the response.
+    pub warnings: Warnings,
+}
+
+/// Warnings a request collects for its response (`Warning: 299 - "..."`), as upstream sends
+/// for unknown fields under `fieldValidation=Warn`.
+#[derive(Debug, Clone, Default)]
+pub struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Warnings {
+    pub fn push(&self, warning: String) {
+        let mut list = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !list.contains(&warning) {
+            list.push(warning);
+        }
+    }
+
+    /// Adds the collected warnings to `resp` as `Warning` headers.
+    fn apply(&self, resp: &mut Response) {
+        let list = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for w in list.iter() {
+            let escaped = w.replace('\\', "\\\\").replace('"', "\\\"");
+            if let Ok(v) = header::HeaderValue::from_str(&format!("299 - \"{escaped}\"")) {
+                resp.headers_mut().append(header::WARNING, v);
+            }
+        }
+    }
+}
+
+/// How a write treats fields its kind's schema does not know (`fieldValidation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldValidation {
+    /// Refuse the request (400).
+    Strict,
+    /// Drop them and say so in `Warning` headers (upstream's default).
+    Warn,
+    /// Drop them.
+    Ignore,
 }
 
 pub async fn core(
@@ -266,12 +322,14 @@ async fn handle(
             headers,
             table: None,
             user,
+            warnings: Warnings::default(),
         };
         return subresources::bind(&ctx, &pod, binding).await;
     }
 
     let target = parse_target(group, version, rest)?;
     let table = negotiate(&headers, params.get("includeObject"));
+    let warnings = Warnings::default();
     let ctx = Ctx {
         state,
         target,
@@ -279,6 +337,7 @@ async fn handle(
         headers,
         table,
         user,
+        warnings: warnings.clone(),
     };
     let name = ctx.target.name.clone();
     let sub = ctx.target.sub.clone();
@@ -287,7 +346,7 @@ async fn handle(
     {
         return Err(ApiError::UnknownResource);
     }
-    match (name.as_deref(), sub.as_deref()) {
+    let result = match (name.as_deref(), sub.as_deref()) {
         (None, _) => match method {
             Method::GET if ctx.params.flag("watch") => crate::watch::serve(ctx, None).await,
             Method::GET => list::list(&ctx).await,
@@ -365,7 +424,11 @@ async fn handle(
         }
         (Some(name), Some("log")) if method == Method::GET => crate::logs::serve(&ctx, name).await,
         _ => Err(ApiError::MethodNotAllowed),
-    }
+    };
+    result.map(|mut resp| {
+        warnings.apply(&mut resp);
+        resp
+    })
 }
 
 /// Parses a JSON request body; other media types are refused.

@@ -7,7 +7,7 @@ use serde_json::{Map, Value, json};
 use super::write::{
     Mode, apply_patch, guaranteed_update, merge_update, parse_patch, patch_type, precondition,
 };
-use super::{Ctx, load, parse_json};
+use super::{Ctx, FieldValidation, load, parse_json};
 use crate::api::validation::FieldError;
 use crate::error::{ApiError, json_response, success_status};
 use crate::object::{meta_str, now_rfc3339};
@@ -105,7 +105,15 @@ pub(super) async fn scale(
         if let Some(spec) = next.get_mut("spec").and_then(Value::as_object_mut) {
             spec.insert("replicas".into(), json!(replicas));
         }
-        merge_update(rt, current, next, Mode::Main)
+        // Scale changes only replicas; stray fields already stored go quietly.
+        merge_update(
+            rt,
+            current,
+            next,
+            Mode::Main,
+            FieldValidation::Ignore,
+            &ctx.warnings,
+        )
     };
     let updated = match *method {
         Method::GET => {

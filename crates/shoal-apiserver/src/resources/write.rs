@@ -6,12 +6,12 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use shoal_store::StoreError;
 
-use super::{Ctx, load, parse_json};
+use super::{Ctx, FieldValidation, Warnings, load, parse_json};
 use crate::api::defaults::default_object;
 use crate::api::kinds::core::namespace::NAMESPACE;
 use crate::api::patch::{PatchError, json_patch, merge_patch, strategic_merge_patch};
 use crate::api::registry::ResourceType;
-use crate::api::validation::{FieldError, validate};
+use crate::api::validation::{FieldError, validate_fields};
 use crate::error::{ApiError, Subject, json_response};
 use crate::object::{
     self, decode, encode, finalizers, meta_str, metadata_mut, now_rfc3339, random_suffix,
@@ -78,17 +78,38 @@ fn invalid(rt: &'static ResourceType, name: &str, causes: Vec<FieldError>) -> Ap
     }
 }
 
+/// Validates `obj` and applies `fieldValidation` to the fields its kind does not know:
+/// refused (Strict), or dropped with a warning (Warn) or silently (Ignore), as upstream's typed
+/// decoding drops them.
 fn check_valid(
     rt: &'static ResourceType,
-    obj: &Value,
+    obj: &mut Value,
     old: Option<&Value>,
+    fields: FieldValidation,
+    warnings: &Warnings,
 ) -> Result<(), ApiError> {
-    let errors = validate(rt, obj, old);
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(invalid(rt, object::name(obj), errors))
+    let (errors, unknown) = validate_fields(rt, obj, old);
+    let described: Vec<String> = unknown
+        .iter()
+        .map(|u| format!("unknown field \"{}\"", u.describe()))
+        .collect();
+    // As upstream, strict decoding fails before validation looks at the object.
+    if fields == FieldValidation::Strict && !described.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "strict decoding error: {}",
+            described.join(", ")
+        )));
     }
+    if !errors.is_empty() {
+        return Err(invalid(rt, object::name(obj), errors));
+    }
+    if fields == FieldValidation::Warn {
+        described.into_iter().for_each(|w| warnings.push(w));
+    }
+    for field in &unknown {
+        field.remove_from(obj);
+    }
+    Ok(())
 }
 
 pub(super) async fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError> {
@@ -145,7 +166,7 @@ pub(super) async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, A
         );
     }
     default_object(rt, obj);
-    check_valid(rt, obj, None)?;
+    check_valid(rt, obj, None, ctx.params.field_validation()?, &ctx.warnings)?;
     if let Some(ns) = ctx.target.namespace.as_deref().filter(|_| rt.namespaced) {
         let ns_key = NAMESPACE.storage_key(None, ns);
         let Some(ns_kv) = ctx.state.store().get(&ns_key).await? else {
@@ -201,6 +222,8 @@ pub(super) fn merge_update(
     old: &Value,
     mut new: Value,
     mode: Mode,
+    fields: FieldValidation,
+    warnings: &Warnings,
 ) -> Result<Value, ApiError> {
     check_type(rt, &mut new)?;
     let mut out = match mode {
@@ -255,7 +278,7 @@ pub(super) fn merge_update(
             + 1;
         metadata_mut(&mut out).insert("generation".into(), json!(generation));
     }
-    check_valid(rt, &out, Some(old))?;
+    check_valid(rt, &mut out, Some(old), fields, warnings)?;
     Ok(out)
 }
 
@@ -345,6 +368,7 @@ pub(super) async fn update(
     body: &[u8],
     mode: Mode,
 ) -> Result<Response, ApiError> {
+    let fields = ctx.params.field_validation()?;
     let mut new = parse_json(&ctx.headers, body)?;
     check_body_identity(ctx, name, &mut new)?;
     let expected = precondition(&new)?;
@@ -354,7 +378,7 @@ pub(super) async fn update(
         if expected.is_some_and(|e| e != rev) {
             return Err(ApiError::stale(subject.clone()));
         }
-        merge_update(rt, current, new.clone(), mode)
+        merge_update(rt, current, new.clone(), mode, fields, &ctx.warnings)
     })
     .await?;
     Ok(json_response(StatusCode::OK, &out))
@@ -429,6 +453,7 @@ pub(super) async fn patch(
     body: &[u8],
     mode: Mode,
 ) -> Result<Response, ApiError> {
+    let fields = ctx.params.field_validation()?;
     let kind = patch_type(&ctx.headers)?;
     let patch = parse_patch(kind, body)?;
     let rt = ctx.target.rt;
@@ -454,7 +479,7 @@ pub(super) async fn patch(
             return Err(ApiError::stale(subject.clone()));
         }
         check_body_identity(ctx, name, &mut patched)?;
-        merge_update(rt, current, patched, mode)
+        merge_update(rt, current, patched, mode, fields, &ctx.warnings)
     })
     .await?;
     Ok(json_response(StatusCode::OK, &out))

@@ -10,7 +10,7 @@ use crate::strategy::{Requester, Strategy, drop_status};
 use crate::table::{
     Column, age_col, col, i, name_and_age, name_col, workload_wide, workload_wide_cells,
 };
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `replicasets` (`/apis/apps/v1`).
 pub static REPLICA_SET: ResourceType = ResourceType {
@@ -30,8 +30,8 @@ pub static REPLICA_SET: ResourceType = ResourceType {
 struct ReplicaSet;
 
 impl Strategy for ReplicaSet {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::ReplicaSet>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::ReplicaSet>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

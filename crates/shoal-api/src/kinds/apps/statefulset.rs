@@ -11,7 +11,7 @@ use crate::strategy::{Requester, Strategy, drop_status};
 use crate::table::{
     Column, age_col, col, i, name_and_age, name_col, workload_wide, workload_wide_cells,
 };
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `statefulsets` (`/apis/apps/v1`).
 pub static STATEFUL_SET: ResourceType = ResourceType {
@@ -31,8 +31,8 @@ pub static STATEFUL_SET: ResourceType = ResourceType {
 struct StatefulSet;
 
 impl Strategy for StatefulSet {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::StatefulSet>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::StatefulSet>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

@@ -11,7 +11,7 @@ use crate::table::{
     Column, age_col, arr, col, name_and_age, name_col, or_none, s, since, workload_wide,
     workload_wide_cells,
 };
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `cronjobs` (`/apis/batch/v1`).
 pub static CRON_JOB: ResourceType = ResourceType {
@@ -31,8 +31,8 @@ pub static CRON_JOB: ResourceType = ResourceType {
 struct CronJob;
 
 impl Strategy for CronJob {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::CronJob>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::CronJob>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

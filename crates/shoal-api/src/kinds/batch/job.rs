@@ -11,7 +11,7 @@ use crate::table::{
     Column, age_col, col, has_condition, human_age, i, name_and_age, name_col, s, workload_wide,
     workload_wide_cells,
 };
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `jobs` (`/apis/batch/v1`).
 pub static JOB: ResourceType = ResourceType {
@@ -31,8 +31,8 @@ pub static JOB: ResourceType = ResourceType {
 struct Job;
 
 impl Strategy for Job {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Job>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Job>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::registry::ResourceType;
 use crate::strategy::{Requester, Strategy, drop_status};
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `certificatesigningrequests` (`/apis/certificates.k8s.io/v1`).
 pub static CERTIFICATE_SIGNING_REQUEST: ResourceType = ResourceType {
@@ -26,8 +26,8 @@ pub static CERTIFICATE_SIGNING_REQUEST: ResourceType = ResourceType {
 struct CertificateSigningRequest;
 
 impl Strategy for CertificateSigningRequest {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::CertificateSigningRequest>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::CertificateSigningRequest>(obj, unknown)
     }
 
     fn prepare_for_create(&self, obj: &mut Map<String, Value>, requester: &Requester) {

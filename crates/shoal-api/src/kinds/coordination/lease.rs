@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, age_col, col, name_and_age, name_col, s};
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `leases` (`/apis/coordination.k8s.io/v1`).
 pub static LEASE: ResourceType = ResourceType {
@@ -26,8 +26,8 @@ pub static LEASE: ResourceType = ResourceType {
 struct Lease;
 
 impl Strategy for Lease {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Lease>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Lease>(obj, unknown)
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {

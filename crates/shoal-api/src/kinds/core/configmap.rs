@@ -7,7 +7,7 @@ use super::{validate_data, validate_immutable_data};
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, age_col, col, count_keys, name_and_age, name_col};
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `configmaps` (`/api/v1`).
 pub static CONFIG_MAP: ResourceType = ResourceType {
@@ -29,8 +29,8 @@ struct ConfigMap;
 const SECTIONS: &[&str] = &["data", "binaryData"];
 
 impl Strategy for ConfigMap {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::ConfigMap>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::ConfigMap>(obj, unknown)
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {

@@ -7,7 +7,7 @@ use crate::defaults::set_default;
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, age_col, arr, col, i, name_and_age, name_col, s};
-use crate::validation::{ShapeError, typed};
+use crate::validation::{ShapeError, UnknownField, typed};
 
 /// `endpoints` (`/api/v1`).
 pub static ENDPOINTS: ResourceType = ResourceType {
@@ -27,8 +27,8 @@ pub static ENDPOINTS: ResourceType = ResourceType {
 struct Endpoints;
 
 impl Strategy for Endpoints {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Endpoints>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Endpoints>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, col, i, name_col, s, since};
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `events` (`/api/v1`).
 pub static EVENT: ResourceType = ResourceType {
@@ -46,8 +46,8 @@ pub(crate) const EVENT_FIELDS: &[&str] = &[
 ];
 
 impl Strategy for CoreEvent {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Event>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Event>(obj, unknown)
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {

@@ -8,7 +8,7 @@ use crate::defaults::{obj_mut, set_default};
 use crate::registry::ResourceType;
 use crate::strategy::{NameFormat, Requester, Strategy};
 use crate::table::{Column, age_col, col, name_and_age, name_col, s};
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `namespaces` (`/api/v1`).
 pub static NAMESPACE: ResourceType = ResourceType {
@@ -32,8 +32,8 @@ impl Strategy for Namespace {
         NameFormat::Label
     }
 
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Namespace>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Namespace>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

@@ -7,7 +7,7 @@ use crate::patch::ListStrategy;
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, age_col, arr, col, name_and_age, name_col, or_none, s};
-use crate::validation::{ShapeError, typed};
+use crate::validation::{ShapeError, UnknownField, typed};
 
 /// `nodes` (`/api/v1`).
 pub static NODE: ResourceType = ResourceType {
@@ -28,8 +28,8 @@ struct Node;
 
 /// A node agent registers its Node with the status it observed, so create keeps `status`.
 impl Strategy for Node {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Node>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Node>(obj, unknown)
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {

@@ -15,7 +15,9 @@ use crate::table::{
     Column, age_col, arr, col, has_condition, human_age, i, name_and_age, name_col, or_none, s,
     since,
 };
-use crate::validation::{FieldError, ShapeError, arr as arr_of, str_of, typed, validate_pod_spec};
+use crate::validation::{
+    FieldError, ShapeError, UnknownField, arr as arr_of, str_of, typed, validate_pod_spec,
+};
 
 /// `pods` (`/api/v1`).
 pub static POD: ResourceType = ResourceType {
@@ -35,8 +37,8 @@ pub static POD: ResourceType = ResourceType {
 struct Pod;
 
 impl Strategy for Pod {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Pod>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Pod>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

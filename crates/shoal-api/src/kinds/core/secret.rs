@@ -9,7 +9,7 @@ use crate::defaults::set_default;
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, age_col, col, count_keys, name_and_age, name_col, s};
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `secrets` (`/api/v1`).
 pub static SECRET: ResourceType = ResourceType {
@@ -31,8 +31,8 @@ struct Secret;
 const SECTIONS: &[&str] = &["data", "stringData"];
 
 impl Strategy for Secret {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Secret>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Secret>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

@@ -12,8 +12,8 @@ use crate::registry::ResourceType;
 use crate::strategy::{NameFormat, Requester, Strategy, drop_status};
 use crate::table::{Column, age_col, arr, col, i, name_and_age, name_col, or_none, s};
 use crate::validation::{
-    DNS1123_LABEL_ERROR, FieldError, ShapeError, arr as arr_of, is_dns1123_label, is_port_name,
-    str_of, typed, validate_labels,
+    DNS1123_LABEL_ERROR, FieldError, ShapeError, UnknownField, arr as arr_of, is_dns1123_label,
+    is_port_name, str_of, typed, validate_labels,
 };
 
 /// `services` (`/api/v1`).
@@ -38,8 +38,8 @@ impl Strategy for Service {
         NameFormat::Dns1035
     }
 
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Service>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Service>(obj, unknown)
     }
 
     fn default(&self, obj: &mut Value) {

@@ -7,7 +7,7 @@ use crate::patch::ListStrategy;
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, age_col, arr, col, name_and_age, name_col};
-use crate::validation::{ShapeError, typed};
+use crate::validation::{ShapeError, UnknownField, typed};
 
 /// `serviceaccounts` (`/api/v1`).
 pub static SERVICE_ACCOUNT: ResourceType = ResourceType {
@@ -27,8 +27,8 @@ pub static SERVICE_ACCOUNT: ResourceType = ResourceType {
 struct ServiceAccount;
 
 impl Strategy for ServiceAccount {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::ServiceAccount>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::ServiceAccount>(obj, unknown)
     }
 
     fn list_strategy(&self, parent: &[&str], last: &str) -> Option<ListStrategy> {

@@ -8,7 +8,7 @@ use crate::kinds::core::event::{EVENT_FIELDS, event_cells, event_columns};
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::Column;
-use crate::validation::{FieldError, ShapeError, typed};
+use crate::validation::{FieldError, ShapeError, UnknownField, typed};
 
 /// `events` (`/apis/events.k8s.io/v1`).
 pub static EVENT: ResourceType = ResourceType {
@@ -28,8 +28,8 @@ pub static EVENT: ResourceType = ResourceType {
 struct Event;
 
 impl Strategy for Event {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::Event>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::Event>(obj, unknown)
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {

@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 use crate::registry::ResourceType;
 use crate::strategy::Strategy;
 use crate::table::{Column, age_col, col, name_and_age, name_col, s};
-use crate::validation::{DNS1123_LABEL_ERROR, FieldError, ShapeError, is_dns1123_label, typed};
+use crate::validation::{
+    DNS1123_LABEL_ERROR, FieldError, ShapeError, UnknownField, is_dns1123_label, typed,
+};
 
 /// `runtimeclasses` (`/apis/node.k8s.io/v1`).
 pub static RUNTIME_CLASS: ResourceType = ResourceType {
@@ -26,8 +28,8 @@ pub static RUNTIME_CLASS: ResourceType = ResourceType {
 struct RuntimeClass;
 
 impl Strategy for RuntimeClass {
-    fn check_shape(&self, obj: &Value) -> Result<(), ShapeError> {
-        typed::<api::RuntimeClass>(obj)
+    fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
+        typed::<api::RuntimeClass>(obj, unknown)
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
