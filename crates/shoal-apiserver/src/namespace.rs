@@ -43,6 +43,9 @@ pub async fn terminate(ctx: &Ctx, name: &str) -> Result<Value, ApiError> {
         if let Some(map) = ns.as_object_mut() {
             map.insert("status".into(), json!({"phase": "Terminating"}));
         }
+        if ctx.params.dry_run() {
+            return Ok(ns);
+        }
         match store
             .update(&key, encode(&mut ns), Some(kv.mod_revision))
             .await

@@ -1777,3 +1777,64 @@ async fn unknown_fields_are_refused_warned_or_dropped_as_asked() {
             .contains("unknown field \\\"spec.containers[0].imagePullPolcy\\\"")
     );
 }
+
+#[tokio::test]
+async fn dry_run_writes_nothing_on_any_verb() {
+    let api = setup().await;
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "keep"}});
+    assert_eq!(
+        api.json(Method::POST, "/api/v1/namespaces", &ns)
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    // Deleting a namespace dry: it says Terminating but stays Active.
+    let dry = api
+        .send(
+            Method::DELETE,
+            "/api/v1/namespaces/keep?dryRun=All",
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(dry.status, StatusCode::OK);
+    assert_eq!(dry.json()["status"]["phase"], "Terminating");
+    let kept = api.get("/api/v1/namespaces/keep").await.json();
+    assert_eq!(kept["status"]["phase"], "Active");
+    assert!(kept["metadata"].get("deletionTimestamp").is_none());
+    // A create and a delete of a pod, dry.
+    let created = api
+        .json(Method::POST, &format!("{PODS}?dryRun=All"), &pod("ghost"))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(
+        api.get(&format!("{PODS}/ghost")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        api.json(Method::POST, PODS, &pod("real")).await.status,
+        StatusCode::CREATED
+    );
+    let gone = api
+        .send(
+            Method::DELETE,
+            &format!("{PODS}/real?dryRun=All"),
+            &[],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::OK);
+    assert_eq!(
+        api.get(&format!("{PODS}/real")).await.status,
+        StatusCode::OK
+    );
+    // Only "All" is a dry run; anything else is refused, not taken as one or ignored.
+    let odd = api
+        .json(Method::POST, &format!("{PODS}?dryRun=Maybe"), &pod("odd"))
+        .await;
+    assert_eq!(odd.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api.get(&format!("{PODS}/odd")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -85,7 +85,8 @@ impl Params {
         }
     }
 
-    fn dry_run(&self) -> bool {
+    /// `dryRun=All`: do everything but write (`handle` refuses other values).
+    pub fn dry_run(&self) -> bool {
         self.get("dryRun").is_some()
     }
 }
@@ -296,6 +297,13 @@ async fn handle(
             .map(|q| q.0)
             .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?,
     );
+    if let Some(v) = params.get("dryRun")
+        && v != "All"
+    {
+        return Err(ApiError::BadRequest(format!(
+            "dryRun: Unsupported value: {v:?}: supported values: \"All\""
+        )));
+    }
     let method = parts.method;
     let headers = parts.headers;
     let user = parts.extensions.get::<crate::auth::User>().cloned();
