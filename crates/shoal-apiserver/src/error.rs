@@ -86,6 +86,9 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("service unavailable: {0}")]
     Unavailable(String),
+    /// 429 for an eviction a PodDisruptionBudget does not allow now, with the budget's cause.
+    #[error("too many requests: {message}")]
+    TooManyRequests { message: String, cause: String },
     /// 504: the request could not be served in time (a resourceVersion the cache has not
     /// reached yet).
     #[error("timeout: {0}")]
@@ -213,6 +216,17 @@ impl ApiError {
                 m.clone(),
             ),
             ApiError::Timeout(m) => (StatusCode::GATEWAY_TIMEOUT, "Timeout", m.clone()),
+            ApiError::TooManyRequests { message, cause } => {
+                details.insert(
+                    "causes".into(),
+                    json!([{"reason": "DisruptionBudget", "message": cause}]),
+                );
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "TooManyRequests",
+                    message.clone(),
+                )
+            }
             ApiError::Internal(m) => {
                 tracing::error!(error = %m, "internal error");
                 (

@@ -1838,3 +1838,74 @@ async fn dry_run_writes_nothing_on_any_verb() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn eviction_honours_the_disruption_budget() {
+    let api = setup().await;
+    let ready = json!({"status": {"phase": "Running",
+        "conditions": [{"type": "Ready", "status": "True"}]}});
+    for name in ["a", "b", "c"] {
+        assert_eq!(
+            api.json(Method::POST, PODS, &pod(name)).await.status,
+            StatusCode::CREATED
+        );
+        let url = format!("{PODS}/{name}/status");
+        let made = api
+            .patch(&url, "application/merge-patch+json", &ready)
+            .await;
+        assert_eq!(made.status, StatusCode::OK);
+    }
+    let pdb = json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "web"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}});
+    let pdbs = "/apis/policy/v1/namespaces/default/poddisruptionbudgets";
+    assert_eq!(
+        api.json(Method::POST, pdbs, &pdb).await.status,
+        StatusCode::CREATED
+    );
+    let eviction = |name: &str| {
+        (
+            format!("{PODS}/{name}/eviction"),
+            json!({"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name}}),
+        )
+    };
+    // Three ready, two needed: one may go; then none.
+    let (url, body) = eviction("a");
+    assert_eq!(
+        api.json(Method::POST, &url, &body).await.status,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        api.get(&format!("{PODS}/a")).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let status = api.get(&format!("{pdbs}/web")).await.json()["status"].clone();
+    assert_eq!(status["disruptionsAllowed"], 0, "{status}");
+    let (url, body) = eviction("b");
+    let refused = api.json(Method::POST, &url, &body).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    let body = refused.json();
+    assert_eq!(body["reason"], "TooManyRequests");
+    assert_eq!(
+        body["details"]["causes"][0]["message"],
+        "The disruption budget web needs 2 healthy pods and has 2 currently"
+    );
+    assert_eq!(api.get(&format!("{PODS}/b")).await.status, StatusCode::OK);
+    // A pod no budget covers goes as asked.
+    let mut other = pod("other");
+    other["metadata"]["labels"] = json!({"app": "db"});
+    assert_eq!(
+        api.json(Method::POST, PODS, &other).await.status,
+        StatusCode::CREATED
+    );
+    let (url, body) = eviction("other");
+    assert_eq!(
+        api.json(Method::POST, &url, &body).await.status,
+        StatusCode::CREATED
+    );
+}

@@ -22,7 +22,7 @@ use crate::api::kinds;
 use crate::api::registry::{ResourceType, find_by_plural};
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::strategy::Requester;
-use crate::error::{ApiError, MAX_REQUEST_BYTES, Subject, json_response, success_status};
+use crate::error::{ApiError, MAX_REQUEST_BYTES, Subject, json_response};
 use crate::object::{self, decode, labels, meta_str};
 use crate::protobuf::ProtobufError;
 use crate::table::{TableRequest, negotiate, render};
@@ -422,13 +422,7 @@ async fn handle(
             } else {
                 parse_json(&ctx.headers, &body)?
             };
-            let options = eviction
-                .get("deleteOptions")
-                .cloned()
-                .unwrap_or_else(|| json!({}));
-            let options = DeleteOptions::from_value(&options, &ctx.params)?;
-            delete(&ctx, name, &options).await?;
-            Ok(success_status(StatusCode::CREATED, None))
+            subresources::evict(&ctx, name, &eviction).await
         }
         (Some(name), Some("log")) if method == Method::GET => crate::logs::serve(&ctx, name).await,
         _ => Err(ApiError::MethodNotAllowed),

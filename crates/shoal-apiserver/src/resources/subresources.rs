@@ -1,4 +1,5 @@
-//! Subresources beyond status: `scale` (ReplicaSets, Deployments), `binding` (pods).
+//! Subresources beyond status: `scale` (ReplicaSets, Deployments, StatefulSets), `binding`
+//! and `eviction` (pods).
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -7,10 +8,14 @@ use serde_json::{Map, Value, json};
 use super::write::{
     Mode, apply_patch, guaranteed_update, merge_update, parse_patch, patch_type, precondition,
 };
-use super::{Ctx, FieldValidation, load, parse_json};
+use super::{Ctx, DeleteOptions, FieldValidation, delete, load, parse_json};
+use crate::api::kinds::core::pod::POD;
+use crate::api::kinds::policy::POD_DISRUPTION_BUDGET;
+use crate::api::selector::LabelSelector;
 use crate::api::validation::FieldError;
 use crate::error::{ApiError, json_response, success_status};
-use crate::object::{meta_str, now_rfc3339};
+use crate::object::{self, decode, encode, labels, meta_str, now_rfc3339};
+use shoal_store::StoreError;
 
 /// `spec.selector` (a LabelSelector) in the string form `Scale.status.selector` carries.
 fn selector_string(selector: Option<&Value>) -> String {
@@ -213,5 +218,208 @@ mod tests {
             "app=web,tier=front,env in (a,b),!gone"
         );
         assert_eq!(selector_string(None), "");
+    }
+
+    #[test]
+    fn budgets_count_ready_live_pods() {
+        let pod = |ready: bool, phase: &str| {
+            json!({"metadata": {"name": "p"}, "status": {"phase": phase,
+                "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
+        };
+        let pods = [
+            pod(true, "Running"),
+            pod(true, "Running"),
+            pod(false, "Running"),
+            pod(true, "Succeeded"),
+        ];
+        let refs: Vec<&Value> = pods.iter().collect();
+        let budget = |spec: Value| Budget::of(&json!({"spec": spec}), &refs);
+        let min2 = budget(json!({"minAvailable": 2}));
+        assert_eq!(
+            (min2.expected, min2.healthy, min2.desired, min2.allowed()),
+            (3, 2, 2, 0)
+        );
+        let half = budget(json!({"minAvailable": "50%"}));
+        assert_eq!((half.desired, half.allowed()), (2, 0));
+        let max1 = budget(json!({"maxUnavailable": 1}));
+        assert_eq!((max1.desired, max1.allowed()), (2, 0));
+        let max_pct = budget(json!({"maxUnavailable": "100%"}));
+        assert_eq!((max_pct.desired, max_pct.allowed()), (0, 2));
+        assert_eq!(budget(json!({})).desired, 1);
+    }
+}
+
+/// A PodDisruptionBudget's verdict on evicting one pod.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Budget {
+    /// Pods the budget covers that are not being deleted or finished.
+    pub expected: i64,
+    /// Of those, the Ready ones.
+    pub healthy: i64,
+    /// How many must stay Ready.
+    pub desired: i64,
+}
+
+impl Budget {
+    /// What `pdb` says, given the pods it covers.
+    pub(super) fn of(pdb: &Value, pods: &[&Value]) -> Budget {
+        let live: Vec<&&Value> = pods
+            .iter()
+            .filter(|p| meta_str(p, "deletionTimestamp").is_none() && !finished(p))
+            .collect();
+        let expected = live.len() as i64;
+        let healthy = live.iter().filter(|p| ready(p)).count() as i64;
+        let scaled = |v: &Value, round_up: bool| -> i64 {
+            match v {
+                Value::Number(n) => n.as_i64().unwrap_or(0),
+                Value::String(s) => {
+                    let pct = s.trim_end_matches('%').parse::<i64>().unwrap_or(0);
+                    let num = pct * expected;
+                    if round_up {
+                        (num + 99) / 100
+                    } else {
+                        num / 100
+                    }
+                }
+                _ => 0,
+            }
+        };
+        let spec = pdb.get("spec").unwrap_or(&Value::Null);
+        let desired = match (spec.get("minAvailable"), spec.get("maxUnavailable")) {
+            (Some(min), _) if !min.is_null() => scaled(min, true),
+            (_, Some(max)) if !max.is_null() => (expected - scaled(max, true)).max(0),
+            // Neither: as policy/v1beta1's default, at least one must stay.
+            _ => 1,
+        };
+        Budget {
+            expected,
+            healthy,
+            desired,
+        }
+    }
+
+    /// Disruptions allowed now.
+    pub(super) fn allowed(&self) -> i64 {
+        (self.healthy - self.desired).max(0)
+    }
+}
+
+fn finished(pod: &Value) -> bool {
+    matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+fn ready(pod: &Value) -> bool {
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            c.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some("Ready")
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
+        })
+}
+
+/// `pods/eviction`: deletes the pod unless the PodDisruptionBudget covering it allows no
+/// disruption now (429, as upstream's eviction). The budget is computed from the pods it
+/// selects and claimed with a compare-and-swap of its status (`disruptionsAllowed` one
+/// lower), so two concurrent evictions cannot both spend the last disruption. A pod already
+/// being deleted or finished, or one no budget covers, is deleted as asked.
+pub(super) async fn evict(ctx: &Ctx, name: &str, eviction: &Value) -> Result<Response, ApiError> {
+    let options = eviction
+        .get("deleteOptions")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let options = DeleteOptions::from_value(&options, &ctx.params)?;
+    let (pod, _) = load(ctx, name).await?;
+    if meta_str(&pod, "deletionTimestamp").is_none() && !finished(&pod) {
+        guard_budget(ctx, name, &pod).await?;
+    }
+    delete(ctx, name, &options).await?;
+    Ok(success_status(StatusCode::CREATED, None))
+}
+
+async fn guard_budget(ctx: &Ctx, name: &str, pod: &Value) -> Result<(), ApiError> {
+    let store = ctx.state.store();
+    let ns = ctx.target.namespace.as_deref().unwrap_or("default");
+    let pod_labels = labels(pod);
+    let budgets = store
+        .list(&format!("{}{ns}/", POD_DISRUPTION_BUDGET.storage_prefix()))
+        .await?;
+    let mut covering = Vec::new();
+    for kv in &budgets.items {
+        let pdb = decode(kv)?;
+        // policy/v1: an empty selector covers every pod of the namespace; none covers none.
+        let selects = match pdb.pointer("/spec/selector") {
+            None | Some(Value::Null) => false,
+            Some(sel) => LabelSelector::from_value(Some(sel)).is_ok_and(|s| s.matches(&pod_labels)),
+        };
+        if selects {
+            covering.push((kv.key.clone(), kv.mod_revision, pdb));
+        }
+    }
+    let (key, revision, mut pdb) = match covering.len() {
+        0 => return Ok(()),
+        1 => covering.remove(0),
+        _ => {
+            return Err(ApiError::Internal(
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into(),
+            ));
+        }
+    };
+    let selector = LabelSelector::from_value(pdb.pointer("/spec/selector"))
+        .map_err(|e| ApiError::Internal(format!("budget selector: {e}")))?;
+    let pods = store
+        .list(&format!("{}{ns}/", POD.storage_prefix()))
+        .await?;
+    let decoded = pods
+        .items
+        .iter()
+        .map(decode)
+        .collect::<Result<Vec<Value>, ApiError>>()?;
+    let covered: Vec<&Value> = decoded
+        .iter()
+        .filter(|p| selector.matches(&labels(p)))
+        .collect();
+    let budget = Budget::of(&pdb, &covered);
+    let pdb_name = object::name(&pdb).to_string();
+    // An unready pod may go while the budget is otherwise met (upstream's IfHealthyBudget).
+    let allowed = if ready(pod) {
+        budget.allowed() >= 1
+    } else {
+        budget.healthy >= budget.desired
+    };
+    if !allowed {
+        return Err(ApiError::TooManyRequests {
+            message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+            cause: format!(
+                "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                budget.desired, budget.healthy
+            ),
+        });
+    }
+    if ctx.params.dry_run() {
+        return Ok(());
+    }
+    let spent = if ready(pod) { 1 } else { 0 };
+    if let Some(map) = pdb.as_object_mut() {
+        let status = map.entry("status").or_insert_with(|| json!({}));
+        if let Some(status) = status.as_object_mut() {
+            status.insert("disruptionsAllowed".into(), json!(budget.allowed() - spent));
+            status.insert("currentHealthy".into(), json!(budget.healthy - spent));
+            status.insert("desiredHealthy".into(), json!(budget.desired));
+            status.insert("expectedPods".into(), json!(budget.expected));
+        }
+    }
+    match store.update(&key, encode(&mut pdb), Some(revision)).await {
+        Ok(_) => Ok(()),
+        // Another eviction spent the budget first: the client tries again.
+        Err(StoreError::Conflict { .. }) => Err(ApiError::TooManyRequests {
+            message: "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+            cause: format!("The disruption budget {pdb_name} is being updated; try again ({name})"),
+        }),
+        Err(e) => Err(e.into()),
     }
 }
