@@ -2,7 +2,7 @@
 # Installs what Shoal's build, tests and demo need on Debian 12: Debian's OCI registry
 # (docker-registry), curl, iproute2 and nftables (the multi-host tests run members in network
 # namespaces and cut them off with nftables) when missing, and the rustup targets for the Wasm
-# guests.
+# guests, and a virtualenv with the Kubernetes Python client.
 # Idempotent and quiet when all is already there. kubectl 1.32 is expected at /usr/bin/kubectl.
 set -euo pipefail
 
@@ -30,3 +30,17 @@ for target in wasm32-wasip1 wasm32-wasip2; do
 done
 rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+# The official Kubernetes Python client for tests/e2e/tests/python_client.rs, in a virtualenv
+# of its own (PyPI).
+pyenv_dir="$(dirname "$0")/../target/pyenv"
+if [ ! -x "$pyenv_dir/bin/python" ] || ! "$pyenv_dir/bin/python" -c 'import kubernetes' 2>/dev/null; then
+    if ! python3 -m venv --help >/dev/null 2>&1; then
+        SUDO=""
+        [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+    fi
+    python3 -m venv "$pyenv_dir"
+    "$pyenv_dir/bin/pip" install -q 'kubernetes>=31,<35'
+fi
