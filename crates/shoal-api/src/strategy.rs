@@ -91,6 +91,14 @@ pub trait Strategy: Send + Sync + 'static {
         false
     }
 
+    /// Whether the garbage collector follows this kind's dependents, so a `Foreground` or
+    /// `Orphan` deletion can wait on it (the apiserver adds the `foregroundDeletion` or
+    /// `orphan` finalizer). For other kinds both policies delete at once, as `Background`
+    /// does: a finalizer nobody removes would keep the object forever.
+    fn dependents_tracked(&self) -> bool {
+        false
+    }
+
     /// Fields a field selector may name besides `metadata.name` and `metadata.namespace`
     /// (upstream's `GetAttrs`/field label conversion for the kind; others get 400).
     fn selectable_fields(&self) -> &'static [&'static str] {

@@ -785,6 +785,31 @@ async fn delete_unbound_bound_and_finalized() {
         .json();
     assert_eq!(r["metadata"]["finalizers"], json!(["foregroundDeletion"]));
 
+    // A kind whose dependents nobody tracks is deleted at once under every policy: a
+    // finalizer nobody removes would hold it forever.
+    for policy in ["Foreground", "Orphan"] {
+        let cms = "/api/v1/namespaces/default/configmaps";
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fg-cm"}});
+        assert_eq!(
+            api.json(Method::POST, cms, &cm).await.status,
+            StatusCode::CREATED
+        );
+        let r = api
+            .send(
+                Method::DELETE,
+                &format!("{cms}/fg-cm?propagationPolicy={policy}"),
+                &[],
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{policy}");
+        assert_eq!(
+            api.get(&format!("{cms}/fg-cm")).await.status,
+            StatusCode::NOT_FOUND,
+            "{policy}"
+        );
+    }
+
     // deletecollection with a label selector.
     api.json(Method::POST, PODS, &pod("c1")).await;
     api.json(Method::POST, PODS, &pod("c2")).await;
