@@ -9,12 +9,14 @@
 
 #![warn(missing_docs)]
 
+pub mod custom;
 pub mod defaults;
 pub mod kinds;
 pub mod meta;
 pub mod patch;
 pub mod quantity;
 pub mod registry;
+pub mod schema;
 pub mod selector;
 pub mod strategy;
 pub mod table;

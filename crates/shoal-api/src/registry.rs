@@ -1,7 +1,7 @@
 //! The registry of resource types the apiserver serves. Each kind is described once, in its
 //! own file under `kinds/` (a `static` [`ResourceType`]: registration plus [`Strategy`]); this
-//! module only lists them and looks them up. It owns no storage and does not know about
-//! custom resources.
+//! module only lists them and looks them up. It owns no storage; custom resources are
+//! [`crate::custom`]'s, and the apiserver looks them up beside these.
 
 use crate::kinds;
 use crate::strategy::Strategy;
@@ -139,6 +139,7 @@ static RESOURCE_TYPES: &[&ResourceType] = &[
     &kinds::autoscaling::HORIZONTAL_POD_AUTOSCALER,
     &kinds::admissionregistration::VALIDATING_WEBHOOK_CONFIGURATION,
     &kinds::admissionregistration::MUTATING_WEBHOOK_CONFIGURATION,
+    &kinds::apiextensions::CUSTOM_RESOURCE_DEFINITION,
 ];
 
 /// Every served resource type, core group first, in a stable order.

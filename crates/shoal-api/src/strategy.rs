@@ -29,6 +29,18 @@ pub enum NameFormat {
     PathSegment,
 }
 
+/// Where the `scale` subresource of a kind reads and writes, as JSON pointers (a custom
+/// resource's `specReplicasPath`, `statusReplicasPath` and `labelSelectorPath`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalePaths {
+    /// The desired replicas (`/spec/replicas`).
+    pub spec_replicas: String,
+    /// The observed replicas (`/status/replicas`).
+    pub status_replicas: String,
+    /// A label selector in its string form (`/status/selector`), if the kind has one.
+    pub selector: Option<String>,
+}
+
 /// Who makes a request, as the apiserver authenticated it. Kinds that record their requester
 /// (CertificateSigningRequest) take it from here, never from the body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +101,34 @@ pub trait Strategy: Send + Sync + 'static {
     /// and removed only then; it has no `deletecollection`), instead of the ordinary path.
     fn deleted_by_termination(&self) -> bool {
         false
+    }
+
+    /// Whether a write changes what `metadata.generation` counts (`old` is `None` on create:
+    /// whether the new object has a generation at all). Built-in kinds count changes of
+    /// `spec`.
+    fn generation_changed(&self, old: Option<&Value>, new: &Value) -> bool {
+        match old {
+            None => new.get("spec").is_some(),
+            Some(old) => old.get("spec") != new.get("spec"),
+        }
+    }
+
+    /// Whether strategic merge patches apply to the kind (custom resources: no, as upstream,
+    /// which answers 415).
+    fn strategic_merge(&self) -> bool {
+        true
+    }
+
+    /// Where the `scale` subresource reads and writes; `None`: `spec.replicas`,
+    /// `status.replicas` and the `spec.selector` label selector of the workload kinds.
+    fn scale_paths(&self) -> Option<ScalePaths> {
+        None
+    }
+
+    /// The kind's OpenAPI v3 schema, for `/openapi` documents, where the kind has one of its
+    /// own (custom resources).
+    fn openapi_schema(&self) -> Option<Value> {
+        None
     }
 
     /// Whether the garbage collector follows this kind's dependents, so a `Foreground` or

@@ -4,6 +4,8 @@
 //! are Kubernetes' (`Name`, `Up-to-date`); kubectl upper-cases them. This module knows nothing
 //! about HTTP or the `meta.k8s.io` Table envelope.
 
+use std::borrow::Cow;
+
 use serde_json::{Value, json};
 
 use crate::registry::ResourceType;
@@ -12,13 +14,13 @@ use crate::registry::ResourceType;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     /// Header as Kubernetes defines it (`"Name"`, `"Ready"`); kubectl upper-cases it.
-    pub name: &'static str,
-    /// `"string"`, `"integer"` or `"date"`.
-    pub type_: &'static str,
-    /// `"name"` for the NAME column, otherwise `""`.
-    pub format: &'static str,
+    pub name: Cow<'static, str>,
+    /// `"string"`, `"integer"`, `"number"`, `"boolean"` or `"date"`.
+    pub type_: Cow<'static, str>,
+    /// `"name"` for the NAME column, otherwise `""` (or a custom column's format).
+    pub format: Cow<'static, str>,
     /// Human description of the column.
-    pub description: &'static str,
+    pub description: Cow<'static, str>,
     /// 0 is always shown; 1 only with `-o wide`.
     pub priority: i32,
 }
@@ -30,10 +32,10 @@ pub(crate) const fn col(
     description: &'static str,
 ) -> Column {
     Column {
-        name,
-        type_,
-        format: "",
-        description,
+        name: Cow::Borrowed(name),
+        type_: Cow::Borrowed(type_),
+        format: Cow::Borrowed(""),
+        description: Cow::Borrowed(description),
         priority,
     }
 }
@@ -43,10 +45,10 @@ const AGE_DESC: &str = "CreationTimestamp is a timestamp representing the server
 
 pub(crate) fn name_col() -> Column {
     Column {
-        name: "Name",
-        type_: "string",
-        format: "name",
-        description: NAME_DESC,
+        name: Cow::Borrowed("Name"),
+        type_: Cow::Borrowed("string"),
+        format: Cow::Borrowed("name"),
+        description: Cow::Borrowed(NAME_DESC),
         priority: 0,
     }
 }

@@ -1,5 +1,6 @@
 //! Discovery documents (`/api`, `/apis`, per group-version resource lists, aggregated
-//! discovery v2) and `/version`, all built once from the registry at startup.
+//! discovery v2) and `/version`, rendered from the served set (`served.rs`) whenever it
+//! changes.
 //!
 //! Aggregated discovery is served when the client asks for it in `Accept`; otherwise the
 //! legacy documents. Nothing here reads the store.
@@ -10,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::api::registry::{ResourceType, resource_types};
+use crate::api::registry::ResourceType;
 use crate::error::{ApiError, json_response};
 
 const AGGREGATED_CONTENT_TYPE: &str =
@@ -29,9 +30,9 @@ pub struct Documents {
 }
 
 /// `(group, version)` pairs served, core first, in registry order.
-pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+pub fn group_versions(types: &[&'static ResourceType]) -> Vec<(&'static str, &'static str)> {
     let mut out: Vec<(&'static str, &'static str)> = Vec::new();
-    for rt in resource_types() {
+    for rt in types {
         if !out.contains(&(rt.group, rt.version)) {
             out.push((rt.group, rt.version));
         }
@@ -84,9 +85,9 @@ fn subresource(
     }
 }
 
-fn resource_list(group: &str, version: &str) -> Value {
+fn resource_list(types: &[&'static ResourceType], group: &str, version: &str) -> Value {
     let mut resources = Vec::new();
-    for rt in resource_types()
+    for rt in types
         .iter()
         .filter(|t| t.group == group && t.version == version)
     {
@@ -123,16 +124,31 @@ fn resource_list(group: &str, version: &str) -> Value {
     json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})
 }
 
-fn aggregated(core: bool) -> Value {
+/// The groups of `gvs` in order of first appearance, each with its versions (the first is
+/// the preferred one).
+fn groups_of(gvs: &[(&'static str, &'static str)]) -> Vec<(&'static str, Vec<&'static str>)> {
+    let mut out: Vec<(&'static str, Vec<&'static str>)> = Vec::new();
+    for (g, v) in gvs {
+        match out.iter_mut().find(|(x, _)| x == g) {
+            Some((_, versions)) => versions.push(v),
+            None => out.push((g, vec![v])),
+        }
+    }
+    out
+}
+
+fn aggregated(types: &[&'static ResourceType], core: bool) -> Value {
     let mut groups = Vec::new();
-    let gvs = group_versions();
-    for (group, version) in gvs.iter().filter(|(g, _)| g.is_empty() == core) {
-        let mut resources = Vec::new();
-        for rt in resource_types()
-            .iter()
-            .filter(|t| t.group == *group && t.version == *version)
-        {
-            let subresources: Vec<Value> = rt
+    let gvs = group_versions(types);
+    for (group, versions) in groups_of(&gvs).iter().filter(|(g, _)| g.is_empty() == core) {
+        let mut version_docs = Vec::new();
+        for version in versions {
+            let mut resources = Vec::new();
+            for rt in types
+                .iter()
+                .filter(|t| t.group == *group && t.version == *version)
+            {
+                let subresources: Vec<Value> = rt
                 .subresources
                 .iter()
                 .map(|sub| {
@@ -144,40 +160,46 @@ fn aggregated(core: bool) -> Value {
                     })
                 })
                 .collect();
-            resources.push(json!({
-                "resource": rt.plural,
-                "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
-                "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
-                "singularResource": rt.singular,
-                "verbs": verbs(rt),
-                "shortNames": rt.short_names,
-                "categories": rt.categories,
-                "subresources": subresources,
-            }));
+                resources.push(json!({
+                    "resource": rt.plural,
+                    "responseKind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
+                    "scope": if rt.namespaced { "Namespaced" } else { "Cluster" },
+                    "singularResource": rt.singular,
+                    "verbs": verbs(rt),
+                    "shortNames": rt.short_names,
+                    "categories": rt.categories,
+                    "subresources": subresources,
+                }));
+            }
+            version_docs
+                .push(json!({"version": version, "resources": resources, "freshness": "Current"}));
         }
         groups.push(json!({
             "metadata": {"name": group, "creationTimestamp": null},
-            "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+            "versions": version_docs,
         }));
     }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": groups})
 }
 
-fn group_doc(group: &str, version: &str) -> Value {
-    let gv = json!({"groupVersion": format!("{group}/{version}"), "version": version});
-    json!({"name": group, "versions": [gv.clone()], "preferredVersion": gv})
+fn group_doc(group: &str, versions: &[&str]) -> Value {
+    let gvs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
+    json!({"name": group, "preferredVersion": gvs.first().cloned().unwrap_or(Value::Null), "versions": gvs})
 }
 
 impl Documents {
-    pub fn build() -> Documents {
+    pub fn build(types: &[&'static ResourceType]) -> Documents {
         let to_bytes = |v: &Value| serde_json::to_vec(v).unwrap_or_default();
-        let gvs = group_versions();
+        let gvs = group_versions(types);
         let api_versions = json!({
             "kind": "APIVersions",
             "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}],
         });
-        let groups: Vec<(String, Value)> = gvs
+        let groups: Vec<(String, Value)> = groups_of(&gvs)
             .iter()
             .filter(|(g, _)| !g.is_empty())
             .map(|(g, v)| (g.to_string(), group_doc(g, v)))
@@ -207,11 +229,11 @@ impl Documents {
                     } else {
                         format!("{g}/{v}")
                     };
-                    (key, to_bytes(&resource_list(g, v)))
+                    (key, to_bytes(&resource_list(types, g, v)))
                 })
                 .collect(),
-            aggregated_core: to_bytes(&aggregated(true)),
-            aggregated_groups: to_bytes(&aggregated(false)),
+            aggregated_core: to_bytes(&aggregated(types, true)),
+            aggregated_groups: to_bytes(&aggregated(types, false)),
         }
     }
 }
@@ -232,7 +254,8 @@ fn wants_aggregated(headers: &HeaderMap) -> bool {
 }
 
 pub async fn api_versions(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let docs = &state.inner.docs;
+    let served = state.served();
+    let docs = &served.docs;
     if wants_aggregated(&headers) {
         return raw_json(&docs.aggregated_core, AGGREGATED_CONTENT_TYPE);
     }
@@ -240,7 +263,8 @@ pub async fn api_versions(State(state): State<AppState>, headers: HeaderMap) -> 
 }
 
 pub async fn api_groups(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let docs = &state.inner.docs;
+    let served = state.served();
+    let docs = &served.docs;
     if wants_aggregated(&headers) {
         return raw_json(&docs.aggregated_groups, AGGREGATED_CONTENT_TYPE);
     }
@@ -248,7 +272,7 @@ pub async fn api_groups(State(state): State<AppState>, headers: HeaderMap) -> Re
 }
 
 pub async fn api_group(State(state): State<AppState>, Path(group): Path<String>) -> Response {
-    match state.inner.docs.groups.iter().find(|(g, _)| *g == group) {
+    match state.served().docs.groups.iter().find(|(g, _)| *g == group) {
         Some((_, doc)) => raw_json(doc, "application/json"),
         None => ApiError::UnknownResource.into_response(),
     }
@@ -267,7 +291,7 @@ pub async fn group_resources(
 
 fn resource_list_response(state: &AppState, gv: &str) -> Response {
     match state
-        .inner
+        .served()
         .docs
         .resource_lists
         .iter()

@@ -62,8 +62,14 @@ pub enum ApiError {
     BadRequest(String),
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// 405 saying why (a create while a custom resource's definition is being deleted).
+    #[error("method not allowed: {0}")]
+    NotSupported(String),
     #[error("unsupported media type {0:?}")]
     UnsupportedMediaType(String),
+    /// 415 with its own message (a strategic merge patch of a custom resource).
+    #[error("unsupported media type: {0}")]
+    MediaTypeNotAccepted(String),
     #[error("request too large")]
     TooLarge { size: usize, limit: usize },
     /// 413 with its own message.
@@ -177,6 +183,16 @@ impl ApiError {
                 StatusCode::METHOD_NOT_ALLOWED,
                 "MethodNotAllowed",
                 "the server does not allow this method on the requested resource".to_string(),
+            ),
+            ApiError::NotSupported(m) => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowed",
+                m.clone(),
+            ),
+            ApiError::MediaTypeNotAccepted(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UnsupportedMediaType",
+                m.clone(),
             ),
             ApiError::UnsupportedMediaType(t) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -5,11 +5,13 @@
 //! It is the only crate that touches the store. Serves HTTPS (HTTP/2 and HTTP/1.1) with client
 //! certificates and bootstrap tokens (`auth.rs`), or plain HTTP on loopback when asked to
 //! (every request is then the admin); `/metrics` (`metrics.rs`); and the membership endpoints
-//! of a multi-member control plane (`join.rs`). Admission beyond defaulting and validation
+//! of a multi-member control plane (`join.rs`). CustomResourceDefinitions are established and
+//! their custom resources served beside the built-in kinds (`crd.rs`, `served.rs`). Admission beyond defaulting and validation
 //! (quotas, limit ranges) is not done here.
 
 mod auth;
 mod cache;
+mod crd;
 mod discovery;
 mod error;
 mod join;
@@ -20,6 +22,7 @@ mod object;
 mod openapi;
 mod protobuf;
 mod resources;
+mod served;
 mod table;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -110,8 +113,8 @@ struct Inner {
     store: Store,
     bookmark_interval: Duration,
     shutdown: CancellationToken,
-    docs: discovery::Documents,
-    openapi: openapi::Documents,
+    served: served::Current,
+    crds: crd::Follower,
     logs: logs::LogClient,
     auth: auth::Mode,
     cluster: Option<ClusterSecrets>,
@@ -145,8 +148,8 @@ impl AppState {
                 store,
                 bookmark_interval: config.bookmark_interval,
                 shutdown,
-                docs: discovery::Documents::build(),
-                openapi: openapi::Documents::build(),
+                served: served::Current::builtin(),
+                crds: crd::Follower::default(),
                 logs,
                 auth: if config.tls.is_some() {
                     auth::Mode::Tls
@@ -162,6 +165,11 @@ impl AppState {
 
     pub(crate) fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The kinds served now, built-in and custom, with their discovery and OpenAPI documents.
+    pub(crate) fn served(&self) -> Arc<served::Served> {
+        self.inner.served.get()
     }
 
     pub(crate) fn caches(&self) -> &cache::Caches {
@@ -255,6 +263,7 @@ pub async fn serve(
     bootstrap(&store).await.map_err(Error::Bootstrap)?;
     let addr = listener.local_addr().map_err(Error::Serve)?;
     let state = AppState::new(store, &config, shutdown.clone()).map_err(Error::Certificate)?;
+    crd::start(&state).await;
     namespace::resume(&state).await;
     match config.tls {
         Some(tls) => {

@@ -6,16 +6,14 @@
 
 use std::time::Duration;
 
-use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use shoal_store::StoreError;
 
 use crate::AppState;
 use crate::api::kinds::core::namespace::NAMESPACE;
-use crate::api::registry::resource_types;
 use crate::error::ApiError;
 use crate::object::{decode, encode, meta_str, metadata_mut, now_rfc3339, set_resource_version};
-use crate::resources::{Ctx, DeleteOptions, Params, Target, delete};
+use crate::resources::{Ctx, DeleteOptions, delete};
 
 /// Namespaces that can never be deleted.
 pub const IMMORTAL_NAMESPACES: [&str; 3] = ["default", "kube-system", "kube-public"];
@@ -114,7 +112,8 @@ async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
     let store = state.store();
     loop {
         let mut remaining = 0usize;
-        for rt in resource_types().iter().filter(|t| t.namespaced) {
+        let served = state.served();
+        for rt in served.types().iter().copied().filter(|t| t.namespaced) {
             let prefix = format!("{}{name}/", rt.storage_prefix());
             for kv in store.list(&prefix).await?.items {
                 remaining += 1;
@@ -123,20 +122,12 @@ async fn finalize(state: &AppState, name: &str) -> Result<(), ApiError> {
                     continue;
                 }
                 let object_name = crate::object::name(&obj).to_string();
-                let ctx = Ctx {
-                    state: state.clone(),
-                    target: Target {
-                        rt,
-                        namespace: Some(name.to_string()),
-                        name: Some(object_name.clone()),
-                        sub: None,
-                    },
-                    params: Params::default(),
-                    headers: HeaderMap::new(),
-                    table: None,
-                    user: None,
-                    warnings: Default::default(),
-                };
+                let ctx = Ctx::internal(
+                    state.clone(),
+                    rt,
+                    Some(name.to_string()),
+                    Some(object_name.clone()),
+                );
                 match delete(&ctx, &object_name, &DeleteOptions::default()).await {
                     Ok(_) | Err(ApiError::NotFound(_)) => {}
                     Err(e) => return Err(e),

@@ -4,8 +4,9 @@
 //! They exist so kubectl can see that the server does field validation itself (the
 //! `fieldValidation` parameter on each PATCH operation carrying
 //! `x-kubernetes-group-version-kind`) and leave `--validate=strict` to the server. Schemas are
-//! deliberately minimal objects with their GVK: no field-level schema, so `kubectl explain`
-//! shows little. PATCH request bodies do not list strategic merge, so client-side apply
+//! minimal objects with their GVK for built-in kinds (no field-level schema, so `kubectl
+//! explain` shows little for them); custom resources carry their CRD's schema, so `kubectl
+//! explain` shows their fields. PATCH request bodies do not list strategic merge, so client-side apply
 //! computes its patches from kubectl's built-in types rather than from these schemas.
 
 use axum::extract::{Path, State};
@@ -14,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
-use crate::api::registry::{ResourceType, resource_types};
+use crate::api::registry::ResourceType;
 use crate::discovery::group_versions;
 use crate::error::ApiError;
 
@@ -27,6 +28,11 @@ pub struct Documents {
 }
 
 fn schema_name(rt: &ResourceType) -> String {
+    if rt.strategy.openapi_schema().is_some() {
+        // Custom resources, as upstream: the group reversed (`com.example.v1.Widget`).
+        let reversed: Vec<&str> = rt.group.split('.').rev().collect();
+        return format!("{}.{}.{}", reversed.join("."), rt.version, rt.kind);
+    }
     let group = if rt.group.is_empty() {
         "core"
     } else {
@@ -185,14 +191,29 @@ fn schemas_for<'a>(types: impl Iterator<Item = &'a ResourceType>) -> Map<String,
     let mut with_scale = false;
     for rt in types {
         with_scale |= rt.subresources.contains(&"scale");
-        schemas.insert(
-            schema_name(rt),
-            json!({
+        let schema = match rt.strategy.openapi_schema() {
+            Some(mut own) => {
+                if let Some(map) = own.as_object_mut() {
+                    let props = map.entry("properties").or_insert_with(|| json!({}));
+                    if let Some(props) = props.as_object_mut() {
+                        props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+                        props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+                        props.insert(
+                            "metadata".into(),
+                            json!({"type": "object", "description": "Standard object's metadata."}),
+                        );
+                    }
+                    map.insert("x-kubernetes-group-version-kind".into(), json!([gvk(rt)]));
+                }
+                own
+            }
+            None => json!({
                 "description": format!("{} ({}).", rt.kind, rt.api_version()),
                 "type": "object",
                 "x-kubernetes-group-version-kind": [gvk(rt)],
             }),
-        );
+        };
+        schemas.insert(schema_name(rt), schema);
     }
     if with_scale {
         schemas.insert(
@@ -218,23 +239,23 @@ fn hash(bytes: &[u8]) -> String {
 }
 
 impl Documents {
-    pub fn build() -> Documents {
+    pub fn build(types: &[&'static ResourceType]) -> Documents {
         let info = json!({"title": "Kubernetes", "version": "v1.35.0-shoal"});
         let mut v3 = Vec::new();
         let mut root_paths = Map::new();
-        for (group, version) in group_versions() {
-            let types: Vec<&ResourceType> = resource_types()
+        for (group, version) in group_versions(types) {
+            let in_gv: Vec<&ResourceType> = types
                 .iter()
                 .copied()
                 .filter(|t| t.group == group && t.version == version)
                 .collect();
             let paths: Map<String, Value> =
-                types.iter().flat_map(|rt| paths_for(rt, true)).collect();
+                in_gv.iter().flat_map(|rt| paths_for(rt, true)).collect();
             let doc = json!({
                 "openapi": "3.0.0",
                 "info": info,
                 "paths": paths,
-                "components": {"schemas": schemas_for(types.iter().copied())},
+                "components": {"schemas": schemas_for(in_gv.iter().copied())},
             });
             let bytes = serde_json::to_vec(&doc).unwrap_or_default();
             let key = if group.is_empty() {
@@ -248,15 +269,13 @@ impl Documents {
             );
             v3.push((key, bytes));
         }
-        let v2_paths: Map<String, Value> = resource_types()
-            .iter()
-            .flat_map(|rt| paths_for(rt, false))
-            .collect();
+        let v2_paths: Map<String, Value> =
+            types.iter().flat_map(|rt| paths_for(rt, false)).collect();
         let v2 = json!({
             "swagger": "2.0",
             "info": info,
             "paths": v2_paths,
-            "definitions": schemas_for(resource_types().iter().copied()),
+            "definitions": schemas_for(types.iter().copied()),
         });
         Documents {
             v2: serde_json::to_vec(&v2).unwrap_or_default(),
@@ -297,16 +316,16 @@ pub async fn v2(State(state): State<AppState>, headers: HeaderMap) -> Response {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         return resp;
     }
-    json_bytes(&state.inner.openapi.v2)
+    json_bytes(&state.served().openapi.v2)
 }
 
 pub async fn v3_root(State(state): State<AppState>) -> Response {
-    json_bytes(&state.inner.openapi.v3_root)
+    json_bytes(&state.served().openapi.v3_root)
 }
 
 pub async fn v3_group_version(State(state): State<AppState>, Path(path): Path<String>) -> Response {
     let path = path.trim_matches('/');
-    match state.inner.openapi.v3.iter().find(|(k, _)| k == path) {
+    match state.served().openapi.v3.iter().find(|(k, _)| k == path) {
         Some((_, doc)) => json_bytes(doc),
         None => ApiError::UnknownResource.into_response(),
     }

@@ -458,12 +458,10 @@ async fn deadline(timeout: Option<u64>) {
 
 #[cfg(test)]
 mod tests {
-    use axum::http::HeaderMap;
     use tokio_util::sync::CancellationToken;
 
     use super::*;
     use crate::api::registry::find_by_plural;
-    use crate::resources::{Params, Target};
     use crate::{AppState, Config};
 
     #[tokio::test]
@@ -476,20 +474,7 @@ mod tests {
         let state =
             AppState::new(store.clone(), &Config::default(), shutdown.clone()).expect("state");
         let rt = find_by_plural("", "v1", "pods").expect("pods");
-        let ctx = Ctx {
-            state,
-            target: Target {
-                rt,
-                namespace: None,
-                name: None,
-                sub: None,
-            },
-            params: Params::default(),
-            headers: HeaderMap::new(),
-            table: None,
-            user: None,
-            warnings: Default::default(),
-        };
+        let ctx = Ctx::internal(state, rt, None, None);
         // The client is connected (the receiver lives) but reads nothing.
         let (tx, mut rx) = mpsc::channel(1);
         let mut watcher = Watcher {

@@ -7,6 +7,7 @@ mismatch raises and the test fails with the traceback.
 
 import json
 import threading
+import time
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
@@ -121,6 +122,87 @@ try:
 except ApiException as e:
     check(e.status == 404, f"missing object: {e.status}")
     check(json.loads(e.body)["reason"] == "NotFound", "missing object reason")
+
+# A custom resource through ApiextensionsV1Api and CustomObjectsApi.
+ext = client.ApiextensionsV1Api()
+custom = client.CustomObjectsApi()
+ext.create_custom_resource_definition(
+    {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "crontabs.stable.example.com"},
+        "spec": {
+            "group": "stable.example.com",
+            "scope": "Namespaced",
+            "names": {"plural": "crontabs", "kind": "CronTab", "shortNames": ["ct"]},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "properties": {
+                                "spec": {
+                                    "type": "object",
+                                    "properties": {
+                                        "cronSpec": {"type": "string"},
+                                        "replicas": {"type": "integer", "default": 1},
+                                    },
+                                },
+                                "status": {"type": "object", "properties": {"runs": {"type": "integer"}}},
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+)
+for _ in range(200):
+    crd = ext.read_custom_resource_definition("crontabs.stable.example.com")
+    conditions = (crd.status.conditions or []) if crd.status else []
+    if any(c.type == "Established" and c.status == "True" for c in conditions):
+        break
+    time.sleep(0.05)
+else:
+    check(False, "the CRD never became Established")
+group, version, plural = "stable.example.com", "v1", "crontabs"
+created = custom.create_namespaced_custom_object(
+    group,
+    version,
+    ns,
+    plural,
+    {
+        "apiVersion": "stable.example.com/v1",
+        "kind": "CronTab",
+        "metadata": {"name": "nightly"},
+        "spec": {"cronSpec": "0 3 * * *"},
+    },
+)
+check(created["spec"]["replicas"] == 1, "schema default on create")
+listed = custom.list_namespaced_custom_object(group, version, ns, plural)
+check([o["metadata"]["name"] for o in listed["items"]] == ["nightly"], "custom object list")
+custom.patch_namespaced_custom_object(group, version, ns, plural, "nightly", {"spec": {"replicas": 3}})
+got = custom.get_namespaced_custom_object(group, version, ns, plural, "nightly")
+check(got["spec"]["replicas"] == 3, "custom object merge patch")
+custom.patch_namespaced_custom_object_status(group, version, ns, plural, "nightly", {"status": {"runs": 7}})
+got = custom.get_namespaced_custom_object_status(group, version, ns, plural, "nightly")
+check(got["status"]["runs"] == 7 and got["spec"]["replicas"] == 3, "custom object status")
+try:
+    custom.create_namespaced_custom_object(
+        group, version, ns, plural,
+        {"apiVersion": "stable.example.com/v1", "kind": "CronTab", "metadata": {"name": "bad"},
+         "spec": {"replicas": "many"}},
+    )
+    check(False, "an invalid custom object was accepted")
+except ApiException as e:
+    check(e.status == 422, f"invalid custom object: {e.status}")
+custom.delete_namespaced_custom_object(group, version, ns, plural, "nightly")
+check(custom.list_namespaced_custom_object(group, version, ns, plural)["items"] == [], "custom object delete")
+ext.delete_custom_resource_definition("crontabs.stable.example.com")
 
 # Delete.
 apps.delete_namespaced_deployment("web", ns)

@@ -42,6 +42,7 @@ macro_rules! schema_kind {
 }
 
 pub mod admissionregistration;
+pub mod apiextensions;
 pub mod apps;
 pub mod autoscaling;
 pub mod batch;

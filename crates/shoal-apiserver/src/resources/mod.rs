@@ -19,12 +19,13 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::api::kinds;
-use crate::api::registry::{ResourceType, find_by_plural};
+use crate::api::registry::ResourceType;
 use crate::api::selector::{FieldSelector, LabelSelector};
 use crate::api::strategy::Requester;
 use crate::error::{ApiError, MAX_REQUEST_BYTES, Subject, json_response};
 use crate::object::{self, decode, labels, meta_str};
 use crate::protobuf::ProtobufError;
+use crate::served::Served;
 use crate::table::{TableRequest, negotiate, render};
 
 mod delete;
@@ -160,7 +161,13 @@ pub fn key_of(rt: &'static ResourceType, namespace: Option<&str>, name: &str) ->
     }
 }
 
-fn parse_target(group: &str, version: &str, rest: &str) -> Result<Target, ApiError> {
+fn parse_target(
+    served: &Served,
+    group: &str,
+    version: &str,
+    rest: &str,
+) -> Result<Target, ApiError> {
+    let find_by_plural = |g: &str, v: &str, p: &str| served.find_by_plural(g, v, p);
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let owned = |s: Option<&&str>| s.map(|s| s.to_string());
     if segs.len() >= 3
@@ -188,6 +195,17 @@ fn parse_target(group: &str, version: &str, rest: &str) -> Result<Target, ApiErr
         name: owned(segs.get(1)),
         sub: owned(segs.get(2)),
     })
+}
+
+/// The resource a path names, whether served or not: `widgets` in `namespaces/a/widgets/x`
+/// or `widgets/x`.
+fn unknown_plural(rest: &str) -> Option<&str> {
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    match segs.as_slice() {
+        ["namespaces", _, plural, ..] => Some(plural),
+        [plural, ..] => Some(plural),
+        [] => None,
+    }
 }
 
 /// Everything a handler needs about one request.
@@ -335,7 +353,24 @@ async fn handle(
         return subresources::bind(&ctx, &pod, binding).await;
     }
 
-    let target = parse_target(group, version, rest)?;
+    let mut served = state.served();
+    let mut target = parse_target(&served, group, version, rest);
+    if matches!(target, Err(ApiError::UnknownResource))
+        && let Some(plural) = unknown_plural(rest)
+        && crate::crd::defined(&state, group, plural).await
+    {
+        // Another member may have established it a moment ago.
+        crate::crd::refresh(&state).await?;
+        served = state.served();
+        target = parse_target(&served, group, version, rest);
+    }
+    let target = target?;
+    if method == Method::POST && target.name.is_none() && served.is_terminating(target.rt) {
+        return Err(ApiError::NotSupported(
+            "create not allowed while custom resource definition is terminating".into(),
+        ));
+    }
+    drop(served);
     let table = negotiate(&headers, params.get("includeObject"));
     let warnings = Warnings::default();
     let ctx = Ctx {
@@ -535,6 +570,30 @@ async fn get(ctx: &Ctx, name: &str) -> Result<Response, ApiError> {
 }
 
 impl Ctx {
+    /// A request the apiserver makes of itself (namespace and CRD cleanup): no parameters, no
+    /// headers, no user.
+    pub fn internal(
+        state: AppState,
+        rt: &'static ResourceType,
+        namespace: Option<String>,
+        name: Option<String>,
+    ) -> Ctx {
+        Ctx {
+            state,
+            target: Target {
+                rt,
+                namespace,
+                name,
+                sub: None,
+            },
+            params: Params::default(),
+            headers: HeaderMap::new(),
+            table: None,
+            user: None,
+            warnings: Warnings::default(),
+        }
+    }
+
     /// Who asks, as the kinds that record it see it.
     pub fn requester(&self) -> Requester {
         match &self.user {
@@ -560,8 +619,9 @@ mod tests {
 
     #[test]
     fn targets() {
+        let served = crate::served::Current::builtin().get();
         let ok = |g, v, rest| {
-            parse_target(g, v, rest)
+            parse_target(&served, g, v, rest)
                 .map(|t| describe(&t))
                 .unwrap_or_else(|e| format!("error: {e}"))
         };

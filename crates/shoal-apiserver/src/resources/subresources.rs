@@ -1,5 +1,5 @@
-//! Subresources beyond status: `scale` (ReplicaSets, Deployments, StatefulSets), `binding`
-//! and `eviction` (pods).
+//! Subresources beyond status: `scale` (ReplicaSets, Deployments, StatefulSets, custom
+//! resources at their CRD's paths), `binding` and `eviction` (pods).
 
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
@@ -11,6 +11,7 @@ use super::write::{
 use super::{Ctx, DeleteOptions, FieldValidation, delete, load, parse_json};
 use crate::api::kinds::core::pod::POD;
 use crate::api::kinds::policy::POD_DISRUPTION_BUDGET;
+use crate::api::registry::ResourceType;
 use crate::api::selector::LabelSelector;
 use crate::api::validation::FieldError;
 use crate::error::{ApiError, json_response, success_status};
@@ -48,7 +49,28 @@ fn selector_string(selector: Option<&Value>) -> String {
     parts.join(",")
 }
 
-fn scale_of(obj: &Value) -> Value {
+/// Sets the value at JSON pointer `pointer`, creating the objects on the way.
+fn set_at(obj: &mut Value, pointer: &str, value: Value) {
+    let mut at = obj;
+    let mut segs = pointer.split('/').skip(1).peekable();
+    while let Some(seg) = segs.next() {
+        if !at.is_object() {
+            *at = Value::Object(Map::new());
+        }
+        let Some(map) = at.as_object_mut() else {
+            return;
+        };
+        if segs.peek().is_none() {
+            map.insert(seg.to_string(), value);
+            return;
+        }
+        at = map.entry(seg).or_insert_with(|| json!({}));
+    }
+}
+
+/// The `Scale` of `obj`: from `spec.replicas`, `status.replicas` and `spec.selector`, or from
+/// the paths a custom resource's definition names.
+fn scale_of(rt: &ResourceType, obj: &Value) -> Value {
     let meta = obj
         .get("metadata")
         .cloned()
@@ -65,14 +87,37 @@ fn scale_of(obj: &Value) -> Value {
             scale_meta.insert(field.into(), v.clone());
         }
     }
+    let (spec_replicas, status_replicas, selector) = match rt.strategy.scale_paths() {
+        Some(paths) => (
+            obj.pointer(&paths.spec_replicas)
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+            obj.pointer(&paths.status_replicas)
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+            paths
+                .selector
+                .and_then(|p| obj.pointer(&p).and_then(Value::as_str).map(str::to_string))
+                .unwrap_or_default(),
+        ),
+        None => (
+            obj.pointer("/spec/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(1),
+            obj.pointer("/status/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0),
+            selector_string(obj.pointer("/spec/selector")),
+        ),
+    };
     json!({
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",
         "metadata": scale_meta,
-        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
+        "spec": {"replicas": spec_replicas},
         "status": {
-            "replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
-            "selector": selector_string(obj.pointer("/spec/selector")),
+            "replicas": status_replicas,
+            "selector": selector,
         },
     })
 }
@@ -107,8 +152,13 @@ pub(super) async fn scale(
             });
         }
         let mut next = current.clone();
-        if let Some(spec) = next.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("replicas".into(), json!(replicas));
+        match rt.strategy.scale_paths() {
+            Some(paths) => set_at(&mut next, &paths.spec_replicas, json!(replicas)),
+            None => {
+                if let Some(spec) = next.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.insert("replicas".into(), json!(replicas));
+                }
+            }
         }
         // Scale changes only replicas; stray fields already stored go quietly.
         merge_update(
@@ -123,7 +173,7 @@ pub(super) async fn scale(
     let updated = match *method {
         Method::GET => {
             let (obj, _) = load(ctx, name).await?;
-            return Ok(json_response(StatusCode::OK, &scale_of(&obj)));
+            return Ok(json_response(StatusCode::OK, &scale_of(rt, &obj)));
         }
         Method::PUT => {
             let scale = parse_json(&ctx.headers, body)?;
@@ -136,14 +186,14 @@ pub(super) async fn scale(
             let kind = patch_type(&ctx.headers)?;
             let patch = parse_patch(kind, body)?;
             guaranteed_update(ctx, name, |current, rev| {
-                let patched = apply_patch(rt, kind, &scale_of(current), &patch)?;
+                let patched = apply_patch(rt, kind, &scale_of(rt, current), &patch)?;
                 new_scale(current, rev, patched)
             })
             .await?
         }
         _ => return Err(ApiError::MethodNotAllowed),
     };
-    Ok(json_response(StatusCode::OK, &scale_of(&updated)))
+    Ok(json_response(StatusCode::OK, &scale_of(rt, &updated)))
 }
 
 /// `pods/binding`: assigns an unassigned pod to a node.

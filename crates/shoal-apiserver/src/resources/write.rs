@@ -137,7 +137,7 @@ pub(super) async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, A
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
     }
-    if obj.get("spec").is_some() {
+    if rt.strategy.generation_changed(None, obj) {
         metadata_mut(obj).insert("generation".into(), json!(1));
     } else {
         metadata_mut(obj).remove("generation");
@@ -270,7 +270,7 @@ pub(super) fn merge_update(
         }
     };
     default_object(rt, &mut out);
-    if mode == Mode::Main && out.get("spec") != old.get("spec") {
+    if mode == Mode::Main && rt.strategy.generation_changed(Some(old), &out) {
         let generation = old
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
@@ -414,6 +414,11 @@ pub(super) fn apply_patch(
     current: &Value,
     patch: &Value,
 ) -> Result<Value, ApiError> {
+    if kind == PatchType::Strategic && !rt.strategy.strategic_merge() {
+        return Err(ApiError::MediaTypeNotAccepted(
+            "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml".into(),
+        ));
+    }
     let result = match kind {
         PatchType::Json => json_patch(current, patch),
         PatchType::Merge => merge_patch(current, patch),
