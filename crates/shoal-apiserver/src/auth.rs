@@ -9,8 +9,9 @@
 //! What: a small fixed policy, not RBAC. `system:masters`, nodes, members and the control
 //! plane's own components may do anything; bootstrap tokens may read discovery and create and
 //! read CertificateSigningRequests, join control-plane members when their token says so, and
-//! scrape metrics when their token says so; anonymous requests may reach health, version and the CA
-//! bundle only. Everything else gets 401 (no identity) or 403 (not allowed), as `Status`.
+//! scrape metrics when their token says so; every authenticated user may ask what it may do
+//! (SelfSubjectAccessReview, answered by this same policy in `review.rs`) and who it is
+//! (SelfSubjectReview); anonymous requests may reach health, version and the CA bundle only. Everything else gets 401 (no identity) or 403 (not allowed), as `Status`.
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, header};
@@ -108,6 +109,28 @@ fn bootstrapper_may(user: &User, method: &Method, path: &str) -> bool {
     false
 }
 
+/// Paths every authenticated user may post to: asking what they may do and who they are
+/// (upstream's `system:basic-user`).
+fn is_self_review(path: &str) -> bool {
+    matches!(
+        path,
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews"
+            | "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+    )
+}
+
+/// The policy: whether `user` (`None`: anonymous) may send `method` to `path`.
+pub fn allowed(user: Option<&User>, method: &Method, path: &str) -> bool {
+    match user {
+        _ if is_public(path) => true,
+        None => false,
+        Some(u) if u.privileged() => true,
+        Some(_) if is_self_review(path) && method == Method::POST => true,
+        Some(u) if u.in_group(BOOTSTRAPPERS) => bootstrapper_may(u, method, path),
+        Some(_) => false,
+    }
+}
+
 /// Authenticates and authorizes each request; puts the [`User`] into its extensions.
 pub async fn middleware(
     State(state): State<AppState>,
@@ -122,16 +145,10 @@ pub async fn middleware(
             Err(e) => return e.into_response(),
         },
     };
-    let allowed = match &user {
-        _ if is_public(&path) => true,
-        None => {
-            return ApiError::Unauthorized.into_response();
-        }
-        Some(u) if u.privileged() => true,
-        Some(u) if u.in_group(BOOTSTRAPPERS) => bootstrapper_may(u, request.method(), &path),
-        Some(_) => false,
-    };
-    if !allowed {
+    if user.is_none() && !is_public(&path) {
+        return ApiError::Unauthorized.into_response();
+    }
+    if !allowed(user.as_ref(), request.method(), &path) {
         let who = user
             .as_ref()
             .map_or("system:anonymous", |u| u.name.as_str());
@@ -253,17 +270,19 @@ fn decode_base64(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
+/// A user with these groups and no token (for tests of the policy).
+#[cfg(test)]
+pub(crate) fn user(name: &str, groups: &[&str]) -> User {
+    User {
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        token_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn user(name: &str, groups: &[&str]) -> User {
-        User {
-            name: name.into(),
-            groups: groups.iter().map(|g| g.to_string()).collect(),
-            token_id: None,
-        }
-    }
 
     #[test]
     fn bootstrappers_may_only_bootstrap() {

@@ -22,6 +22,7 @@ mod object;
 mod openapi;
 mod protobuf;
 mod resources;
+mod review;
 mod served;
 mod table;
 #[cfg(feature = "testing")]
@@ -203,6 +204,14 @@ pub fn app(state: AppState) -> Router {
         .route("/apis/{group}/{version}", get(discovery::group_resources))
         .route("/api/v1/{*rest}", any(resources::core))
         .route("/apis/{group}/{version}/{*rest}", any(resources::grouped))
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            post(review::access),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            post(review::whoami),
+        )
         .route("/version", get(discovery::version))
         .route("/healthz", get(health))
         .route("/readyz", get(health))

@@ -324,6 +324,38 @@ fn job_spec(buf: &[u8]) -> Result<Value, ()> {
     Ok(Value::Object(out))
 }
 
+/// `SelfSubjectAccessReviewSpec`: resource attributes (namespace, verb, group, version,
+/// resource, subresource, name) or non-resource attributes (path, verb).
+fn access_review_spec(buf: &[u8]) -> Result<Value, ()> {
+    const RESOURCE: [&str; 7] = [
+        "namespace",
+        "verb",
+        "group",
+        "version",
+        "resource",
+        "subresource",
+        "name",
+    ];
+    const NON_RESOURCE: [&str; 2] = ["path", "verb"];
+    let mut out = Map::new();
+    for (n, f) in fields(buf)? {
+        let (key, names): (&str, &[&str]) = match n {
+            1 => ("resourceAttributes", &RESOURCE),
+            2 => ("nonResourceAttributes", &NON_RESOURCE),
+            _ => continue,
+        };
+        let Field::Bytes(b) = f else { continue };
+        let mut attrs = Map::new();
+        for (n, f) in fields(b)? {
+            if let (Some(name), Field::Bytes(s)) = (names.get((n as usize).wrapping_sub(1)), f) {
+                drop_insert(&mut attrs, name, string(s)?);
+            }
+        }
+        out.insert(key.into(), Value::Object(attrs));
+    }
+    Ok(Value::Object(out))
+}
+
 /// The body of one kind: `metadata = 1` plus the kind's own fields this decoder knows.
 fn object(kind: &str, buf: &[u8]) -> Result<Map<String, Value>, ()> {
     let mut out = Map::new();
@@ -361,6 +393,9 @@ fn object(kind: &str, buf: &[u8]) -> Result<Map<String, Value>, ()> {
                 drop_insert(&mut out, "spec", deployment_spec(b)?)
             }
             ("Job", 2, Field::Bytes(b)) => drop_insert(&mut out, "spec", job_spec(b)?),
+            ("SelfSubjectAccessReview", 2, Field::Bytes(b)) => {
+                drop_insert(&mut out, "spec", access_review_spec(b)?)
+            }
             ("ServiceAccount", 4, Field::Varint(v)) => {
                 out.insert("automountServiceAccountToken".into(), json!(v != 0));
             }
@@ -409,6 +444,8 @@ pub fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
             "Namespace" | "ConfigMap" | "Secret" | "ServiceAccount"
         ) | ("apps/v1", "Deployment")
             | ("batch/v1", "Job")
+            | ("authorization.k8s.io/v1", "SelfSubjectAccessReview")
+            | ("authentication.k8s.io/v1", "SelfSubjectReview")
     );
     if !known {
         return Err(ProtobufError::Unsupported(format!("{api_version} {kind}")));

@@ -134,3 +134,31 @@ impl Drop for TestApiServer {
         self.shutdown.cancel();
     }
 }
+
+/// Runs the real kubectl (`/usr/bin/kubectl`, which `scripts/install-deps.sh` requires) with
+/// `kubeconfig`, from the kubeconfig's folder, which is also its `HOME` (so its discovery
+/// cache is the test's own). Returns whether it succeeded and its stdout then stderr.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let home = kubeconfig.parent().unwrap_or(Path::new("."));
+    let out = std::process::Command::new("/usr/bin/kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env("HOME", home)
+        .current_dir(home)
+        .output();
+    match out {
+        Ok(out) => (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ),
+        Err(e) => (
+            false,
+            format!("kubectl did not run ({e}); scripts/install-deps.sh requires /usr/bin/kubectl"),
+        ),
+    }
+}

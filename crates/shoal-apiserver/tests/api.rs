@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use shoal_apiserver::testing::TestApiServer;
+use shoal_apiserver::testing::{TestApiServer, kubectl};
 use shoal_apiserver::{AppState, Config, app, bootstrap};
 use shoal_store::Store;
 use tempfile::TempDir;
@@ -1053,22 +1053,6 @@ async fn watch_after_compaction_is_gone() {
     // A list at a too-old resourceVersion serves the current state.
     let list = api.get(&format!("{PODS}?resourceVersion={old}")).await;
     assert_eq!(list.status, StatusCode::OK);
-}
-
-fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .env("HOME", kubeconfig.parent().expect("folder"))
-        .output()
-        .expect("kubectl runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

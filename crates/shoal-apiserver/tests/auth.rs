@@ -309,3 +309,71 @@ async fn requests_are_authenticated_and_authorized() {
     server.shutdown.cancel();
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
+
+/// kubectl run as `user` (a client certificate of the cluster CA) against `server`.
+fn kubectl_as(
+    server: &Server,
+    home: &std::path::Path,
+    user: &IssuedCertificate,
+    args: &[&str],
+) -> (bool, String) {
+    let config = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: https://{}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\ncontexts:\n- name: shoal\n  context:\n    cluster: shoal\n    user: u\ncurrent-context: shoal\n",
+        server.addr,
+        b64(server.ca.cert_pem()),
+        b64(&user.cert_pem),
+        b64(&user.key_pem),
+    );
+    let path = home.join("kubeconfig");
+    std::fs::write(&path, config).expect("kubeconfig");
+    shoal_apiserver::testing::kubectl(&path, args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_auth_can_i_and_whoami_answer_by_the_policy() {
+    let server = start().await;
+    let admin = server
+        .ca
+        .issue_client("system:admin", &["system:masters"])
+        .expect("admin");
+    let alice = server.ca.issue_client("alice", &["devs"]).expect("alice");
+    let home = tempfile::tempdir().expect("home");
+    let home_path = home.path().to_path_buf();
+    let results = tokio::task::spawn_blocking(move || {
+        let steps: [(&IssuedCertificate, &[&str]); 5] = [
+            (&admin, &["auth", "can-i", "create", "pods"]),
+            (&admin, &["auth", "can-i", "*", "*"]),
+            (&alice, &["auth", "can-i", "create", "pods"]),
+            (
+                &alice,
+                &["auth", "can-i", "get", "secrets", "-n", "kube-system"],
+            ),
+            (
+                &alice,
+                &[
+                    "auth",
+                    "whoami",
+                    "-o",
+                    "jsonpath={.status.userInfo.username}",
+                ],
+            ),
+        ];
+        steps
+            .iter()
+            .map(|(user, args)| kubectl_as(&server, &home_path, user, args))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("kubectl thread");
+    let want = [
+        (true, "yes"),
+        (true, "yes"),
+        (false, "no"),
+        (false, "no"),
+        (true, "alice"),
+    ];
+    for (i, ((ok, out), (want_ok, want_text))) in results.iter().zip(want).enumerate() {
+        assert_eq!(*ok, want_ok, "step {i}: {out}");
+        assert_eq!(out.trim(), want_text, "step {i}: {out}");
+    }
+}

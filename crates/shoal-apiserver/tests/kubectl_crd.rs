@@ -3,9 +3,7 @@
 //! apply, wait for Established, get with printer columns, client- and server-side apply,
 //! merge patch, scale, explain, api-resources and deletion. Each step checks kubectl's output.
 
-use std::path::Path;
-
-use shoal_apiserver::testing::TestApiServer;
+use shoal_apiserver::testing::{TestApiServer, kubectl};
 
 const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
@@ -59,23 +57,6 @@ fn widget(size: u32) -> String {
     format!(
         "apiVersion: test.shoal.dev/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: {size}\n"
     )
-}
-
-fn kubectl(home: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new("/usr/bin/kubectl")
-        .arg("--kubeconfig")
-        .arg(home.join("kubeconfig"))
-        .args(args)
-        .env("HOME", home)
-        .current_dir(home)
-        .output()
-        .expect("kubectl runs (scripts/install-deps.sh requires it)");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,7 +184,7 @@ async fn kubectl_drives_a_custom_resource_definition() {
         steps
             .into_iter()
             .map(|(args, ok, want)| {
-                let (success, out) = kubectl(&home, &args);
+                let (success, out) = kubectl(&home.join("kubeconfig"), &args);
                 (args.join(" "), ok, want, success, out)
             })
             .collect::<Vec<_>>()

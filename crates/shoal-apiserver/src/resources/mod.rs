@@ -469,7 +469,7 @@ async fn handle(
 }
 
 /// Parses a JSON request body; other media types are refused.
-pub(super) fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
+pub(crate) fn parse_json(headers: &HeaderMap, body: &[u8]) -> Result<Value, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
