@@ -15,6 +15,10 @@ use crate::api::validation::FieldError;
 /// Largest request body accepted, as the Kubernetes apiserver's default.
 pub const MAX_REQUEST_BYTES: usize = 3 * 1024 * 1024;
 
+/// Longest request URI (path and query) accepted. Below hyper's own limit (65,534 bytes, past
+/// which hyper answers a bare 414 before any handler runs), so a long URI gets a `Status`.
+pub const MAX_URI_BYTES: usize = 32 * 1024;
+
 /// Names the object a failure is about, for `Status.details`.
 #[derive(Debug, Clone, Default)]
 pub struct Subject {
@@ -75,6 +79,9 @@ pub enum ApiError {
     /// 413 with its own message.
     #[error("request entity too large: {0}")]
     EntityTooLarge(String),
+    /// 414: the URI is longer than [`MAX_URI_BYTES`].
+    #[error("URI too long: {0} bytes")]
+    UriTooLong(usize),
     /// 422 without field causes (a JSON patch that cannot be applied).
     #[error("unprocessable: {0}")]
     Unprocessable(String),
@@ -212,6 +219,11 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestEntityTooLarge",
                 m.clone(),
+            ),
+            ApiError::UriTooLong(size) => (
+                StatusCode::URI_TOO_LONG,
+                "RequestURITooLong",
+                format!("the request URI is {size} bytes long; the limit is {MAX_URI_BYTES}"),
             ),
             ApiError::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", m.clone()),
             ApiError::Gone(m) => (StatusCode::GONE, "Expired", m.clone()),

@@ -236,8 +236,25 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             metrics::middleware,
         ))
+        .layer(axum::middleware::from_fn(uri_limit))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// Refuses URIs over [`error::MAX_URI_BYTES`] with a `Status` before anything parses them.
+async fn uri_limit(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if len > error::MAX_URI_BYTES {
+        return error::ApiError::UriTooLong(len).into_response();
+    }
+    next.run(request).await
 }
 
 async fn health() -> &'static str {

@@ -371,6 +371,16 @@ async fn create_get_list_with_selectors_and_pages() {
 #[tokio::test]
 async fn error_statuses() {
     let api = setup().await;
+    // A URI over the limit is a Status, not a bare 414.
+    let long = api
+        .get(&format!(
+            "{PODS}?labelSelector=a%3D{}",
+            "b".repeat(40 << 10)
+        ))
+        .await;
+    assert_eq!(long.status, StatusCode::URI_TOO_LONG);
+    assert_eq!(long.json()["reason"], "RequestURITooLong");
+
     let r = api.get(&format!("{PODS}/missing")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     let s = r.json();
@@ -1917,4 +1927,19 @@ async fn eviction_honours_the_disruption_budget() {
         api.json(Method::POST, &url, &body).await.status,
         StatusCode::CREATED
     );
+}
+
+/// Through a real listener: hyper hands a 40 KiB URI to the server, which answers a Status.
+#[tokio::test]
+async fn a_long_uri_over_http_gets_a_status() {
+    let server = TestApiServer::start().await.expect("apiserver");
+    let request = http::Request::get(format!("{PODS}?labelSelector=a%3D{}", "b".repeat(40 << 10)))
+        .body(kube::client::Body::empty())
+        .expect("request");
+    let resp = server.client().send(request).await.expect("response");
+    assert_eq!(resp.status().as_u16(), 414);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let status: Value = serde_json::from_slice(&body).expect("a Status body");
+    assert_eq!(status["kind"], "Status");
+    assert_eq!(status["code"], 414);
 }
