@@ -1763,6 +1763,31 @@ async fn unknown_fields_are_refused_warned_or_dropped_as_asked() {
             .is_none()
     );
 
+    // Duplicate keys: refused under Strict, warned about by default (the last one wins).
+    let twice = br#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"},
+        "data": {"a": "1", "a": "2"}}"#;
+    let ct = [("content-type", "application/json")];
+    let strict = api
+        .send(
+            Method::POST,
+            &format!("{cms}?fieldValidation=Strict"),
+            &ct,
+            twice.to_vec(),
+        )
+        .await;
+    assert_eq!(strict.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        strict.json()["message"],
+        "strict decoding error: duplicate field \"data.a\""
+    );
+    let warned = api.send(Method::POST, cms, &ct, twice.to_vec()).await;
+    assert_eq!(warned.status, StatusCode::CREATED);
+    assert_eq!(
+        warned.warnings,
+        ["299 - \"duplicate field \\\"data.a\\\"\""]
+    );
+    assert_eq!(api.get(&format!("{cms}/d")).await.json()["data"]["a"], "2");
+
     let bogus = api
         .json(
             Method::POST,

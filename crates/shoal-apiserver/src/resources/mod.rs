@@ -29,6 +29,7 @@ use crate::served::Served;
 use crate::table::{TableRequest, negotiate, render};
 
 mod delete;
+mod duplicates;
 mod list;
 mod subresources;
 mod write;
@@ -523,6 +524,32 @@ pub(crate) fn parse_yaml(body: &[u8]) -> Result<Value, ApiError> {
         ));
     }
     Ok(value)
+}
+
+/// Like [`parse_json`], and the paths of keys a JSON body repeats (for `fieldValidation`).
+pub(super) fn parse_object(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(Value, Vec<String>), ApiError> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim();
+    if !matches!(media, "" | "application/json") {
+        return Ok((parse_json(headers, body)?, Vec::new()));
+    }
+    let (value, duplicates) = duplicates::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("error decoding request body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    }
+    Ok((value, duplicates))
 }
 
 pub(super) fn parse_json_bytes(body: &[u8]) -> Result<Value, ApiError> {

@@ -6,7 +6,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use shoal_store::StoreError;
 
-use super::{Ctx, FieldValidation, Warnings, load, parse_json};
+use super::{Ctx, FieldValidation, Warnings, load, parse_object};
 use crate::api::defaults::default_object;
 use crate::api::kinds::core::namespace::NAMESPACE;
 use crate::api::patch::{PatchError, json_patch, merge_patch, strategic_merge_patch};
@@ -112,8 +112,32 @@ fn check_valid(
     Ok(())
 }
 
+/// Applies `fieldValidation` to keys the body repeats: refused (Strict), warned about
+/// (Warn) or ignored; the last occurrence is the one kept, as upstream.
+fn check_duplicates(ctx: &Ctx, duplicates: &[String]) -> Result<(), ApiError> {
+    if duplicates.is_empty() {
+        return Ok(());
+    }
+    let described: Vec<String> = duplicates
+        .iter()
+        .map(|d| format!("duplicate field \"{d}\""))
+        .collect();
+    match ctx.params.field_validation()? {
+        FieldValidation::Strict => Err(ApiError::BadRequest(format!(
+            "strict decoding error: {}",
+            described.join(", ")
+        ))),
+        FieldValidation::Warn => {
+            described.into_iter().for_each(|w| ctx.warnings.push(w));
+            Ok(())
+        }
+        FieldValidation::Ignore => Ok(()),
+    }
+}
+
 pub(super) async fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError> {
-    let mut obj = parse_json(&ctx.headers, body)?;
+    let (mut obj, duplicates) = parse_object(&ctx.headers, body)?;
+    check_duplicates(ctx, &duplicates)?;
     let obj = create_object(ctx, &mut obj).await?;
     Ok(json_response(StatusCode::CREATED, &obj))
 }
@@ -369,7 +393,8 @@ pub(super) async fn update(
     mode: Mode,
 ) -> Result<Response, ApiError> {
     let fields = ctx.params.field_validation()?;
-    let mut new = parse_json(&ctx.headers, body)?;
+    let (mut new, duplicates) = parse_object(&ctx.headers, body)?;
+    check_duplicates(ctx, &duplicates)?;
     check_body_identity(ctx, name, &mut new)?;
     let expected = precondition(&new)?;
     let rt = ctx.target.rt;
