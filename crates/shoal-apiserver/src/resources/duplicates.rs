@@ -8,6 +8,8 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
+use crate::api::validation::{Step, UnknownField};
+
 /// Decodes `bytes` as JSON, returning the value (later keys win, as `serde_json`) and the
 /// paths of the keys that appeared more than once in their object.
 pub fn from_slice(bytes: &[u8]) -> Result<(Value, Vec<String>), serde_json::Error> {
@@ -20,28 +22,6 @@ pub fn from_slice(bytes: &[u8]) -> Result<(Value, Vec<String>), serde_json::Erro
     .deserialize(&mut de)?;
     de.end()?;
     Ok((value, duplicates))
-}
-
-/// One step of the path to a value.
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-/// The path `at` leads to, as Kubernetes writes it: `spec.ports[1].name`.
-fn render(at: &[Step]) -> String {
-    let mut out = String::new();
-    for step in at {
-        match step {
-            Step::Key(k) if out.is_empty() => out.push_str(k),
-            Step::Key(k) => {
-                out.push('.');
-                out.push_str(k);
-            }
-            Step::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
 }
 
 /// One value at the path `at` (a stack shared by the whole pass, so no path is built unless
@@ -125,7 +105,8 @@ impl<'de> Visitor<'de> for Node<'_> {
                 duplicates: &mut *self.duplicates,
             });
             if duplicate {
-                self.duplicates.push(render(self.at));
+                self.duplicates
+                    .push(UnknownField(self.at.clone()).describe());
             }
             let Some(Step::Key(key)) = self.at.pop() else {
                 unreachable!("pushed a key above");
