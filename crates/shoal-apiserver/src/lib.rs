@@ -228,6 +228,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/shoal/v1/members/{member}", delete(join::remove_member))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::middleware,
@@ -259,6 +260,10 @@ async fn uri_limit(
 
 async fn health() -> &'static str {
     "ok"
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::MethodNotAllowed
 }
 
 async fn not_found() -> error::ApiError {
