@@ -24,4 +24,5 @@ pub mod validation;
 
 pub use k8s_openapi;
 pub use registry::ResourceType;
+pub use schemars;
 pub use strategy::Strategy;

@@ -131,6 +131,13 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
+    /// The schema of the kind's `k8s-openapi` type, registered in `generator` (which collects
+    /// every type it refers to, with their descriptions); returns the reference to it. Used for
+    /// the `/openapi` documents that `kubectl explain` reads.
+    fn type_schema(&self, _generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        None
+    }
+
     /// Whether the garbage collector follows this kind's dependents, so a `Foreground` or
     /// `Orphan` deletion can wait on it (the apiserver adds the `foregroundDeletion` or
     /// `orphan` finalizer). For other kinds both policies delete at once, as `Background`

@@ -1,13 +1,13 @@
-//! Minimal OpenAPI documents: `/openapi/v3` (root index plus one document per group-version)
-//! and `/openapi/v2` (Swagger 2.0, JSON only).
+//! OpenAPI documents: `/openapi/v3` (root index plus one document per group-version) and
+//! `/openapi/v2` (Swagger 2.0, JSON only).
 //!
-//! They exist so kubectl can see that the server does field validation itself (the
-//! `fieldValidation` parameter on each PATCH operation carrying
-//! `x-kubernetes-group-version-kind`) and leave `--validate=strict` to the server. Schemas are
-//! minimal objects with their GVK for built-in kinds (no field-level schema, so `kubectl
-//! explain` shows little for them); custom resources carry their CRD's schema, so `kubectl
-//! explain` shows their fields. PATCH request bodies do not list strategic merge, so client-side apply
-//! computes its patches from kubectl's built-in types rather than from these schemas.
+//! v3 documents carry every kind's schema, so `kubectl explain` works at any depth: a built-in
+//! kind's is its `k8s-openapi` type's (with every type it refers to and their descriptions,
+//! generated through `schemars` and rendered once per process per group-version); a custom
+//! resource's is its CRD's. Each operation advertises the `fieldValidation` parameter, so
+//! kubectl leaves `--validate=strict` to the server. PATCH request bodies do not list
+//! strategic merge, so client-side apply computes its patches from kubectl's built-in types
+//! rather than from these schemas. v2 stays minimal (objects with their GVK); kubectl reads v3.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -15,7 +15,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use crate::AppState;
-use crate::api::registry::ResourceType;
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+
+use crate::api::registry::{ResourceType, resource_types};
 use crate::discovery::group_versions;
 use crate::error::ApiError;
 
@@ -24,7 +28,7 @@ pub struct Documents {
     v2: Vec<u8>,
     v3_root: Vec<u8>,
     /// `("api/v1" | "apis/apps/v1", document)`.
-    v3: Vec<(String, Vec<u8>)>,
+    v3: Vec<(String, Bytes)>,
 }
 
 fn schema_name(rt: &ResourceType) -> String {
@@ -131,13 +135,13 @@ fn operation(rt: &ResourceType, action: &str, kind: &Value, schema_ref: &str, v3
     op
 }
 
-fn paths_for(rt: &ResourceType, v3: bool) -> Vec<(String, Value)> {
+fn paths_for(rt: &ResourceType, name: &str, v3: bool) -> Vec<(String, Value)> {
     let prefix = if v3 {
         "#/components/schemas/"
     } else {
         "#/definitions/"
     };
-    let own = format!("{prefix}{}", schema_name(rt));
+    let own = format!("{prefix}{name}");
     let kind = gvk(rt);
     let collection = collection_path(rt);
     let mut out = vec![
@@ -228,6 +232,105 @@ fn schemas_for<'a>(types: impl Iterator<Item = &'a ResourceType>) -> Map<String,
     schemas
 }
 
+/// The schemas of one group-version's kinds for OpenAPI v3, and each kind's schema name:
+/// custom resources carry their CRD's schema; built-in kinds the full schema of their
+/// `k8s-openapi` type with every type it refers to (descriptions included, so `kubectl explain
+/// pod.spec.containers` works), each kind's marked with its group-version-kind.
+fn v3_schemas(types: &[&ResourceType]) -> (Map<String, Value>, Vec<String>) {
+    let mut generator = crate::api::schemars::SchemaGenerator::new(
+        crate::api::schemars::generate::SchemaSettings::openapi3(),
+    );
+    let mut names = Vec::with_capacity(types.len());
+    let mut typed = Vec::new();
+    for rt in types {
+        let reference = rt.strategy.type_schema(&mut generator);
+        let name = reference
+            .as_ref()
+            .and_then(|r| r.get("$ref"))
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix("#/components/schemas/"))
+            .map(|n| n.replace("~1", "/").replace("~0", "~"));
+        match name {
+            Some(name) => {
+                typed.push((*rt, name.clone()));
+                names.push(name);
+            }
+            None => names.push(schema_name(rt)),
+        }
+    }
+    let with_scale = types.iter().any(|rt| rt.subresources.contains(&"scale"));
+    if with_scale {
+        generator.subschema_for::<crate::api::k8s_openapi::api::autoscaling::v1::Scale>();
+    }
+    let mut schemas: Map<String, Value> = generator.take_definitions(true).into_iter().collect();
+    for (rt, name) in &typed {
+        if let Some(Value::Object(schema)) = schemas.get_mut(name) {
+            let list = schema
+                .entry("x-kubernetes-group-version-kind")
+                .or_insert_with(|| json!([]));
+            if let Some(list) = list.as_array_mut() {
+                list.push(gvk(rt));
+            }
+        }
+    }
+    if let Some(Value::Object(scale)) = schemas.get_mut("io.k8s.api.autoscaling.v1.Scale") {
+        scale.insert(
+            "x-kubernetes-group-version-kind".into(),
+            json!([{"group": "autoscaling", "version": "v1", "kind": "Scale"}]),
+        );
+    }
+    let untyped: Vec<&ResourceType> = types
+        .iter()
+        .copied()
+        .filter(|rt| !typed.iter().any(|(t, _)| t == rt))
+        .collect();
+    for (name, schema) in schemas_for(untyped.into_iter()) {
+        schemas.entry(name).or_insert(schema);
+    }
+    (schemas, names)
+}
+
+/// Whether `rt` is one of the built-in kinds (whose documents never change).
+fn builtin(rt: &ResourceType) -> bool {
+    resource_types().iter().any(|b| std::ptr::eq(*b, rt))
+}
+
+/// The v3 document of one group-version's kinds.
+fn v3_document(in_gv: &[&ResourceType], info: &Value) -> Bytes {
+    let (schemas, names) = v3_schemas(in_gv);
+    let paths: Map<String, Value> = in_gv
+        .iter()
+        .zip(&names)
+        .flat_map(|(rt, name)| paths_for(rt, name, true))
+        .collect();
+    let doc = json!({
+        "openapi": "3.0.0",
+        "info": info,
+        "paths": paths,
+        "components": {"schemas": schemas},
+    });
+    Bytes::from(serde_json::to_vec(&doc).unwrap_or_default())
+}
+
+/// The v3 document of a group-version of built-in kinds, rendered once per process (the
+/// full schemas take tens of milliseconds, and documents are re-rendered on every CRD
+/// change).
+fn builtin_v3(
+    group: &'static str,
+    version: &'static str,
+    in_gv: &[&ResourceType],
+    info: &Value,
+) -> Bytes {
+    static CACHE: Mutex<Vec<((&str, &str), Bytes)>> = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, doc)) = cache.iter().find(|(gv, _)| *gv == (group, version)) {
+        return doc.clone();
+    }
+    let doc = v3_document(in_gv, info);
+    cache.push(((group, version), doc.clone()));
+    doc
+}
+
 /// A short stable hash of a document, for `serverRelativeURL` (FNV-1a, hex).
 fn hash(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -249,15 +352,11 @@ impl Documents {
                 .copied()
                 .filter(|t| t.group == group && t.version == version)
                 .collect();
-            let paths: Map<String, Value> =
-                in_gv.iter().flat_map(|rt| paths_for(rt, true)).collect();
-            let doc = json!({
-                "openapi": "3.0.0",
-                "info": info,
-                "paths": paths,
-                "components": {"schemas": schemas_for(in_gv.iter().copied())},
-            });
-            let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+            let bytes = if in_gv.iter().all(|rt| builtin(rt)) {
+                builtin_v3(group, version, &in_gv, &info)
+            } else {
+                v3_document(&in_gv, &info)
+            };
             let key = if group.is_empty() {
                 format!("api/{version}")
             } else {
@@ -269,8 +368,10 @@ impl Documents {
             );
             v3.push((key, bytes));
         }
-        let v2_paths: Map<String, Value> =
-            types.iter().flat_map(|rt| paths_for(rt, false)).collect();
+        let v2_paths: Map<String, Value> = types
+            .iter()
+            .flat_map(|rt| paths_for(rt, &schema_name(rt), false))
+            .collect();
         let v2 = json!({
             "swagger": "2.0",
             "info": info,

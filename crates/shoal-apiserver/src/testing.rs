@@ -115,6 +115,20 @@ impl TestApiServer {
         self.dir.path()
     }
 
+    /// Writes a kubeconfig for this server (plain HTTP, no credentials) as `dir()/kubeconfig`
+    /// and returns its path.
+    pub fn write_kubeconfig(&self) -> std::io::Result<std::path::PathBuf> {
+        let path = self.dir.path().join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: http://{}\nusers:\n- name: shoal\n  user: {{}}\ncontexts:\n- name: shoal\n  context:\n    cluster: shoal\n    user: shoal\ncurrent-context: shoal\n",
+                self.addr
+            ),
+        )?;
+        Ok(path)
+    }
+
     /// Stops the server and waits for it to finish, then removes the temp dir.
     pub async fn shutdown(mut self) -> Result<(), TestServerError> {
         self.shutdown.cancel();

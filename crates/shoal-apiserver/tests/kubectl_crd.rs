@@ -63,14 +63,7 @@ fn widget(size: u32) -> String {
 async fn kubectl_drives_a_custom_resource_definition() {
     let server = TestApiServer::start().await.expect("apiserver");
     let home = server.dir().to_path_buf();
-    std::fs::write(
-        home.join("kubeconfig"),
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: shoal\n  cluster:\n    server: http://{}\nusers:\n- name: shoal\n  user: {{}}\ncontexts:\n- name: shoal\n  context:\n    cluster: shoal\n    user: shoal\ncurrent-context: shoal\n",
-            server.addr()
-        ),
-    )
-    .expect("kubeconfig");
+    server.write_kubeconfig().expect("kubeconfig");
     std::fs::write(home.join("crd.yaml"), CRD).expect("crd manifest");
     std::fs::write(home.join("w1.yaml"), widget(3)).expect("widget manifest");
     std::fs::write(home.join("w1-5.yaml"), widget(5)).expect("widget manifest");
@@ -221,4 +214,46 @@ async fn kubectl_drives_a_custom_resource_definition() {
         .split_whitespace()
         .collect();
     assert_eq!(&row[..2], ["w1", "3"], "{table}");
+}
+
+/// `kubectl explain` reads the built-in kinds' schemas from `/openapi/v3`, nested fields and
+/// their descriptions included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_explain_shows_built_in_fields() {
+    let server = TestApiServer::start().await.expect("apiserver");
+    let kubeconfig = server.write_kubeconfig().expect("kubeconfig");
+    let steps: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["explain", "pods.spec.containers"],
+            "Container image name.",
+        ),
+        (
+            vec!["explain", "deployment.spec.replicas"],
+            "Number of desired pods.",
+        ),
+        (
+            vec!["explain", "cronjobs.spec.schedule"],
+            "The schedule in Cron format",
+        ),
+        (
+            vec!["explain", "crd.spec.versions.schema"],
+            "openAPIV3Schema",
+        ),
+    ];
+    let results = tokio::task::spawn_blocking(move || {
+        steps
+            .into_iter()
+            .map(|(args, want)| (args.join(" "), want, kubectl(&kubeconfig, &args)))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .expect("kubectl thread");
+    let _ = server.shutdown().await;
+    for (args, want, (ok, out)) in results {
+        assert!(ok, "kubectl {args}: {out}");
+        assert!(
+            out.contains(want),
+            "kubectl {args}: wanted {want:?} in:\n{out}"
+        );
+    }
 }

@@ -68,13 +68,19 @@ impl<T, const STATUS: bool> Schema<T, STATUS> {
     pub const NEW: Self = Schema(std::marker::PhantomData);
 }
 
-impl<T: serde::de::DeserializeOwned + 'static, const STATUS: bool> Strategy for Schema<T, STATUS> {
+impl<T: serde::de::DeserializeOwned + schemars::JsonSchema + 'static, const STATUS: bool> Strategy
+    for Schema<T, STATUS>
+{
     fn check_shape(
         &self,
         obj: &serde_json::Value,
         unknown: &mut Vec<UnknownField>,
     ) -> Result<(), ShapeError> {
         typed::<T>(obj, unknown)
+    }
+
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<T>())
     }
 
     fn prepare_for_create(

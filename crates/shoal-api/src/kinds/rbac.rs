@@ -13,13 +13,17 @@ use crate::validation::{ShapeError, UnknownField, typed};
 /// RBAC objects are named like path segments (`system:controller:x` is a common role name).
 struct Rbac<T>(PhantomData<fn() -> T>);
 
-impl<T: serde::de::DeserializeOwned + 'static> Strategy for Rbac<T> {
+impl<T: serde::de::DeserializeOwned + schemars::JsonSchema + 'static> Strategy for Rbac<T> {
     fn name_format(&self) -> NameFormat {
         NameFormat::PathSegment
     }
 
     fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
         typed::<T>(obj, unknown)
+    }
+
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<T>())
     }
 }
 

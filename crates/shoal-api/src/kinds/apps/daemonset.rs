@@ -35,6 +35,10 @@ impl Strategy for DaemonSet {
         typed::<api::DaemonSet>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::DaemonSet>())
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj_mut(obj, "spec") {
             set_default(spec, "revisionHistoryLimit", json!(10));

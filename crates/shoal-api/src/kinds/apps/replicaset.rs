@@ -38,6 +38,10 @@ impl Strategy for ReplicaSet {
         typed::<api::ReplicaSet>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::ReplicaSet>())
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj_mut(obj, "spec") {
             set_default(spec, "replicas", json!(1));

@@ -35,6 +35,10 @@ impl Strategy for StatefulSet {
         typed::<api::StatefulSet>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::StatefulSet>())
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj_mut(obj, "spec") {
             set_default(spec, "replicas", json!(1));

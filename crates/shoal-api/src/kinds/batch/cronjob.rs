@@ -35,6 +35,10 @@ impl Strategy for CronJob {
         typed::<api::CronJob>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::CronJob>())
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj_mut(obj, "spec") {
             set_default(spec, "concurrencyPolicy", json!("Allow"));

@@ -30,6 +30,10 @@ impl Strategy for CertificateSigningRequest {
         typed::<api::CertificateSigningRequest>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::CertificateSigningRequest>())
+    }
+
     fn prepare_for_create(&self, obj: &mut Map<String, Value>, requester: &Requester) {
         drop_status(obj);
         if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {

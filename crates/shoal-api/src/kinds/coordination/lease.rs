@@ -30,6 +30,10 @@ impl Strategy for Lease {
         typed::<api::Lease>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Lease>())
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         if let Some(d) = obj
             .pointer("/spec/leaseDurationSeconds")

@@ -33,6 +33,10 @@ impl Strategy for ConfigMap {
         typed::<api::ConfigMap>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::ConfigMap>())
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validate_data(obj, SECTIONS, true, errs);
     }

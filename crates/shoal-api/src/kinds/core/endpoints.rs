@@ -31,6 +31,10 @@ impl Strategy for Endpoints {
         typed::<api::Endpoints>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Endpoints>())
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(subsets) = obj.get_mut("subsets").and_then(Value::as_array_mut) {
             for s in subsets {

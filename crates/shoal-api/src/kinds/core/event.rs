@@ -50,6 +50,10 @@ impl Strategy for CoreEvent {
         typed::<api::Event>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Event>())
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         validate_core_event(obj, errs);
     }

@@ -36,6 +36,10 @@ impl Strategy for Namespace {
         typed::<api::Namespace>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Namespace>())
+    }
+
     fn default(&self, obj: &mut Value) {
         let name = crate::meta::name(obj).map(str::to_string);
         if let Some(name) = name {

@@ -32,6 +32,10 @@ impl Strategy for Node {
         typed::<api::Node>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Node>())
+    }
+
     fn selectable_fields(&self) -> &'static [&'static str] {
         &["spec.unschedulable"]
     }

@@ -45,6 +45,10 @@ impl Strategy for Pod {
         typed::<api::Pod>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Pod>())
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(spec) = obj_mut(obj, "spec") {
             default_pod_spec(spec);

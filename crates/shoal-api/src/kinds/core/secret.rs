@@ -35,6 +35,10 @@ impl Strategy for Secret {
         typed::<api::Secret>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Secret>())
+    }
+
     fn default(&self, obj: &mut Value) {
         if let Some(map) = obj.as_object_mut() {
             set_default(map, "type", json!("Opaque"));

@@ -31,6 +31,10 @@ impl Strategy for ServiceAccount {
         typed::<api::ServiceAccount>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::ServiceAccount>())
+    }
+
     fn list_strategy(&self, parent: &[&str], last: &str) -> Option<ListStrategy> {
         (parent.is_empty() && last == "secrets").then_some(ListStrategy::MergeByKey("name"))
     }

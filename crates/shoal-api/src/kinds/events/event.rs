@@ -32,6 +32,10 @@ impl Strategy for Event {
         typed::<api::Event>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::Event>())
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         if let Some(t) = obj.get("type").and_then(Value::as_str)
             && !t.is_empty()

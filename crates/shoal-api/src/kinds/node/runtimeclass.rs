@@ -32,6 +32,10 @@ impl Strategy for RuntimeClass {
         typed::<api::RuntimeClass>(obj, unknown)
     }
 
+    fn type_schema(&self, generator: &mut schemars::SchemaGenerator) -> Option<schemars::Schema> {
+        Some(generator.subschema_for::<api::RuntimeClass>())
+    }
+
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         match obj.get("handler").and_then(Value::as_str) {
             None | Some("") => errs.push(FieldError::required("handler", "")),
