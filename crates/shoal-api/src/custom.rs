@@ -145,7 +145,10 @@ fn pointer(path: &str) -> String {
 /// names what cannot be served.
 pub fn served_types(crd: &Value) -> Result<Vec<&'static ResourceType>, String> {
     let spec = crd.get("spec").ok_or("spec is missing")?;
-    let names = spec.get("names").ok_or("spec.names is missing")?;
+    let names = Value::Object(crate::kinds::apiextensions::defaulted_names(
+        spec.get("names").ok_or("spec.names is missing")?,
+    ));
+    let names = &names;
     let str_at = |v: &Value, key: &str| {
         v.get(key)
             .and_then(Value::as_str)
@@ -155,14 +158,8 @@ pub fn served_types(crd: &Value) -> Result<Vec<&'static ResourceType>, String> {
     let group = str_at(spec, "group");
     let kind = str_at(names, "kind");
     let plural = str_at(names, "plural");
-    let singular = match str_at(names, "singular") {
-        s if s.is_empty() => kind.to_lowercase(),
-        s => s,
-    };
-    let list_kind = match str_at(names, "listKind") {
-        s if s.is_empty() => format!("{kind}List"),
-        s => s,
-    };
+    let singular = str_at(names, "singular");
+    let list_kind = str_at(names, "listKind");
     let namespaced = str_at(spec, "scope") != "Cluster";
     let mut versions: Vec<&Value> = spec
         .get("versions")

@@ -60,7 +60,7 @@ impl User {
     }
 
     /// May do anything.
-    fn privileged(&self) -> bool {
+    pub(crate) fn privileged(&self) -> bool {
         self.in_group(MASTERS)
             || self.in_group(NODES)
             || self.in_group(shoal_store::MEMBERS_GROUP)

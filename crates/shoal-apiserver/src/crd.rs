@@ -24,7 +24,9 @@ use shoal_store::{KeyValue, StoreError, WatchEvent};
 
 use crate::AppState;
 use crate::api::custom::served_types;
-use crate::api::kinds::apiextensions::{CLEANUP_FINALIZER, CUSTOM_RESOURCE_DEFINITION};
+use crate::api::kinds::apiextensions::{
+    CLEANUP_FINALIZER, CUSTOM_RESOURCE_DEFINITION, defaulted_names,
+};
 use crate::api::registry::{ResourceType, resource_types};
 use crate::error::ApiError;
 use crate::object::{decode, encode, finalizers, meta_str, metadata_mut, now_rfc3339};
@@ -45,34 +47,13 @@ struct Plan {
 
 /// The names a CRD claims in its group.
 fn claims(crd: &Value) -> Vec<String> {
-    let names = crd.pointer("/spec/names").cloned().unwrap_or_default();
-    let s = |k: &str| {
-        names
-            .get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
-    let kind = s("kind");
+    let names = defaulted_names(crd.pointer("/spec/names").unwrap_or(&Value::Null));
+    let s = |k: &str| names.get(k).and_then(Value::as_str).unwrap_or_default();
     let mut out = vec![
         format!("plural:{}", s("plural")),
-        format!("kind:{kind}"),
-        format!(
-            "singular:{}",
-            if s("singular").is_empty() {
-                kind.to_lowercase()
-            } else {
-                s("singular")
-            }
-        ),
-        format!(
-            "listKind:{}",
-            if s("listKind").is_empty() {
-                format!("{kind}List")
-            } else {
-                s("listKind")
-            }
-        ),
+        format!("kind:{}", s("kind")),
+        format!("singular:{}", s("singular")),
+        format!("listKind:{}", s("listKind")),
     ];
     for short in names
         .get("shortNames")
@@ -223,21 +204,7 @@ fn plan(crds: &Crds) -> Plan {
         {
             stored.push(storage.clone());
         }
-        let mut accepted = crd
-            .pointer("/spec/names")
-            .cloned()
-            .unwrap_or_else(|| json!({}));
-        if let Some(map) = accepted.as_object_mut() {
-            let kind = map
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            map.entry("singular")
-                .or_insert_with(|| json!(kind.to_lowercase()));
-            map.entry("listKind")
-                .or_insert_with(|| json!(format!("{kind}List")));
-        }
+        let accepted = defaulted_names(crd.pointer("/spec/names").unwrap_or(&Value::Null));
         let status =
             json!({"acceptedNames": accepted, "conditions": conditions, "storedVersions": stored});
         if crd.get("status") != Some(&status) {
@@ -262,16 +229,23 @@ pub struct Follower {
 
 /// Serves the CRDs in the store now, then follows them in a task until shutdown.
 pub async fn start(state: &AppState) {
-    if let Err(e) = refresh(state).await {
-        tracing::warn!(error = %e, "reading CustomResourceDefinitions failed; retrying in the background");
-    }
+    let mut first = match list(state).await {
+        Ok((crds, revision)) => {
+            pass(state, &crds, revision).await;
+            Some((crds, revision))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading CustomResourceDefinitions failed; retrying in the background");
+            None
+        }
+    };
     let state = state.clone();
     tokio::spawn(async move {
         let shutdown = state.inner.shutdown.clone();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
-                result = follow(&state) => {
+                result = follow(&state, first.take()) => {
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "following CustomResourceDefinitions failed; starting over");
                     }
@@ -297,8 +271,8 @@ async fn list(state: &AppState) -> Result<(Crds, u64), ApiError> {
     Ok((crds, list.revision))
 }
 
-/// Re-reads every CRD and serves what it finds (used at start and when a request names a
-/// resource this member does not serve yet).
+/// Re-reads every CRD and serves what it finds (when a request names a resource this member
+/// does not serve yet).
 pub async fn refresh(state: &AppState) -> Result<(), ApiError> {
     let (crds, revision) = list(state).await?;
     pass(state, &crds, revision).await;
@@ -315,9 +289,16 @@ pub async fn defined(state: &AppState, group: &str, plural: &str) -> bool {
     matches!(state.store().get(&key).await, Ok(Some(_)))
 }
 
-async fn follow(state: &AppState) -> Result<(), ApiError> {
-    let (mut crds, revision) = list(state).await?;
-    pass(state, &crds, revision).await;
+/// Follows the CRDs from `first` (the list `start` already served) or from a new list.
+async fn follow(state: &AppState, first: Option<(Crds, u64)>) -> Result<(), ApiError> {
+    let (mut crds, revision) = match first {
+        Some(first) => first,
+        None => {
+            let (crds, revision) = list(state).await?;
+            pass(state, &crds, revision).await;
+            (crds, revision)
+        }
+    };
     let mut events = state
         .store()
         .watch(&CUSTOM_RESOURCE_DEFINITION.storage_prefix(), revision)?;

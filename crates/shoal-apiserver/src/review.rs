@@ -99,8 +99,7 @@ fn decide(user: Option<&User>, spec: &Value) -> Result<(bool, String), ApiError>
             )],
         });
     };
-    let privileged = allowed(user, &Method::DELETE, "/api/v1/namespaces/default/pods/x")
-        && allowed(user, &Method::GET, "/apis/x.example/v1/y");
+    let privileged = user.is_some_and(User::privileged);
     // A wildcard, or a verb with no method, is allowed only to whoever may do anything.
     let wildcard = verb == "*" || path.split('/').any(|p| p == "*");
     let ok = match method_of(verb) {

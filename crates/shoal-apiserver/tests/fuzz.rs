@@ -357,11 +357,11 @@ fn random_requests_get_statuses_never_5xx_or_panics() {
         if !case.media.is_empty() {
             request = request.header("content-type", case.media);
         }
-        let request = request.body(Body::from(case.body.clone()));
-        let Ok(request) = request else {
-            // Not a request hyper would hand over (an invalid URI): nothing to test.
-            return Ok(());
-        };
+        // Every part of the URI is percent-encoded and the header values are fixed, so the
+        // request always builds.
+        let request = request
+            .body(Body::from(case.body.clone()))
+            .expect("a well-formed request");
         let (status, body) = rt.block_on(async {
             let response =
                 tokio::time::timeout(Duration::from_secs(10), router.clone().oneshot(request))

@@ -38,6 +38,30 @@ const COLUMN_TYPES: [&str; 5] = ["boolean", "date", "integer", "number", "string
 
 struct Crd;
 
+/// A CRD's `spec.names` with upstream's defaults filled where unset or empty: `singular` is
+/// the kind in lower case, `listKind` the kind followed by `List`. The one place these
+/// defaults are computed (defaulting, serving and name claims all use it).
+pub fn defaulted_names(names: &Value) -> Map<String, Value> {
+    let mut out = names.as_object().cloned().unwrap_or_default();
+    let kind = s(names, "/kind").to_string();
+    if kind.is_empty() {
+        return out;
+    }
+    for (key, value) in [
+        ("singular", kind.to_lowercase()),
+        ("listKind", format!("{kind}List")),
+    ] {
+        if out
+            .get(key)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            out.insert(key.into(), json!(value));
+        }
+    }
+    out
+}
+
 fn s<'a>(v: &'a Value, pointer: &str) -> &'a str {
     v.pointer(pointer)
         .and_then(Value::as_str)
@@ -194,20 +218,10 @@ impl Strategy for Crd {
         if !spec.contains_key("conversion") {
             spec.insert("conversion".into(), json!({"strategy": "None"}));
         }
-        if let Some(names) = spec.get_mut("names").and_then(Value::as_object_mut) {
-            let kind = names
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
-            if !kind.is_empty() {
-                names
-                    .entry("singular")
-                    .or_insert_with(|| json!(kind.to_lowercase()));
-                names
-                    .entry("listKind")
-                    .or_insert_with(|| json!(format!("{kind}List")));
-            }
+        if let Some(names) = spec.get_mut("names")
+            && names.is_object()
+        {
+            *names = Value::Object(defaulted_names(names));
         }
     }
 
