@@ -23,12 +23,27 @@ use crate::api::registry::{ResourceType, resource_types};
 use crate::discovery::group_versions;
 use crate::error::ApiError;
 
-/// Pre-rendered OpenAPI documents.
+/// The OpenAPI documents of one served set.
 pub struct Documents {
     v2: Vec<u8>,
     v3_root: Vec<u8>,
     /// `("api/v1" | "apis/apps/v1", document)`.
-    v3: Vec<(String, Bytes)>,
+    v3: Vec<(String, V3)>,
+}
+
+/// One group-version's v3 document.
+enum V3 {
+    /// Built-in kinds only: the document never changes within a process, so it is rendered
+    /// on its first request (full schemas are a few MiB that most servers never serve) and
+    /// kept in [`builtin_v3`]'s cache across served sets.
+    Builtin {
+        group: &'static str,
+        version: &'static str,
+        types: Vec<&'static ResourceType>,
+    },
+    /// With custom resources: rendered with the served set, since a CRD's registration can
+    /// take a new schema in place and the document must be the one its hash names.
+    Rendered(Bytes),
 }
 
 fn schema_name(rt: &ResourceType) -> String {
@@ -331,6 +346,24 @@ fn builtin_v3(
     doc
 }
 
+/// What a built-in group-version's document is made from, for its hash without rendering
+/// it: the binary's version and the kinds' registrations (their schemas come from the
+/// `k8s-openapi` types compiled into this binary).
+fn builtin_fingerprint(in_gv: &[&ResourceType]) -> String {
+    let mut out = String::from(env!("CARGO_PKG_VERSION"));
+    for rt in in_gv {
+        out.push_str(&format!(
+            "|{}/{}/{}/{}/{:?}/{:?}",
+            rt.group, rt.version, rt.kind, rt.plural, rt.namespaced, rt.subresources
+        ));
+    }
+    out
+}
+
+fn info() -> Value {
+    json!({"title": "Kubernetes", "version": "v1.35.0-shoal"})
+}
+
 /// A short stable hash of a document, for `serverRelativeURL` (FNV-1a, hex).
 fn hash(bytes: &[u8]) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -343,19 +376,27 @@ fn hash(bytes: &[u8]) -> String {
 
 impl Documents {
     pub fn build(types: &[&'static ResourceType]) -> Documents {
-        let info = json!({"title": "Kubernetes", "version": "v1.35.0-shoal"});
+        let info = info();
         let mut v3 = Vec::new();
         let mut root_paths = Map::new();
         for (group, version) in group_versions(types) {
-            let in_gv: Vec<&ResourceType> = types
+            let in_gv: Vec<&'static ResourceType> = types
                 .iter()
                 .copied()
                 .filter(|t| t.group == group && t.version == version)
                 .collect();
-            let bytes = if in_gv.iter().all(|rt| builtin(rt)) {
-                builtin_v3(group, version, &in_gv, &info)
+            let (doc, digest) = if in_gv.iter().all(|rt| builtin(rt)) {
+                let digest = hash(builtin_fingerprint(&in_gv).as_bytes());
+                let doc = V3::Builtin {
+                    group,
+                    version,
+                    types: in_gv,
+                };
+                (doc, digest)
             } else {
-                v3_document(&in_gv, &info)
+                let bytes = v3_document(&in_gv, &info);
+                let digest = hash(&bytes);
+                (V3::Rendered(bytes), digest)
             };
             let key = if group.is_empty() {
                 format!("api/{version}")
@@ -364,9 +405,9 @@ impl Documents {
             };
             root_paths.insert(
                 key.clone(),
-                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={}", hash(&bytes))}),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}?hash={digest}")}),
             );
-            v3.push((key, bytes));
+            v3.push((key, doc));
         }
         let v2_paths: Map<String, Value> = types
             .iter()
@@ -426,8 +467,26 @@ pub async fn v3_root(State(state): State<AppState>) -> Response {
 
 pub async fn v3_group_version(State(state): State<AppState>, Path(path): Path<String>) -> Response {
     let path = path.trim_matches('/');
-    match state.served().openapi.v3.iter().find(|(k, _)| k == path) {
-        Some((_, doc)) => json_bytes(doc),
+    let served = state.served();
+    match served.openapi.v3.iter().find(|(k, _)| k == path) {
+        Some((_, V3::Rendered(doc))) => json_bytes(doc),
+        Some((
+            _,
+            V3::Builtin {
+                group,
+                version,
+                types,
+            },
+        )) => {
+            let (group, version, types) = (*group, *version, types.clone());
+            // Tens of milliseconds of CPU the first time: off the async threads.
+            match tokio::task::spawn_blocking(move || builtin_v3(group, version, &types, &info()))
+                .await
+            {
+                Ok(doc) => json_bytes(&doc),
+                Err(e) => ApiError::Internal(format!("rendering OpenAPI v3: {e}")).into_response(),
+            }
+        }
         None => ApiError::UnknownResource.into_response(),
     }
 }
