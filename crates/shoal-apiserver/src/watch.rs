@@ -31,7 +31,7 @@ use crate::cache::{Cacher, Entry, Event, Start, Subscription};
 use crate::error::ApiError;
 use crate::object::{decode, name as object_name, set_resource_version};
 use crate::resources::{Ctx, Filter};
-use crate::table::render;
+use crate::table::{Shape, partial, render, write_partial};
 
 /// Starts a watch on the collection `ctx` addresses (`name` narrows it to one object).
 pub async fn serve(ctx: Ctx, name: Option<String>) -> Result<Response, ApiError> {
@@ -173,7 +173,7 @@ impl Watcher {
 
     /// Sends a cached object: its JSON as it is, or as a Table row when the client asked.
     async fn send_entry(&mut self, kind: &str, entry: &Entry) -> Open {
-        if self.ctx.table.is_some() {
+        if matches!(self.ctx.shape, Shape::Table(_)) {
             return match entry.object() {
                 Ok(obj) => self.send(kind, obj).await,
                 Err(e) => {
@@ -186,7 +186,11 @@ impl Watcher {
         line.extend_from_slice(b"{\"type\":\"");
         line.extend_from_slice(kind.as_bytes());
         line.extend_from_slice(b"\",\"object\":");
-        line.extend_from_slice(&entry.json);
+        if self.ctx.shape == Shape::Metadata {
+            write_partial(&entry.json, &mut line);
+        } else {
+            line.extend_from_slice(&entry.json);
+        }
         line.extend_from_slice(b"}\n");
         self.send_line(Bytes::from(line)).await
     }
@@ -200,8 +204,9 @@ impl Watcher {
     }
 
     async fn send(&mut self, kind: &str, object: Value) -> Open {
-        let object = match (self.ctx.table, kind) {
-            (Some(req), "ADDED" | "MODIFIED" | "DELETED") => {
+        let object = match (self.ctx.shape, kind) {
+            (Shape::Metadata, "ADDED" | "MODIFIED" | "DELETED") => partial(&object),
+            (Shape::Table(req), "ADDED" | "MODIFIED" | "DELETED") => {
                 let rv = object
                     .pointer("/metadata/resourceVersion")
                     .cloned()
@@ -246,7 +251,12 @@ impl Watcher {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta})
+        match self.ctx.shape {
+            Shape::Metadata => {
+                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
+            }
+            _ => json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}),
+        }
     }
 
     /// Translates one store change into at most one watch event.

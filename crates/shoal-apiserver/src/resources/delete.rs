@@ -203,7 +203,7 @@ pub(super) async fn delete_collection(ctx: &Ctx, body: &[u8]) -> Result<Response
             target,
             params: Params(ctx.params.0.clone()),
             headers: HeaderMap::new(),
-            table: None,
+            shape: crate::table::Shape::Object,
             user: ctx.user.clone(),
             warnings: Default::default(),
         };

@@ -14,7 +14,7 @@ use shoal_store::StoreError;
 use super::{Ctx, Filter, Params};
 use crate::cache::Entry;
 use crate::error::{ApiError, json_response};
-use crate::table::render;
+use crate::table::{Shape, render, write_partial};
 
 /// Where a paginated list resumes: the revision of its first page and the last key returned.
 #[derive(Debug, PartialEq, Eq)]
@@ -177,28 +177,49 @@ pub(super) async fn list(ctx: &Ctx) -> Result<Response, ApiError> {
     }
     drop(snapshot);
     let rt = ctx.target.rt;
-    if let Some(req) = ctx.table {
-        let objects = items
-            .iter()
-            .map(|e| e.object())
-            .collect::<Result<Vec<Value>, ApiError>>()?;
-        let table = render(rt, req, objects.iter(), meta, true);
-        return Ok(json_response(StatusCode::OK, &table));
+    match ctx.shape {
+        Shape::Table(req) => {
+            let objects = items
+                .iter()
+                .map(|e| e.object())
+                .collect::<Result<Vec<Value>, ApiError>>()?;
+            let table = render(rt, req, objects.iter(), meta, true);
+            Ok(json_response(StatusCode::OK, &table))
+        }
+        Shape::Metadata => {
+            let head = json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta,
+            });
+            // Each item's metadata decoded as it is written: never the whole list in memory.
+            Ok(stream_list(head, items, |entry, out| {
+                write_partial(&entry.json, out);
+            }))
+        }
+        Shape::Object => {
+            let head = json!({
+                "kind": rt.list_kind,
+                "apiVersion": rt.api_version(),
+                "metadata": meta,
+            });
+            Ok(stream_list(head, items, |entry, out| {
+                out.extend_from_slice(&entry.json);
+            }))
+        }
     }
-    let head = json!({
-        "kind": rt.list_kind,
-        "apiVersion": rt.api_version(),
-        "metadata": meta,
-    });
-    Ok(stream_list(head, items))
 }
 
 /// Bytes of a list's items written per chunk of the response body.
 const CHUNK: usize = 64 << 10;
 
-/// Writes `{...head, "items": [...]}` as a stream of chunks from the cached JSON, so a large
-/// list is never assembled in memory.
-fn stream_list(head: Value, items: Vec<Arc<Entry>>) -> Response {
+/// Writes `{...head, "items": [...]}` as a stream of chunks, each item written by `item`
+/// from its cache entry, so a large list is never assembled in memory.
+fn stream_list(
+    head: Value,
+    items: Vec<Arc<Entry>>,
+    item: impl Fn(&Entry, &mut Vec<u8>) + Send + 'static,
+) -> Response {
     let mut open = serde_json::to_vec(&head).unwrap_or_default();
     // Reopen the head object to append the items.
     open.pop();
@@ -220,7 +241,7 @@ fn stream_list(head: Value, items: Vec<Arc<Entry>>) -> Response {
                 done = true;
                 break;
             };
-            chunk.extend_from_slice(&entry.json);
+            item(&entry, &mut chunk);
             if items.peek().is_some() {
                 chunk.push(b',');
             }

@@ -26,7 +26,7 @@ use crate::error::{ApiError, MAX_REQUEST_BYTES, Subject, json_response};
 use crate::object::{self, decode, labels, meta_str};
 use crate::protobuf::ProtobufError;
 use crate::served::Served;
-use crate::table::{TableRequest, negotiate, render};
+use crate::table::{Shape, negotiate, partial, render};
 
 mod delete;
 mod duplicates;
@@ -215,7 +215,8 @@ pub struct Ctx {
     pub target: Target,
     pub params: Params,
     pub headers: HeaderMap,
-    pub table: Option<TableRequest>,
+    /// What reads answer with: objects, a Table, or metadata only.
+    pub shape: Shape,
     /// Who asks (set by the auth middleware; absent only in unit tests of handlers).
     pub user: Option<crate::auth::User>,
     /// `Warning` headers for the response.
@@ -347,7 +348,7 @@ async fn handle(
             target,
             params,
             headers,
-            table: None,
+            shape: Shape::Object,
             user,
             warnings: Warnings::default(),
         };
@@ -372,14 +373,14 @@ async fn handle(
         ));
     }
     drop(served);
-    let table = negotiate(&headers, params.get("includeObject"));
+    let shape = negotiate(&headers, params.get("includeObject"));
     let warnings = Warnings::default();
     let ctx = Ctx {
         state,
         target,
         params,
         headers,
-        table,
+        shape,
         user,
         warnings: warnings.clone(),
     };
@@ -422,10 +423,10 @@ async fn handle(
                 let options = delete::delete_options(&ctx, &body)?;
                 if ctx.target.rt.strategy.deleted_by_termination() {
                     let obj = crate::namespace::terminate(&ctx, name).await?;
-                    return Ok(json_response(StatusCode::OK, &obj));
+                    return Ok(object_response(&ctx, StatusCode::OK, &obj));
                 }
                 let (obj, _) = delete(&ctx, name, &options).await?;
-                Ok(json_response(StatusCode::OK, &obj))
+                Ok(object_response(&ctx, StatusCode::OK, &obj))
             }
             _ => Err(ApiError::MethodNotAllowed),
         },
@@ -564,8 +565,9 @@ pub(super) fn parse_json_bytes(body: &[u8]) -> Result<Value, ApiError> {
 }
 
 pub(super) fn object_response(ctx: &Ctx, code: StatusCode, obj: &Value) -> Response {
-    match ctx.table {
-        Some(req) if code == StatusCode::OK => {
+    match ctx.shape {
+        Shape::Metadata => json_response(code, &partial(obj)),
+        Shape::Table(req) if code == StatusCode::OK => {
             let rv = meta_str(obj, "resourceVersion").unwrap_or("").to_string();
             let table = render(
                 ctx.target.rt,
@@ -615,7 +617,7 @@ impl Ctx {
             },
             params: Params::default(),
             headers: HeaderMap::new(),
-            table: None,
+            shape: Shape::Object,
             user: None,
             warnings: Warnings::default(),
         }

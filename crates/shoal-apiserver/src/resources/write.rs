@@ -6,13 +6,13 @@ use axum::response::Response;
 use serde_json::{Value, json};
 use shoal_store::StoreError;
 
-use super::{Ctx, FieldValidation, Warnings, load, parse_object};
+use super::{Ctx, FieldValidation, Warnings, load, object_response, parse_object};
 use crate::api::defaults::default_object;
 use crate::api::kinds::core::namespace::NAMESPACE;
 use crate::api::patch::{PatchError, json_patch, merge_patch, strategic_merge_patch};
 use crate::api::registry::ResourceType;
 use crate::api::validation::{FieldError, validate_fields};
-use crate::error::{ApiError, Subject, json_response};
+use crate::error::{ApiError, Subject};
 use crate::object::{
     self, decode, encode, finalizers, meta_str, metadata_mut, now_rfc3339, random_suffix,
     same_apart_from_rv,
@@ -139,7 +139,7 @@ pub(super) async fn create(ctx: &Ctx, body: &[u8]) -> Result<Response, ApiError>
     let (mut obj, duplicates) = parse_object(&ctx.headers, body)?;
     check_duplicates(ctx, &duplicates)?;
     let obj = create_object(ctx, &mut obj).await?;
-    Ok(json_response(StatusCode::CREATED, &obj))
+    Ok(object_response(ctx, StatusCode::CREATED, &obj))
 }
 
 /// Prepares, validates and stores a new object; returns it with its resourceVersion.
@@ -406,7 +406,7 @@ pub(super) async fn update(
         merge_update(rt, current, new.clone(), mode, fields, &ctx.warnings)
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &out))
+    Ok(object_response(ctx, StatusCode::OK, &out))
 }
 
 /// The kinds of PATCH bodies.
@@ -494,7 +494,7 @@ pub(super) async fn patch(
             let mut obj = patch.clone();
             check_body_identity(ctx, name, &mut obj)?;
             match create_object(ctx, &mut obj).await {
-                Ok(created) => return Ok(json_response(StatusCode::CREATED, &created)),
+                Ok(created) => return Ok(object_response(ctx, StatusCode::CREATED, &created)),
                 Err(ApiError::AlreadyExists(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -512,7 +512,7 @@ pub(super) async fn patch(
         merge_update(rt, current, patched, mode, fields, &ctx.warnings)
     })
     .await?;
-    Ok(json_response(StatusCode::OK, &out))
+    Ok(object_response(ctx, StatusCode::OK, &out))
 }
 
 #[cfg(test)]
