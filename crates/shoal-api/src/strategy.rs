@@ -138,12 +138,13 @@ pub trait Strategy: Send + Sync + 'static {
         None
     }
 
-    /// Whether the garbage collector follows this kind's dependents, so a `Foreground` or
-    /// `Orphan` deletion can wait on it (the apiserver adds the `foregroundDeletion` or
-    /// `orphan` finalizer). For other kinds both policies delete at once, as `Background`
-    /// does: a finalizer nobody removes would keep the object forever.
-    fn dependents_tracked(&self) -> bool {
-        false
+    /// Whether the garbage collector follows this kind, so a `Foreground` or `Orphan`
+    /// deletion can wait on it (the apiserver adds the `foregroundDeletion` or `orphan`
+    /// finalizer, which the collector removes). It follows every kind but Events, as
+    /// upstream's; for those both policies delete at once, as `Background` does: a finalizer
+    /// nobody removes would keep the object forever.
+    fn garbage_collected(&self) -> bool {
+        true
     }
 
     /// Fields a field selector may name besides `metadata.name` and `metadata.namespace`

@@ -795,26 +795,45 @@ async fn delete_unbound_bound_and_finalized() {
         .json();
     assert_eq!(r["metadata"]["finalizers"], json!(["foregroundDeletion"]));
 
-    // A kind whose dependents nobody tracks is deleted at once under every policy: a
-    // finalizer nobody removes would hold it forever.
+    // Any kind the collector follows waits under Foreground: a ConfigMap too.
+    let cms = "/api/v1/namespaces/default/configmaps";
+    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fg-cm"}});
+    assert_eq!(
+        api.json(Method::POST, cms, &cm).await.status,
+        StatusCode::CREATED
+    );
+    let r = api
+        .send(
+            Method::DELETE,
+            &format!("{cms}/fg-cm?propagationPolicy=Orphan"),
+            &[],
+            Vec::new(),
+        )
+        .await
+        .json();
+    assert_eq!(r["metadata"]["finalizers"], json!(["orphan"]));
+
+    // Events, which the collector leaves alone, are deleted at once under every policy: a
+    // finalizer nobody removes would hold them forever.
     for policy in ["Foreground", "Orphan"] {
-        let cms = "/api/v1/namespaces/default/configmaps";
-        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "fg-cm"}});
-        assert_eq!(
-            api.json(Method::POST, cms, &cm).await.status,
-            StatusCode::CREATED
-        );
+        let events = "/api/v1/namespaces/default/events";
+        let event = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": "fg-event"},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"},
+            "reason": "Test", "message": "m", "type": "Normal"});
+        let r = api.json(Method::POST, events, &event).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
         let r = api
             .send(
                 Method::DELETE,
-                &format!("{cms}/fg-cm?propagationPolicy={policy}"),
+                &format!("{events}/fg-event?propagationPolicy={policy}"),
                 &[],
                 Vec::new(),
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{policy}");
         assert_eq!(
-            api.get(&format!("{cms}/fg-cm")).await.status,
+            api.get(&format!("{events}/fg-event")).await.status,
             StatusCode::NOT_FOUND,
             "{policy}"
         );

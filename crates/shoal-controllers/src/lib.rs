@@ -39,6 +39,8 @@ pub struct Config {
     pub deployment: bool,
     /// Run the garbage collector.
     pub garbage_collector: bool,
+    /// How the garbage collector follows kinds.
+    pub garbage_collector_options: garbage_collector::Options,
     /// Run the ServiceAccount controller.
     pub service_account: bool,
     /// Concurrent reconciles per controller (0 = unbounded).
@@ -54,6 +56,7 @@ impl Default for Config {
             replicaset: true,
             deployment: true,
             garbage_collector: true,
+            garbage_collector_options: garbage_collector::Options::default(),
             service_account: true,
             concurrency: 16,
             certificate_authority: None,
@@ -96,7 +99,6 @@ pub async fn run(
     client: kube::Client,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let gc = config.garbage_collector;
     let concurrency = config.concurrency;
     let mut pods = Informer::<Pod>::new(Api::all(client.clone()));
     let mut replicasets = Informer::<ReplicaSet>::new(Api::all(client.clone()));
@@ -163,23 +165,13 @@ pub async fn run(
             .await;
         }));
     }
-    if gc {
+    if config.garbage_collector {
+        // Its own metadata watches of every kind: it waits for their first lists itself.
         let collector = garbage_collector::GarbageCollector::new(
             client.clone(),
-            pods.store(),
-            replicasets.store(),
-            deployments.store(),
+            config.garbage_collector_options.clone(),
         );
-        let events = garbage_collector::Events {
-            pods: pods.subscribe(),
-            replicasets: replicasets.subscribe(),
-            deployments: deployments.subscribe(),
-        };
-        let stores = [pods.ready(), replicasets.ready(), deployments.ready()];
-        let token = shutdown.clone();
-        tasks.spawn(spawn_controller("garbage-collector", stores, async move {
-            collector.run(events, token).await;
-        }));
+        tasks.spawn(collector.run(shutdown.clone()));
     }
     if config.service_account {
         let mut namespaces = Informer::<Namespace>::new(Api::all(client.clone()));

@@ -308,3 +308,166 @@ async fn every_namespace_gets_a_default_service_account_back() -> anyhow::Result
     controllers.await??;
     Ok(())
 }
+
+/// The collector follows every kind, custom resources included (found through discovery
+/// once their CRD exists), and resolves owners by scope: a ConfigMap owned by a ConfigMap, by
+/// a Node (cluster-scoped) and by a custom resource are collected when their owners go; a
+/// custom resource deleted in the foreground waits for its dependent; a cluster-scoped
+/// object naming a namespaced owner (unresolvable, as upstream) is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_follows_every_kind_and_custom_resources() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume};
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let (_server, client, shutdown) = start().await?;
+    let controllers = tokio::spawn(shoal_controllers::run(
+        shoal_controllers::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let owned_by = |api_version: &str, kind: &str, name: &str, uid: &str, child: &str| {
+        serde_json::from_value::<ConfigMap>(json!({
+            "metadata": {"name": child, "ownerReferences": [{
+                "apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+                "blockOwnerDeletion": true}]},
+        }))
+    };
+    let gone = |name: &'static str| {
+        let config_maps = config_maps.clone();
+        async move { Ok(config_maps.get_opt(name).await?.is_none()) }
+    };
+
+    // Built-in kinds the collector did not follow before: a ConfigMap owning a ConfigMap,
+    // and a PersistentVolume (cluster-scoped) naming the same namespaced owner.
+    let parent: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "parent"}}))?;
+    let parent = config_maps.create(&PostParams::default(), &parent).await?;
+    let parent_uid = parent.metadata.uid.clone().context("uid")?;
+    config_maps
+        .create(
+            &PostParams::default(),
+            &owned_by("v1", "ConfigMap", "parent", &parent_uid, "child")?,
+        )
+        .await?;
+    let volumes: Api<PersistentVolume> = Api::all(client.clone());
+    let volume: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": "pv-unresolvable", "ownerReferences": [{
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "parent", "uid": parent_uid}]},
+        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+            "hostPath": {"path": "/tmp/pv"}},
+    }))?;
+    volumes.create(&PostParams::default(), &volume).await?;
+    config_maps
+        .delete("parent", &DeleteParams::background())
+        .await?;
+    wait_until("the ConfigMap owned by a ConfigMap collected", || {
+        gone("child")
+    })
+    .await?;
+
+    // A cluster-scoped owner of a namespaced dependent.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "gc-node"}}))?;
+    let node = nodes.create(&PostParams::default(), &node).await?;
+    config_maps
+        .create(
+            &PostParams::default(),
+            &owned_by(
+                "v1",
+                "Node",
+                "gc-node",
+                node.metadata.uid.as_deref().context("uid")?,
+                "node-child",
+            )?,
+        )
+        .await?;
+    nodes.delete("gc-node", &DeleteParams::background()).await?;
+    wait_until("the ConfigMap owned by a Node collected", || {
+        gone("node-child")
+    })
+    .await?;
+    assert!(
+        volumes.get_opt("pv-unresolvable").await?.is_some(),
+        "a cluster-scoped object with a namespaced owner must be left alone"
+    );
+
+    // A CRD made while the collector runs; a ConfigMap owned by one of its objects.
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "gadgets.gc.shoal.dev"},
+        "spec": {"group": "gc.shoal.dev", "scope": "Namespaced",
+            "names": {"plural": "gadgets", "kind": "Gadget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}]},
+    }))?;
+    crds.create(&PostParams::default(), &crd).await?;
+    let gadget_resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("gc.shoal.dev", "v1", "Gadget"),
+        "gadgets",
+    );
+    let gadgets: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "default", &gadget_resource);
+    let gadget: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "gc.shoal.dev/v1", "kind": "Gadget", "metadata": {"name": "g"}}))?;
+    wait_until("the Gadget kind served", || async {
+        match gadgets.create(&PostParams::default(), &gadget).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    let gadget_uid = gadgets.get("g").await?.metadata.uid.context("uid")?;
+    config_maps
+        .create(
+            &PostParams::default(),
+            &owned_by(
+                "gc.shoal.dev/v1",
+                "Gadget",
+                "g",
+                &gadget_uid,
+                "gadget-child",
+            )?,
+        )
+        .await?;
+    // Foreground: the Gadget waits (its finalizer removed only after the dependent goes).
+    gadgets.delete("g", &DeleteParams::foreground()).await?;
+    wait_until("the Gadget and its dependent gone", || async {
+        Ok(gadgets.get_opt("g").await?.is_none()
+            && config_maps.get_opt("gadget-child").await?.is_none())
+    })
+    .await?;
+
+    // Orphan on a custom resource: the dependent stays, without the reference.
+    gadgets.create(&PostParams::default(), &gadget).await?;
+    let gadget_uid = gadgets.get("g").await?.metadata.uid.context("uid")?;
+    config_maps
+        .create(
+            &PostParams::default(),
+            &owned_by("gc.shoal.dev/v1", "Gadget", "g", &gadget_uid, "kept")?,
+        )
+        .await?;
+    gadgets.delete("g", &DeleteParams::orphan()).await?;
+    wait_until("the Gadget gone, its dependent orphaned", || async {
+        let kept = config_maps.get_opt("kept").await?;
+        Ok(gadgets.get_opt("g").await?.is_none()
+            && kept.is_some_and(|c| {
+                c.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_none_or(|o| o.is_empty())
+            }))
+    })
+    .await?;
+
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}

@@ -104,7 +104,7 @@ pub async fn delete(
         let mut pending = false;
         let mut fins = finalizers(&current);
         let extra = match options.propagation_policy.as_deref() {
-            _ if !rt.strategy.dependents_tracked() => None,
+            _ if !rt.strategy.garbage_collected() => None,
             Some("Foreground") => Some("foregroundDeletion"),
             Some("Orphan") => Some("orphan"),
             _ => None,

@@ -30,10 +30,6 @@ pub static DEPLOYMENT: ResourceType = ResourceType {
 struct Deployment;
 
 impl Strategy for Deployment {
-    fn dependents_tracked(&self) -> bool {
-        true
-    }
-
     fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
         typed::<api::Deployment>(obj, unknown)
     }

@@ -30,10 +30,6 @@ pub static REPLICA_SET: ResourceType = ResourceType {
 struct ReplicaSet;
 
 impl Strategy for ReplicaSet {
-    fn dependents_tracked(&self) -> bool {
-        true
-    }
-
     fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
         typed::<api::ReplicaSet>(obj, unknown)
     }

@@ -46,6 +46,11 @@ pub(crate) const EVENT_FIELDS: &[&str] = &[
 ];
 
 impl Strategy for CoreEvent {
+    /// Events are many and short-lived: the garbage collector leaves them alone.
+    fn garbage_collected(&self) -> bool {
+        false
+    }
+
     fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
         typed::<api::Event>(obj, unknown)
     }

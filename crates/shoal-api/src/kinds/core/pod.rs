@@ -37,10 +37,6 @@ pub static POD: ResourceType = ResourceType {
 struct Pod;
 
 impl Strategy for Pod {
-    fn dependents_tracked(&self) -> bool {
-        true
-    }
-
     fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
         typed::<api::Pod>(obj, unknown)
     }

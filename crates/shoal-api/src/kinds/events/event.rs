@@ -28,6 +28,11 @@ pub static EVENT: ResourceType = ResourceType {
 struct Event;
 
 impl Strategy for Event {
+    /// Events are many and short-lived: the garbage collector leaves them alone.
+    fn garbage_collected(&self) -> bool {
+        false
+    }
+
     fn check_shape(&self, obj: &Value, unknown: &mut Vec<UnknownField>) -> Result<(), ShapeError> {
         typed::<api::Event>(obj, unknown)
     }
