@@ -97,19 +97,24 @@ pub fn write_partial(json: &[u8], out: &mut Vec<u8>) {
             Map::new()
         }
     };
-    out.extend_from_slice(
-        br#"{"kind":"PartialObjectMetadata","apiVersion":"meta.k8s.io/v1","metadata":"#,
-    );
-    serde_json::to_writer(&mut *out, &metadata).unwrap_or_default();
-    out.push(b'}');
+    serde_json::to_writer(out, &partial_metadata(Value::Object(metadata))).unwrap_or_default();
 }
 
 /// `obj` as a `meta.k8s.io/v1` `PartialObjectMetadata`.
 pub fn partial(obj: &Value) -> Value {
+    partial_metadata(
+        obj.get("metadata")
+            .cloned()
+            .unwrap_or_else(|| Value::Object(Map::new())),
+    )
+}
+
+/// A `meta.k8s.io/v1` `PartialObjectMetadata` carrying `metadata`.
+pub fn partial_metadata(metadata: Value) -> Value {
     json!({
         "kind": "PartialObjectMetadata",
         "apiVersion": "meta.k8s.io/v1",
-        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| Value::Object(Map::new())),
+        "metadata": metadata,
     })
 }
 

@@ -31,7 +31,7 @@ use crate::cache::{Cacher, Entry, Event, Start, Subscription};
 use crate::error::ApiError;
 use crate::object::{decode, name as object_name, set_resource_version};
 use crate::resources::{Ctx, Filter};
-use crate::table::{Shape, partial, render, write_partial};
+use crate::table::{Shape, partial, partial_metadata, render, write_partial};
 
 /// Starts a watch on the collection `ctx` addresses (`name` narrows it to one object).
 pub async fn serve(ctx: Ctx, name: Option<String>) -> Result<Response, ApiError> {
@@ -252,9 +252,7 @@ impl Watcher {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
         match self.ctx.shape {
-            Shape::Metadata => {
-                json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
-            }
+            Shape::Metadata => partial_metadata(meta),
             _ => json!({"kind": rt.kind, "apiVersion": rt.api_version(), "metadata": meta}),
         }
     }

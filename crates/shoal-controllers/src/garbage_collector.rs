@@ -697,23 +697,23 @@ fn follow_kinds(
         forget_unseen(shared, graph, kind, &HashSet::new());
         info!(%kind, "no longer served: stopped following it");
     }
-    *write(&shared.kinds) = kinds.clone();
     let mut added = Vec::new();
-    for (kind, known) in kinds {
-        if watches.contains_key(&kind) {
+    for (kind, known) in &kinds {
+        if watches.contains_key(kind) {
             continue;
         }
         let token = shutdown.child_token();
         tokio::spawn(follow(
             shared.client.clone(),
             kind.clone(),
-            known.resource,
+            known.resource.clone(),
             tx.clone(),
             token.clone(),
         ));
         watches.insert(kind.clone(), token);
-        added.push(kind);
+        added.push(kind.clone());
     }
+    *write(&shared.kinds) = kinds;
     if !added.is_empty() {
         debug!(kinds = ?added, "following kinds");
     }
@@ -757,28 +757,21 @@ async fn discover(
     tx: mpsc::Sender<Message>,
     shutdown: CancellationToken,
 ) {
-    let mut last: Option<Vec<(GroupKind, String, String, bool)>> = None;
+    let mut last: Option<HashMap<GroupKind, Known>> = None;
     loop {
         let wait = match deletable_kinds(&client).await {
             Ok(kinds) => {
-                let mut names: Vec<(GroupKind, String, String, bool)> = kinds
-                    .iter()
-                    .map(|(kind, known)| {
-                        let r = &known.resource;
-                        (
-                            kind.clone(),
-                            r.api_version.clone(),
-                            r.plural.clone(),
-                            known.namespaced,
-                        )
-                    })
-                    .collect();
-                names.sort();
-                if last.as_ref() != Some(&names) {
-                    if tx.send(Message::Kinds(kinds)).await.is_err() {
+                let unchanged = last.as_ref().is_some_and(|last| {
+                    last.len() == kinds.len()
+                        && kinds
+                            .iter()
+                            .all(|(kind, known)| last.get(kind).is_some_and(|l| l.same(known)))
+                });
+                if !unchanged {
+                    if tx.send(Message::Kinds(kinds.clone())).await.is_err() {
                         return;
                     }
-                    last = Some(names);
+                    last = Some(kinds);
                 }
                 period
             }

@@ -46,6 +46,18 @@ async fn start() -> anyhow::Result<(TestApiServer, kube::Client, CancellationTok
     Ok((server, client, CancellationToken::new()))
 }
 
+/// Every controller with its default configuration, until `shutdown`.
+fn spawn_controllers(
+    client: &kube::Client,
+    shutdown: &CancellationToken,
+) -> tokio::task::JoinHandle<Result<(), shoal_controllers::Error>> {
+    tokio::spawn(shoal_controllers::run(
+        shoal_controllers::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ))
+}
+
 /// Marks every live pod Running and Ready, as a node agent would.
 async fn fake_agent(pods: Api<Pod>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
@@ -102,11 +114,7 @@ async fn rollout_done(deployments: &Api<Deployment>, revision: &str) -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployment_rolls_out_updates_and_is_collected() -> anyhow::Result<()> {
     let (_server, client, shutdown) = start().await?;
-    let controllers = tokio::spawn(shoal_controllers::run(
-        shoal_controllers::Config::default(),
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let controllers = spawn_controllers(&client, &shutdown);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -204,11 +212,7 @@ async fn deployment_rolls_out_updates_and_is_collected() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreground_deletion_waits_for_dependents() -> anyhow::Result<()> {
     let (_server, client, shutdown) = start().await?;
-    let controllers = tokio::spawn(shoal_controllers::run(
-        shoal_controllers::Config::default(),
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let controllers = spawn_controllers(&client, &shutdown);
     let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let rs: ReplicaSet = serde_json::from_value(json!({
@@ -273,11 +277,7 @@ async fn foreground_deletion_waits_for_dependents() -> anyhow::Result<()> {
 async fn every_namespace_gets_a_default_service_account_back() -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
     let (_server, client, shutdown) = start().await?;
-    let controllers = tokio::spawn(shoal_controllers::run(
-        shoal_controllers::Config::default(),
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let controllers = spawn_controllers(&client, &shutdown);
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}}))?;
     namespaces.create(&PostParams::default(), &ns).await?;
@@ -319,11 +319,7 @@ async fn collector_follows_every_kind_and_custom_resources() -> anyhow::Result<(
     use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume};
     use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
     let (_server, client, shutdown) = start().await?;
-    let controllers = tokio::spawn(shoal_controllers::run(
-        shoal_controllers::Config::default(),
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let controllers = spawn_controllers(&client, &shutdown);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let owned_by = |api_version: &str, kind: &str, name: &str, uid: &str, child: &str| {
         serde_json::from_value::<ConfigMap>(json!({
