@@ -85,12 +85,7 @@ fn bench_apply() -> Result<()> {
     let data = tempfile::tempdir()?;
     let cluster = Cluster::start(data.path())?;
     let image = registry.reference("hello", "v1");
-    let out = cluster.shoal(&["push", wasm.to_str().context("path")?, &image])?;
-    ensure!(
-        out.status.success(),
-        "push: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cluster.push(&wasm, &image)?;
 
     // Idle RSS: no pods yet, give the process a moment to settle.
     std::thread::sleep(Duration::from_secs(3));

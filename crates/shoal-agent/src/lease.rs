@@ -1,5 +1,6 @@
 //! The node's heartbeat: a `coordination.k8s.io/v1` Lease named after the node in
-//! `kube-node-lease`, renewed every 10 s, owned by the Node.
+//! `kube-node-lease`, owned by the Node, renewed every quarter of its duration (10 s of the
+//! default 40 s, as the kubelet's `--node-lease-duration-seconds`).
 //!
 //! Updates carry the resourceVersion read just before (optimistic concurrency); a conflict is
 //! retried at once with a fresh read. This module does not watch other nodes' leases.
@@ -19,16 +20,20 @@ use crate::backoff::BackoffPolicy;
 
 /// Namespace of node leases.
 pub const LEASE_NAMESPACE: &str = "kube-node-lease";
-/// `leaseDurationSeconds` of the node lease.
+/// The default `leaseDurationSeconds` of the node lease.
 pub const LEASE_DURATION_SECONDS: i32 = 40;
-/// How often the lease is renewed.
-pub(crate) const RENEW_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often a lease of `duration_seconds` is renewed: a quarter of it (at least 1 s).
+pub(crate) fn renew_interval(duration_seconds: i32) -> Duration {
+    Duration::from_millis((u64::try_from(duration_seconds).unwrap_or(0) * 250).max(1000))
+}
 
 /// The lease as this node wants it, keeping `existing`'s metadata (resourceVersion included).
 pub(crate) fn desired_lease(
     node: &str,
     node_uid: &str,
     existing: Option<Lease>,
+    duration_seconds: i32,
     now: Timestamp,
 ) -> Lease {
     let mut lease = existing.unwrap_or_else(|| Lease {
@@ -52,21 +57,32 @@ pub(crate) fn desired_lease(
         spec.acquire_time = Some(MicroTime(now));
     }
     spec.holder_identity = Some(node.to_owned());
-    spec.lease_duration_seconds = Some(LEASE_DURATION_SECONDS);
+    spec.lease_duration_seconds = Some(duration_seconds);
     spec.renew_time = Some(MicroTime(now));
     lease.spec = Some(spec);
     lease
 }
 
-async fn renew(client: &kube::Client, node: &str, node_uid: &str) -> Result<(), kube::Error> {
+async fn renew(
+    client: &kube::Client,
+    node: &str,
+    node_uid: &str,
+    duration_seconds: i32,
+) -> Result<(), kube::Error> {
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     match api.get_opt(node).await? {
         Some(existing) => {
-            let lease = desired_lease(node, node_uid, Some(existing), Timestamp::now());
+            let lease = desired_lease(
+                node,
+                node_uid,
+                Some(existing),
+                duration_seconds,
+                Timestamp::now(),
+            );
             api.replace(node, &PostParams::default(), &lease).await?;
         }
         None => {
-            let lease = desired_lease(node, node_uid, None, Timestamp::now());
+            let lease = desired_lease(node, node_uid, None, duration_seconds, Timestamp::now());
             match api.create(&PostParams::default(), &lease).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {
@@ -93,15 +109,17 @@ async fn renew(client: &kube::Client, node: &str, node_uid: &str) -> Result<(), 
     Ok(())
 }
 
-/// Renews the lease every [`RENEW_INTERVAL`] once the node's uid is known, until `shutdown`.
+/// Renews a lease of `duration_seconds` every [`renew_interval`] once the node's uid is
+/// known, until `shutdown`.
 pub(crate) async fn run(
     client: kube::Client,
     node: String,
     mut node_uid: watch::Receiver<Option<String>>,
     api_backoff: BackoffPolicy,
-    interval: Duration,
+    duration_seconds: i32,
     shutdown: CancellationToken,
 ) {
+    let interval = renew_interval(duration_seconds);
     let uid = tokio::select! {
         _ = shutdown.cancelled() => return,
         uid = node_uid.wait_for(Option::is_some) => match uid {
@@ -111,7 +129,7 @@ pub(crate) async fn run(
     };
     let mut retry = crate::ApiRetry::new(api_backoff);
     loop {
-        let outcome = match renew(&client, &node, &uid).await {
+        let outcome = match renew(&client, &node, &uid, duration_seconds).await {
             Ok(()) => {
                 debug!(node = %node, "renewed node lease");
                 retry.reset();
@@ -141,12 +159,12 @@ mod tests {
     fn lease_shape() {
         let t0: Timestamp = "2026-11-23T19:00:00Z".parse().expect("ts");
         let t1: Timestamp = "2026-11-23T19:00:10Z".parse().expect("ts");
-        let first = desired_lease("n1", "uid-n1", None, t0);
+        let first = desired_lease("n1", "uid-n1", None, 40, t0);
         expect![[r#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"n1","namespace":"kube-node-lease","ownerReferences":[{"apiVersion":"v1","kind":"Node","name":"n1","uid":"uid-n1"}]},"spec":{"acquireTime":"2026-11-23T19:00:00.000000Z","holderIdentity":"n1","leaseDurationSeconds":40,"renewTime":"2026-11-23T19:00:00.000000Z"}}"#]]
             .assert_eq(&serde_json::to_string(&first).expect("json"));
         let mut stored = first;
         stored.metadata.resource_version = Some("7".into());
-        let second = desired_lease("n1", "uid-n1", Some(stored), t1);
+        let second = desired_lease("n1", "uid-n1", Some(stored), 40, t1);
         let json = serde_json::to_value(&second).expect("json");
         assert_eq!(json["metadata"]["resourceVersion"], "7");
         assert_eq!(json["spec"]["acquireTime"], "2026-11-23T19:00:00.000000Z");

@@ -84,6 +84,10 @@ pub struct Config {
     /// administrators' (`system:masters`) are then served. `None`: plain HTTP, for clusters
     /// without TLS (loopback only).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `leaseDurationSeconds` of the node's heartbeat Lease, renewed every quarter of it
+    /// ([`LEASE_DURATION_SECONDS`] by default). Keep it at most the control plane's node
+    /// monitor grace period.
+    pub lease_duration_seconds: i32,
 }
 
 /// Errors that stop the agent. Everything that touches the API server is retried instead.
@@ -196,7 +200,7 @@ pub(crate) async fn run_with(
         config.node_name.clone(),
         uid_rx,
         timing.api,
-        lease::RENEW_INTERVAL,
+        config.lease_duration_seconds,
         tasks_shutdown.clone(),
     ));
     let ctx = Arc::new(pods::PodsContext {

@@ -390,18 +390,25 @@ impl PodWorker {
             .and_then(|s| s.container_statuses.clone())
             .unwrap_or_default();
         let now = Timestamp::now();
+        // A pod deleted before this worker started (its node was away while it was evicted
+        // and replaced elsewhere) is never started again: it only gets its final status.
+        let deleting = meta.deletion_timestamp.is_some();
         let plans: Vec<Resume> = spec
             .containers
             .iter()
             .map(|c| {
-                resume(
+                let plan = resume(
                     &c.name,
                     c.image.as_deref().unwrap_or_default(),
                     recorded.iter().find(|r| r.name == c.name),
-                    &policy,
+                    if deleting { "Never" } else { &policy },
                     pod_terminal,
                     now,
-                )
+                );
+                match plan {
+                    Resume::Start(status) if deleting => Resume::Done(status),
+                    plan => plan,
+                }
             })
             .collect();
         let initial: Vec<ContainerStatus> = plans
@@ -418,7 +425,7 @@ impl PodWorker {
         let runtime = self
             .select_runtime(spec.runtime_class_name.as_deref())
             .await;
-        let volumes_ready = if pod_terminal {
+        let volumes_ready = if pod_terminal || deleting {
             Ok(())
         } else {
             create_volumes(&volumes_dir, &spec::empty_dir_volumes(&pod))

@@ -617,6 +617,7 @@ impl Harness {
             },
             labels: BTreeMap::new(),
             tls,
+            lease_duration_seconds: crate::LEASE_DURATION_SECONDS,
         };
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 /// `fake/exitN` exits with N; anything else runs until stopped.
 #[derive(Default)]
 struct FakeRuntime {
+    starts: Arc<Mutex<Vec<String>>>,
     stops: Arc<Mutex<Vec<String>>>,
 }
 
@@ -37,6 +38,7 @@ impl Runtime for FakeRuntime {
     }
 
     async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, RuntimeError> {
+        self.starts.lock().expect("starts").push(spec.id.clone());
         (spec.logs)(
             LogStream::Stdout,
             Bytes::from(format!("hello from {}\n", spec.args.join(" "))),
@@ -124,6 +126,23 @@ where
     }
 }
 
+fn agent_config(apiserver: &TestApiServer) -> shoal_agent::Config {
+    shoal_agent::Config {
+        node_name: "n1".to_owned(),
+        data_dir: apiserver.dir().join("agent"),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        node_ip: None,
+        capacity: shoal_agent::NodeResources {
+            cpu_millis: 2000,
+            memory_bytes: 1 << 30,
+            pods: 110,
+        },
+        labels: BTreeMap::new(),
+        tls: None,
+        lease_duration_seconds: shoal_agent::LEASE_DURATION_SECONDS,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_runs_pods_against_the_real_apiserver() {
     let apiserver = TestApiServer::start_with(shoal_apiserver::Config {
@@ -136,22 +155,9 @@ async fn agent_runs_pods_against_the_real_apiserver() {
 
     let runtime = Arc::new(FakeRuntime::default());
     let stops = Arc::clone(&runtime.stops);
-    let config = shoal_agent::Config {
-        node_name: "n1".to_owned(),
-        data_dir: apiserver.dir().join("agent"),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        node_ip: None,
-        capacity: shoal_agent::NodeResources {
-            cpu_millis: 2000,
-            memory_bytes: 1 << 30,
-            pods: 110,
-        },
-        labels: BTreeMap::new(),
-        tls: None,
-    };
     let agent_shutdown = CancellationToken::new();
     let agent = tokio::spawn(shoal_agent::run(
-        config,
+        agent_config(&apiserver),
         client.clone(),
         vec![runtime as Arc<dyn Runtime>],
         agent_shutdown.clone(),
@@ -249,5 +255,59 @@ async fn agent_runs_pods_against_the_real_apiserver() {
         .await
         .expect("agent task")
         .expect("agent stops cleanly");
+    let _ = apiserver.shutdown().await;
+}
+
+/// A node that comes back finds its pod deleted while it was away (evicted and replaced
+/// elsewhere): the pod is removed without its containers ever starting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_deleted_while_its_agent_was_away_is_not_started_again() {
+    let apiserver = TestApiServer::start().await.expect("apiserver");
+    let client = apiserver.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // Several pods: a worker that did start them would race its own stop, and lose some.
+    const PODS: usize = 20;
+    for i in 0..PODS {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("evicted-{i}")},
+            "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "fake/run"}]}
+        }))
+        .expect("pod");
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .expect("create");
+        pods.delete(&format!("evicted-{i}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+        let terminating = pods
+            .get(&format!("evicted-{i}"))
+            .await
+            .expect("bound pods wait for their agent");
+        assert!(terminating.metadata.deletion_timestamp.is_some());
+    }
+
+    let runtime = Arc::new(FakeRuntime::default());
+    let starts = Arc::clone(&runtime.starts);
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(shoal_agent::run(
+        agent_config(&apiserver),
+        client.clone(),
+        vec![runtime as Arc<dyn Runtime>],
+        shutdown.clone(),
+    ));
+    eventually("the agent to remove the pods", || async {
+        pods.list(&Default::default())
+            .await
+            .ok()
+            .filter(|l| l.items.is_empty())
+    })
+    .await;
+    assert!(
+        starts.lock().expect("starts").is_empty(),
+        "containers started: {:?}",
+        starts.lock().expect("starts")
+    );
+    shutdown.cancel();
+    agent.await.expect("agent task").expect("agent stops");
     let _ = apiserver.shutdown().await;
 }

@@ -10,7 +10,8 @@ use crate::validation::arr;
 
 /// Fills defaults the way Kubernetes' defaulting does for `rt`'s kind (its strategy's
 /// `default`), including what Kubernetes' default admission plugins add to pods (priority 0,
-/// service account `default`, not-ready/unreachable tolerations of 300 s). Idempotent; never
+/// service account `default`; the tolerations of DefaultTolerationSeconds, which take the
+/// cluster's settings, are [`crate::strategy::Strategy::admit_create`]'s). Idempotent; never
 /// removes fields. The apiserver still owns `uid`, `resourceVersion`, `creationTimestamp` and
 /// `generation`.
 pub fn default_object(rt: &ResourceType, obj: &mut Value) {
@@ -127,35 +128,6 @@ pub(crate) fn default_pod_admission(spec: &mut Map<String, Value>) {
     }
     set_default(spec, "priority", json!(0));
     set_default(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    if tolerations.is_null() {
-        *tolerations = json!([]);
-    }
-    if let Some(list) = tolerations.as_array_mut() {
-        for key in [
-            "node.kubernetes.io/not-ready",
-            "node.kubernetes.io/unreachable",
-        ] {
-            let present = list.iter().any(|t| {
-                let k = t.get("key").and_then(Value::as_str);
-                let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
-                let op = t
-                    .get("operator")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                (k == Some(key) || (k.is_none_or(str::is_empty) && op == "Exists"))
-                    && (effect.is_empty() || effect == "NoExecute")
-            });
-            if !present {
-                list.push(json!({
-                    "key": key,
-                    "operator": "Exists",
-                    "effect": "NoExecute",
-                    "tolerationSeconds": 300
-                }));
-            }
-        }
-    }
 }
 
 fn default_container(c: &mut Map<String, Value>) {
@@ -251,5 +223,50 @@ fn quantity_of(v: &Value) -> Option<crate::quantity::Quantity> {
         Value::String(s) => parse_quantity(s).ok(),
         Value::Number(n) => parse_quantity(&n.to_string()).ok(),
         _ => None,
+    }
+}
+
+/// Kubernetes' DefaultTolerationSeconds admission: a pod that does not tolerate the
+/// `not-ready` / `unreachable` NoExecute taints gets a toleration of them for the configured
+/// seconds, so its controller replaces it that long after its node fails.
+pub(crate) fn default_toleration_seconds(
+    spec: &mut Map<String, Value>,
+    admission: &crate::strategy::Admission,
+) {
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    if tolerations.is_null() {
+        *tolerations = json!([]);
+    }
+    let Some(list) = tolerations.as_array_mut() else {
+        return;
+    };
+    for (key, seconds) in [
+        (
+            "node.kubernetes.io/not-ready",
+            admission.not_ready_toleration_seconds,
+        ),
+        (
+            "node.kubernetes.io/unreachable",
+            admission.unreachable_toleration_seconds,
+        ),
+    ] {
+        let present = list.iter().any(|t| {
+            let k = t.get("key").and_then(Value::as_str);
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or_default();
+            let op = t
+                .get("operator")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            (k == Some(key) || (k.is_none_or(str::is_empty) && op == "Exists"))
+                && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !present {
+            list.push(json!({
+                "key": key,
+                "operator": "Exists",
+                "effect": "NoExecute",
+                "tolerationSeconds": seconds
+            }));
+        }
     }
 }

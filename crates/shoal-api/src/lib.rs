@@ -20,6 +20,7 @@ pub mod schema;
 pub mod selector;
 pub mod strategy;
 pub mod table;
+pub mod taints;
 pub mod validation;
 
 pub use k8s_openapi;

@@ -61,6 +61,27 @@ impl Requester {
     }
 }
 
+/// Cluster-wide settings of the admission steps kinds run on create (kube-apiserver's
+/// admission plugin flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// DefaultTolerationSeconds: how long a new pod stays on a node tainted
+    /// `node.kubernetes.io/not-ready:NoExecute` (`--default-not-ready-toleration-seconds`).
+    pub not_ready_toleration_seconds: i64,
+    /// The same for `node.kubernetes.io/unreachable:NoExecute`
+    /// (`--default-unreachable-toleration-seconds`).
+    pub unreachable_toleration_seconds: i64,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        Admission {
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 300,
+        }
+    }
+}
+
 /// The behaviour of one kind. Every method but [`Strategy::check_shape`] has the default of a
 /// kind with no particular rule.
 pub trait Strategy: Send + Sync + 'static {
@@ -82,6 +103,11 @@ pub trait Strategy: Send + Sync + 'static {
     /// controllers and agents that write the status subresource) and records the requester
     /// where the kind keeps it.
     fn prepare_for_create(&self, _obj: &mut Map<String, Value>, _requester: &Requester) {}
+
+    /// The mutating admission a new object goes through after defaulting, with the
+    /// cluster's settings (pods: DefaultTolerationSeconds). Create only, as upstream's
+    /// admission plugins.
+    fn admit_create(&self, _obj: &mut Value, _admission: &Admission) {}
 
     /// Kind-specific checks of a new or updated object; metadata and shape are already checked.
     fn validate(&self, _obj: &Value, _errs: &mut Vec<FieldError>) {}

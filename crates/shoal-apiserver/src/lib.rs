@@ -60,6 +60,8 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The cluster CA, for `/cacerts` and for members that join.
     pub cluster: Option<ClusterSecrets>,
+    /// Settings of the admission steps new objects go through.
+    pub admission: shoal_api::strategy::Admission,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(10),
             tls: None,
             cluster: None,
+            admission: shoal_api::strategy::Admission::default(),
         }
     }
 }
@@ -122,6 +125,7 @@ struct Inner {
     registry: Arc<Registry>,
     api_metrics: metrics::ApiMetrics,
     caches: cache::Caches,
+    admission: shoal_api::strategy::Admission,
 }
 
 impl std::fmt::Debug for AppState {
@@ -160,6 +164,7 @@ impl AppState {
                 cluster: config.cluster.clone(),
                 registry: Arc::new(registry),
                 api_metrics,
+                admission: config.admission,
             }),
         })
     }
@@ -187,6 +192,10 @@ impl AppState {
 
     pub(crate) fn registry(&self) -> Arc<Registry> {
         Arc::clone(&self.inner.registry)
+    }
+
+    pub(crate) fn admission(&self) -> &shoal_api::strategy::Admission {
+        &self.inner.admission
     }
 
     pub(crate) fn api_metrics(&self) -> &metrics::ApiMetrics {

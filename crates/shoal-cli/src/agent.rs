@@ -58,6 +58,11 @@ pub struct NodeArgs {
     /// are); repeatable.
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// Duration of the node's heartbeat Lease, renewed every quarter of it; keep it at most
+    /// the control plane's `--node-monitor-grace-period`.
+    #[arg(long, default_value_t = shoal_agent::LEASE_DURATION_SECONDS,
+          value_parser = clap::value_parser!(i32).range(1..=3600))]
+    pub node_lease_duration_seconds: i32,
 }
 
 /// Where a node's serving certificate comes from.
@@ -166,6 +171,7 @@ pub async fn spawn_node(
         capacity,
         labels: Default::default(),
         tls: Some(tls),
+        lease_duration_seconds: node.node_lease_duration_seconds,
     };
     tasks.spawn(async move {
         let result = shoal_agent::run(config, client, runtimes, shutdown).await;

@@ -71,6 +71,77 @@ pub struct ServerArgs {
     /// Leader election: time between attempts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub leader_elect_retry_period: Duration,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+}
+
+/// How nodes are judged and their pods moved (kube-controller-manager's and kube-apiserver's
+/// flags of the same names and defaults).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Node lifecycle")]
+pub struct LifecycleArgs {
+    /// How often node health is checked.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub node_monitor_period: Duration,
+    /// How long a node may go without a heartbeat before it is `Ready=Unknown` and tainted
+    /// `node.kubernetes.io/unreachable`.
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: Duration,
+    /// The same for a node that has never reported its status.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub node_startup_grace_period: Duration,
+    /// Nodes per second, per zone, that get a NoExecute taint (their pods then leave).
+    #[arg(long, default_value_t = 0.1)]
+    pub node_eviction_rate: f64,
+    /// The same in a zone where too many nodes are down (see
+    /// `--unhealthy-zone-threshold`).
+    #[arg(long, default_value_t = 0.01)]
+    pub secondary_node_eviction_rate: f64,
+    /// Zones of at most this many nodes stop tainting when too many of their nodes are down.
+    #[arg(long, default_value_t = 50)]
+    pub large_cluster_size_threshold: usize,
+    /// Fraction of a zone's nodes down (with at least 3) that slows its tainting.
+    #[arg(long, default_value_t = 0.55)]
+    pub unhealthy_zone_threshold: f64,
+    /// Finished pods kept before the oldest are deleted (0: keep all).
+    #[arg(long, default_value_t = 12_500)]
+    pub terminated_pod_gc_threshold: usize,
+    /// Seconds a new pod tolerates `node.kubernetes.io/not-ready:NoExecute` unless it says
+    /// otherwise.
+    #[arg(long, default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Seconds a new pod tolerates `node.kubernetes.io/unreachable:NoExecute` unless it says
+    /// otherwise.
+    #[arg(long, default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
+}
+
+impl LifecycleArgs {
+    fn admission(&self) -> shoal_api::strategy::Admission {
+        shoal_api::strategy::Admission {
+            not_ready_toleration_seconds: self.default_not_ready_toleration_seconds,
+            unreachable_toleration_seconds: self.default_unreachable_toleration_seconds,
+        }
+    }
+
+    fn controllers(&self, base: shoal_controllers::Config) -> shoal_controllers::Config {
+        shoal_controllers::Config {
+            node_lifecycle_options: shoal_controllers::node_lifecycle::Options {
+                monitor_period: self.node_monitor_period,
+                grace_period: self.node_monitor_grace_period,
+                startup_grace_period: self.node_startup_grace_period,
+                eviction_rate: self.node_eviction_rate,
+                secondary_eviction_rate: self.secondary_node_eviction_rate,
+                large_cluster_threshold: self.large_cluster_size_threshold,
+                unhealthy_zone_threshold: self.unhealthy_zone_threshold,
+            },
+            pod_gc_options: shoal_controllers::podgc::Options {
+                terminated_threshold: self.terminated_pod_gc_threshold,
+                ..base.pod_gc_options.clone()
+            },
+            ..base
+        }
+    }
 }
 
 /// Parses `500ms`, `90s`, `30m`, `6h`, `2d`, or plain seconds.
@@ -285,6 +356,7 @@ pub async fn start(args: &ServerArgs, shutdown: CancellationToken) -> Result<Ser
                 ca_cert_pem: ca.cert_pem().to_owned(),
                 ca_key_pem: ca.key_pem().to_owned(),
             }),
+            admission: args.lifecycle.admission(),
             ..shoal_apiserver::Config::default()
         };
         let store = store.clone();
@@ -389,15 +461,17 @@ pub async fn start(args: &ServerArgs, shutdown: CancellationToken) -> Result<Ser
         };
         let ca = Arc::clone(&ca);
         let shutdown = shutdown.clone();
+        let lifecycle = args.lifecycle.clone();
         tasks.spawn(async move {
             let run = |token: CancellationToken| {
                 let client = client.clone();
                 let ca = Arc::clone(&ca);
+                let lifecycle = lifecycle.clone();
                 async move {
-                    let config = shoal_controllers::Config {
+                    let config = lifecycle.controllers(shoal_controllers::Config {
                         certificate_authority: Some(ca),
                         ..shoal_controllers::Config::default()
-                    };
+                    });
                     shoal_controllers::run(config, client, token)
                         .await
                         .map_err(anyhow::Error::from)

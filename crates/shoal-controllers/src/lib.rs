@@ -1,6 +1,6 @@
 //! Shoal's controllers: ReplicaSet, Deployment, the garbage collector, ServiceAccount (a
-//! `default` account in every namespace), and the approver and signer of node client
-//! certificates.
+//! `default` account in every namespace), node lifecycle with taint eviction, pod garbage
+//! collection, and the approver and signer of node client certificates.
 //!
 //! Each controller is a level-triggered `reconcile(obj, ctx) -> Result<Action, Error>` whose
 //! decision is a plain function (`plan`, `decide`) tested without tokio. [`run`] wires them
@@ -13,16 +13,20 @@ pub mod certificates;
 pub mod deployment;
 pub mod garbage_collector;
 pub mod informer;
+pub mod node_lifecycle;
+pub mod podgc;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod taint_eviction;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::Api;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -43,6 +47,16 @@ pub struct Config {
     pub garbage_collector_options: garbage_collector::Options,
     /// Run the ServiceAccount controller.
     pub service_account: bool,
+    /// Run the node lifecycle controller (node health and readiness taints).
+    pub node_lifecycle: bool,
+    /// How it judges nodes.
+    pub node_lifecycle_options: node_lifecycle::Options,
+    /// Run the taint eviction (pods leave nodes with `NoExecute` taints).
+    pub taint_eviction: bool,
+    /// Run the pod garbage collector.
+    pub pod_gc: bool,
+    /// Its settings.
+    pub pod_gc_options: podgc::Options,
     /// Concurrent reconciles per controller (0 = unbounded).
     pub concurrency: u16,
     /// The cluster CA: with it, approved client certificate requests are signed (and node
@@ -58,6 +72,11 @@ impl Default for Config {
             garbage_collector: true,
             garbage_collector_options: garbage_collector::Options::default(),
             service_account: true,
+            node_lifecycle: true,
+            node_lifecycle_options: node_lifecycle::Options::default(),
+            taint_eviction: true,
+            pod_gc: true,
+            pod_gc_options: podgc::Options::default(),
             concurrency: 16,
             certificate_authority: None,
         }
@@ -204,6 +223,57 @@ pub async fn run(
         }));
         tasks.spawn(until(shutdown.clone(), namespaces.run()));
         tasks.spawn(until(shutdown.clone(), accounts.run()));
+    }
+    if config.node_lifecycle || config.taint_eviction || config.pod_gc {
+        let nodes = Informer::<Node>::new(Api::all(client.clone()));
+        if config.node_lifecycle {
+            let leases = Informer::<Lease>::new(Api::namespaced(
+                client.clone(),
+                node_lifecycle::LEASE_NAMESPACE,
+            ));
+            let ctx = node_lifecycle::Context {
+                client: client.clone(),
+                nodes: nodes.store(),
+                leases: leases.store(),
+                pods: pods.store(),
+                options: config.node_lifecycle_options.clone(),
+            };
+            let stores = [nodes.ready(), leases.ready(), pods.ready()];
+            tasks.spawn(spawn_controller(
+                "node-lifecycle",
+                stores,
+                node_lifecycle::run(ctx, shutdown.clone()),
+            ));
+            tasks.spawn(until(shutdown.clone(), leases.run()));
+        }
+        if config.taint_eviction {
+            let ctx = taint_eviction::Context {
+                client: client.clone(),
+                nodes: nodes.store(),
+                pods: pods.store(),
+            };
+            let stores = [nodes.ready(), pods.ready()];
+            tasks.spawn(spawn_controller(
+                "taint-eviction",
+                stores,
+                taint_eviction::run(ctx, shutdown.clone()),
+            ));
+        }
+        if config.pod_gc {
+            let ctx = podgc::Context {
+                client: client.clone(),
+                nodes: nodes.store(),
+                pods: pods.store(),
+                options: config.pod_gc_options.clone(),
+            };
+            let stores = [nodes.ready(), pods.ready()];
+            tasks.spawn(spawn_controller(
+                "pod-gc",
+                stores,
+                podgc::run(ctx, shutdown.clone()),
+            ));
+        }
+        tasks.spawn(until(shutdown.clone(), nodes.run()));
     }
     if let Some(ca) = config.certificate_authority.clone() {
         let ctx = certificates::Context {

@@ -32,8 +32,7 @@ where
     }
 }
 
-/// A fresh apiserver, a client for it and the shutdown token of the components under test.
-async fn start() -> anyhow::Result<(TestApiServer, kube::Client, CancellationToken)> {
+fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -41,6 +40,11 @@ async fn start() -> anyhow::Result<(TestApiServer, kube::Client, CancellationTok
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A fresh apiserver, a client for it and the shutdown token of the components under test.
+async fn start() -> anyhow::Result<(TestApiServer, kube::Client, CancellationToken)> {
+    init_tracing();
     let server = TestApiServer::start().await?;
     let client = server.client();
     Ok((server, client, CancellationToken::new()))
@@ -232,9 +236,48 @@ async fn foreground_deletion_waits_for_dependents() -> anyhow::Result<()> {
             == 2)
     })
     .await?;
+    // The pods are held by a finalizer, so the owner must wait for them visibly.
+    let hold = json!({"metadata": {"finalizers": ["test.shoal.dev/hold"]}});
+    let held: Vec<String> = pods
+        .list(&ListParams::default().labels("app=fg"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    for name in &held {
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&hold))
+            .await?;
+    }
     replicasets
         .delete("fg", &DeleteParams::foreground())
         .await?;
+    wait_until("the dependents to be deleting", || async {
+        let live = pods.list(&ListParams::default().labels("app=fg")).await?;
+        Ok(live.items.len() == 2
+            && live
+                .items
+                .iter()
+                .all(|p| p.metadata.deletion_timestamp.is_some()))
+    })
+    .await?;
+    let owner = replicasets
+        .get_opt("fg")
+        .await?
+        .context("the owner went before its dependents")?;
+    assert!(owner.metadata.deletion_timestamp.is_some());
+    assert!(
+        owner
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"foregroundDeletion".to_owned())
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    for name in &held {
+        pods.patch(name, &PatchParams::default(), &Patch::Merge(&release))
+            .await?;
+    }
     wait_until("replicaset and pods gone", || async {
         let sets = replicasets.list(&ListParams::default()).await?;
         let live = pods.list(&ListParams::default().labels("app=fg")).await?;
@@ -463,6 +506,265 @@ async fn collector_follows_every_kind_and_custom_resources() -> anyhow::Result<(
     })
     .await?;
 
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
+
+/// Writes a node's Lease renewal and its Ready heartbeat, as its agent would, until `stop`.
+async fn heartbeat(
+    client: kube::Client,
+    node: &str,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client);
+    while !stop.is_cancelled() {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": node, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": now}});
+        leases
+            .patch(
+                node,
+                &PatchParams::apply("test-agent").force(),
+                &Patch::Apply(&lease),
+            )
+            .await?;
+        let status = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "reason": "KubeletReady", "lastHeartbeatTime": now, "lastTransitionTime": now}]}});
+        nodes
+            .patch_status(node, &PatchParams::default(), &Patch::Strategic(&status))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
+fn taint_keys(node: &k8s_openapi::api::core::v1::Node) -> Vec<String> {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|t| format!("{}:{}", t.key, t.effect))
+        .collect()
+}
+
+/// A node whose heartbeats stop is marked Unknown and tainted; its pods leave as their
+/// tolerations say (at once, after the admission's default seconds, never) while the node
+/// that still heartbeats is left alone; when it comes back its taints go; when it is deleted
+/// its remaining pods are collected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_nodes_are_tainted_and_their_pods_evicted_then_collected() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    init_tracing();
+    let shutdown = CancellationToken::new();
+    let server = TestApiServer::start_with(shoal_apiserver::Config {
+        admission: shoal_api::strategy::Admission {
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 2,
+        },
+        ..shoal_apiserver::Config::default()
+    })
+    .await?;
+    let client = server.client();
+    let config = shoal_controllers::Config {
+        node_lifecycle_options: shoal_controllers::node_lifecycle::Options {
+            monitor_period: Duration::from_millis(200),
+            grace_period: Duration::from_secs(2),
+            eviction_rate: 10.0,
+            ..Default::default()
+        },
+        pod_gc_options: shoal_controllers::podgc::Options {
+            period: Duration::from_millis(200),
+            orphan_quarantine: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..shoal_controllers::Config::default()
+    };
+    let controllers = tokio::spawn(shoal_controllers::run(
+        config,
+        client.clone(),
+        shutdown.clone(),
+    ));
+
+    let nodes: Api<Node> = Api::all(client.clone());
+    for name in ["n1", "n2"] {
+        let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}});
+        nodes
+            .create(&PostParams::default(), &serde_json::from_value(node)?)
+            .await?;
+    }
+    let n1_alive = CancellationToken::new();
+    let n2_alive = CancellationToken::new();
+    let beats = [
+        tokio::spawn(heartbeat(client.clone(), "n1", n1_alive.clone())),
+        tokio::spawn(heartbeat(client.clone(), "n2", n2_alive.clone())),
+    ];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let unreachable = |seconds: Option<i64>| {
+        json!([{"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+                "effect": "NoExecute", "tolerationSeconds": seconds}])
+    };
+    for (name, node, tolerations) in [
+        ("defaulted", "n1", json!(null)),
+        ("intolerant", "n1", unreachable(Some(0))),
+        ("forever", "n1", unreachable(None)),
+        ("elsewhere", "n2", json!(null)),
+    ] {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": node, "tolerations": tolerations,
+                     "containers": [{"name": "c", "image": "x"}]}});
+        pods.create(&PostParams::default(), &serde_json::from_value(pod)?)
+            .await?;
+        let status = json!({"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    let defaulted = pods.get("defaulted").await?;
+    let seconds: Vec<Option<i64>> = defaulted
+        .spec
+        .and_then(|s| s.tolerations)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| t.toleration_seconds)
+        .collect();
+    assert_eq!(
+        seconds,
+        [Some(300), Some(2)],
+        "the configured default tolerations"
+    );
+    // Both nodes are healthy: nothing happens to them for a while.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for name in ["n1", "n2"] {
+        let node = nodes.get(name).await?;
+        assert_eq!(
+            taint_keys(&node),
+            Vec::<String>::new(),
+            "{name} was tainted while alive"
+        );
+    }
+    assert!(
+        pods.get("intolerant")
+            .await?
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+
+    n1_alive.cancel();
+    wait_until("n1 to be Unknown and tainted", || async {
+        let node = nodes.get("n1").await?;
+        let unknown = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "Unknown")
+            });
+        let keys = taint_keys(&node);
+        Ok(unknown
+            && keys.contains(&"node.kubernetes.io/unreachable:NoSchedule".to_owned())
+            && keys.contains(&"node.kubernetes.io/unreachable:NoExecute".to_owned()))
+    })
+    .await?;
+    let deleting = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            let pod = pods.get(name).await?;
+            let targeted = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c.type_ == "DisruptionTarget"
+                            && c.reason.as_deref() == Some("DeletionByTaintManager")
+                    })
+                });
+            anyhow::Ok(pod.metadata.deletion_timestamp.is_some() && targeted)
+        }
+    };
+    wait_until("the intolerant pod to be evicted", || {
+        deleting("intolerant")
+    })
+    .await?;
+    wait_until("the defaulted pod to be evicted", || deleting("defaulted")).await?;
+    // Not before its 2 s: its deletion (now + the 30 s grace) against the taint's start.
+    let tainted_at = nodes
+        .get("n1")
+        .await?
+        .spec
+        .and_then(|s| s.taints)
+        .into_iter()
+        .flatten()
+        .find(|t| t.effect == "NoExecute")
+        .and_then(|t| t.time_added)
+        .context("NoExecute taint with its time")?
+        .0;
+    let deleted_at = pods
+        .get("defaulted")
+        .await?
+        .metadata
+        .deletion_timestamp
+        .context("deletion time")?
+        .0;
+    let waited = deleted_at.duration_since(tainted_at).as_secs() - 30;
+    assert!(
+        waited >= 1,
+        "evicted {waited} s after the taint, before its toleration ran out"
+    );
+    // Ready False while its node is silent, but it stays.
+    wait_until(
+        "the pod that tolerates for ever to be marked not ready",
+        || async {
+            let pod = pods.get("forever").await?;
+            let not_ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "False"));
+            Ok(not_ready && pod.metadata.deletion_timestamp.is_none())
+        },
+    )
+    .await?;
+    let elsewhere = pods.get("elsewhere").await?;
+    assert!(elsewhere.metadata.deletion_timestamp.is_none());
+    assert!(taint_keys(&nodes.get("n2").await?).is_empty());
+
+    // n1 comes back: its taints go.
+    let n1_again = CancellationToken::new();
+    let beat = tokio::spawn(heartbeat(client.clone(), "n1", n1_again.clone()));
+    wait_until("n1 untainted", || async {
+        Ok(taint_keys(&nodes.get("n1").await?).is_empty())
+    })
+    .await?;
+    n1_again.cancel();
+    beat.await??;
+
+    // n1 is deleted: the pods still bound to it are collected, terminating or not.
+    nodes.delete("n1", &DeleteParams::default()).await?;
+    wait_until("n1's pods collected", || async {
+        let left: Vec<String> = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        Ok(left == ["elsewhere"])
+    })
+    .await?;
+
+    n2_alive.cancel();
+    for beat in beats {
+        beat.await??;
+    }
     shutdown.cancel();
     controllers.await??;
     Ok(())

@@ -14,6 +14,8 @@ use k8s_openapi::api::core::v1::{
     NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
 };
 
+pub use shoal_api::taints::tolerates;
+
 use crate::snapshot::{NodeEntry, NodeInfo, Resources, Snapshot, pod_requests};
 
 /// No node can take the pod. The Display form is the Kubernetes message written to the
@@ -176,34 +178,11 @@ pub fn schedule_sampled(
 
 fn tolerates_unschedulable(tolerations: &[Toleration]) -> bool {
     let taint = Taint {
-        key: "node.kubernetes.io/unschedulable".into(),
+        key: shoal_api::taints::UNSCHEDULABLE.into(),
         effect: "NoSchedule".into(),
         ..Taint::default()
     };
     tolerations.iter().any(|t| tolerates(t, &taint))
-}
-
-/// Kubernetes' `ToleratesTaint`: effect (if set) and key (if set) must match; `Exists`
-/// ignores the value, `Equal` (the default) compares it.
-pub fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
-    if let Some(effect) = toleration.effect.as_deref().filter(|e| !e.is_empty())
-        && effect != taint.effect
-    {
-        return false;
-    }
-    if let Some(key) = toleration.key.as_deref().filter(|k| !k.is_empty())
-        && key != taint.key
-    {
-        return false;
-    }
-    match toleration.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            toleration.value.as_deref().unwrap_or_default()
-                == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
 }
 
 fn matches_node_selector(spec: &PodSpec, node_name: &str, info: &NodeInfo) -> bool {

@@ -82,22 +82,39 @@ pub struct Cluster {
     pub data_dir: PathBuf,
     pub api: SocketAddr,
     pub raft: SocketAddr,
+    /// Flags given to `shoal up` besides the data dir, addresses and node name.
+    extra: Vec<String>,
 }
 
 impl Cluster {
     /// Starts `shoal up` on `data_dir` and waits until it answers `/readyz` and its node is Ready.
     pub fn start(data_dir: &Path) -> Result<Cluster> {
-        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let raft: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        Self::start_on(data_dir, api, raft)
+        Self::start_with(data_dir, &[])
     }
 
-    /// Starts `shoal up` again on the same data dir and ports (after `kill9`).
+    /// Starts `shoal up` with `extra` flags.
+    pub fn start_with(data_dir: &Path, extra: &[&str]) -> Result<Cluster> {
+        let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let raft: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Self::launch(data_dir, api, raft, extra)
+    }
+
+    /// Starts `shoal up` again on the same data dir, ports and flags (after `kill9`).
     pub fn restart(&self) -> Result<Cluster> {
-        Self::start_on(&self.data_dir, self.api, self.raft)
+        Self::launch(&self.data_dir, self.api, self.raft, self.extra.clone())
     }
 
     pub fn start_on(data_dir: &Path, api: SocketAddr, raft: SocketAddr) -> Result<Cluster> {
+        Self::launch(data_dir, api, raft, Vec::new())
+    }
+
+    fn launch(
+        data_dir: &Path,
+        api: SocketAddr,
+        raft: SocketAddr,
+        extra: Vec<String>,
+    ) -> Result<Cluster> {
         std::fs::create_dir_all(data_dir)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -111,6 +128,7 @@ impl Cluster {
             .arg("--raft-listen")
             .arg(raft.to_string())
             .args(["--node-name", "node-1"])
+            .args(&extra)
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -120,6 +138,7 @@ impl Cluster {
             data_dir: data_dir.to_path_buf(),
             api,
             raft,
+            extra,
         };
         wait_until("shoal up to be ready", Duration::from_secs(60), || {
             if let Some(status) = cluster
@@ -216,6 +235,16 @@ impl Cluster {
             .env("KUBECONFIG", self.kubeconfig())
             .output()
             .context("running shoal")
+    }
+
+    /// Pushes a Wasm file to `image` with `shoal push`; returns what it printed (the
+    /// manifest digest), or fails with its stderr.
+    pub fn push(&self, wasm: &Path, image: &str) -> Result<String> {
+        let out = self.shoal(&["push", wasm.to_str().context("wasm path")?, image])?;
+        if !out.status.success() {
+            bail!("shoal push: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     /// Pods as JSON objects, optionally filtered by a label selector.

@@ -48,13 +48,7 @@ fn deployment_lifecycle_survives_restart() -> Result<()> {
 
     // Push with the CLI: it prints the manifest digest.
     let image = registry.reference("hello", "v1");
-    let out = cluster.shoal(&["push", wasm.to_str().context("path")?, &image])?;
-    ensure!(
-        out.status.success(),
-        "shoal push failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let digest = String::from_utf8(out.stdout)?;
+    let digest = cluster.push(&wasm, &image)?;
     ensure!(
         digest.trim().starts_with("sha256:"),
         "push printed {digest:?}"

@@ -881,7 +881,15 @@ mod tests {
         let before = p.clone();
         default_object(rt("", "Pod"), &mut p);
         assert_eq!(before, p, "defaulting is idempotent");
-        expect![[r#"{"metadata":{"name":"p","namespace":"default"},"spec":{"containers":[{"name":"a","image":"x","ports":[{"containerPort":80,"protocol":"TCP"}],"resources":{"limits":{"cpu":"1","memory":"1Mi"},"requests":{"cpu":"1","memory":"1Mi"}},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"Always"}],"restartPolicy":"Always","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","schedulerName":"default-scheduler","securityContext":{},"enableServiceLinks":true,"serviceAccountName":"default","serviceAccount":"default","priority":0,"preemptionPolicy":"PreemptLowerPriority","tolerations":[{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300},{"key":"node.kubernetes.io/unreachable","operator":"Exists","effect":"NoExecute","tolerationSeconds":300}]},"status":{"phase":"Pending","qosClass":"Guaranteed"}}"#]]
+        let admission = crate::strategy::Admission {
+            not_ready_toleration_seconds: 300,
+            unreachable_toleration_seconds: 60,
+        };
+        rt("", "Pod").strategy.admit_create(&mut p, &admission);
+        let before = p.clone();
+        rt("", "Pod").strategy.admit_create(&mut p, &admission);
+        assert_eq!(before, p, "admission adds its tolerations once");
+        expect![[r#"{"metadata":{"name":"p","namespace":"default"},"spec":{"containers":[{"name":"a","image":"x","ports":[{"containerPort":80,"protocol":"TCP"}],"resources":{"limits":{"cpu":"1","memory":"1Mi"},"requests":{"cpu":"1","memory":"1Mi"}},"terminationMessagePath":"/dev/termination-log","terminationMessagePolicy":"File","imagePullPolicy":"Always"}],"restartPolicy":"Always","terminationGracePeriodSeconds":30,"dnsPolicy":"ClusterFirst","schedulerName":"default-scheduler","securityContext":{},"enableServiceLinks":true,"serviceAccountName":"default","serviceAccount":"default","priority":0,"preemptionPolicy":"PreemptLowerPriority","tolerations":[{"key":"node.kubernetes.io/not-ready","operator":"Exists","effect":"NoExecute","tolerationSeconds":300},{"key":"node.kubernetes.io/unreachable","operator":"Exists","effect":"NoExecute","tolerationSeconds":60}]},"status":{"phase":"Pending","qosClass":"Guaranteed"}}"#]]
             .assert_eq(&p.to_string());
 
         let mut d = json!({"metadata": {"name": "d"}, "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x:1"}]}}}});

@@ -5,12 +5,12 @@ use k8s_openapi::api::core::v1 as api;
 use serde_json::{Map, Value, json};
 
 use crate::defaults::{
-    default_pod_admission, default_pod_spec, default_requests_from_limits, obj_mut, qos_class,
-    set_default,
+    default_pod_admission, default_pod_spec, default_requests_from_limits,
+    default_toleration_seconds, obj_mut, qos_class, set_default,
 };
 use crate::patch::ListStrategy;
 use crate::registry::ResourceType;
-use crate::strategy::{Requester, Strategy};
+use crate::strategy::{Admission, Requester, Strategy};
 use crate::table::{
     Column, age_col, arr, col, has_condition, human_age, i, name_and_age, name_col, or_none, s,
     since,
@@ -60,6 +60,12 @@ impl Strategy for Pod {
 
     fn prepare_for_create(&self, obj: &mut Map<String, Value>, _: &Requester) {
         obj.insert("status".into(), json!({"phase": "Pending"}));
+    }
+
+    fn admit_create(&self, obj: &mut Value, admission: &Admission) {
+        if let Some(spec) = obj_mut(obj, "spec") {
+            default_toleration_seconds(spec, admission);
+        }
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
