@@ -203,7 +203,17 @@ pub(crate) async fn run_with(
         config.lease_duration_seconds,
         tasks_shutdown.clone(),
     ));
+    let events = shoal_events::Recorder::start(
+        client.clone(),
+        shoal_events::Source {
+            component: "kubelet".to_owned(),
+            host: Some(config.node_name.clone()),
+        },
+        shoal_events::Options::default(),
+        tasks_shutdown.clone(),
+    );
     let ctx = Arc::new(pods::PodsContext {
+        events,
         client,
         node_name: config.node_name.clone(),
         host_ip,

@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, ContainerState, ContainerStatus, Pod
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
+use shoal_events::EventType::{Normal, Warning};
 use shoal_runtime::{ContainerSpec, LogSink, Runtime, RuntimeError};
 use tokio::sync::watch;
 use tokio::task::{self, JoinError, JoinSet};
@@ -68,6 +69,8 @@ pub(crate) struct PodsContext {
     /// `data_dir/pods`: volumes under `<uid>/volumes`, logs under `<ns>_<pod>_<uid>`.
     pub pods_dir: PathBuf,
     pub timing: Timing,
+    /// Events as `kubelet` on this node.
+    pub events: shoal_events::Recorder,
 }
 
 struct WorkerHandle {
@@ -787,6 +790,22 @@ struct ContainerRun {
     volumes_dir: PathBuf,
 }
 
+impl ContainerRun {
+    /// Records an event about this container (the pod, `spec.containers{name}`).
+    fn event(&self, type_: shoal_events::EventType, reason: &str, message: String) {
+        let mut object = shoal_events::reference(self.pod.as_ref());
+        if let Some(c) = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.get(self.index))
+        {
+            object.field_path = Some(format!("spec.containers{{{}}}", c.name));
+        }
+        self.ctx.events.record(&object, type_, reason, message);
+    }
+}
+
 /// Resolves with the grace period once the pod's containers must stop.
 async fn stop_requested(stop: &mut watch::Receiver<Option<Duration>>) -> Duration {
     loop {
@@ -849,6 +868,8 @@ impl ContainerRun {
         loop {
             // Pull.
             let image_ref = loop {
+                self.event(Normal, "Pulling", format!("Pulling image {image:?}"));
+                let pull_started = Instant::now();
                 let pulled = tokio::select! {
                     r = self.runtime.pull(&image, spec::pull_policy(&container)) => r,
                     _ = stop_requested(&mut self.stop) => return,
@@ -856,9 +877,18 @@ impl ContainerRun {
                 match pulled {
                     Ok(image_ref) => {
                         pull_delay = None;
+                        let took = pull_started.elapsed().as_secs_f64();
+                        let message = format!("Successfully pulled image {image:?} in {took:.3}s");
+                        self.event(Normal, "Pulled", message);
                         break image_ref;
                     }
                     Err(error) => {
+                        self.event(
+                            Warning,
+                            "Failed",
+                            format!("Failed to pull image {image:?}: {error}"),
+                        );
+                        self.event(Warning, "Failed", format!("Error: {}", error.reason()));
                         let delay = self.ctx.timing.pull.next(pull_delay);
                         pull_delay = Some(delay);
                         warn!(container = %key, %error, retry_in = ?delay, "cannot pull image");
@@ -876,6 +906,11 @@ impl ContainerRun {
                             return;
                         }
                         if matches!(error, RuntimeError::ImagePull { .. }) {
+                            self.event(
+                                Normal,
+                                "BackOff",
+                                format!("Back-off pulling image {image:?}"),
+                            );
                             let message = format!("Back-off pulling image {image:?}: {message}");
                             self.update(|s| {
                                 s.state = Some(status::waiting("ImagePullBackOff", Some(message)))
@@ -932,6 +967,7 @@ impl ContainerRun {
                     let delay = self.ctx.timing.pull.next(config_delay);
                     config_delay = Some(delay);
                     warn!(container = %key, %error, "invalid container configuration");
+                    self.event(Warning, "Failed", format!("Error: {error}"));
                     self.update(|s| {
                         s.state = Some(status::waiting(
                             "CreateContainerConfigError",
@@ -978,6 +1014,7 @@ impl ContainerRun {
                     drop(writer);
                     warn!(container = %key, %error, "cannot start container");
                     let message = error.to_string();
+                    self.event(Warning, "Failed", format!("Error: {message}"));
                     if matches!(error, RuntimeError::StartContainer { .. })
                         && !should_restart(&policy, 128)
                     {
@@ -1008,6 +1045,8 @@ impl ContainerRun {
             let started_at = Timestamp::now();
             let ran_since = Instant::now();
             info!(container = %key, %container_id, "container started");
+            self.event(Normal, "Created", format!("Created container {name}"));
+            self.event(Normal, "Started", format!("Started container {name}"));
             self.update(|s| {
                 s.state = Some(status::running(started_at));
                 s.ready = true;
@@ -1018,7 +1057,10 @@ impl ContainerRun {
             // Wait.
             let (exit, stopping) = tokio::select! {
                 exit = handle.wait() => (exit, false),
-                grace = stop_requested(&mut self.stop) => (handle.stop(grace).await, true),
+                grace = stop_requested(&mut self.stop) => {
+                    self.event(Normal, "Killing", format!("Stopping container {name}"));
+                    (handle.stop(grace).await, true)
+                }
             };
             drop(handle);
             drop(mount_fds);
@@ -1050,6 +1092,11 @@ impl ContainerRun {
             let message = format!(
                 "back-off {} restarting failed container={name} pod={pod_name}",
                 format_go_duration(delay)
+            );
+            self.event(
+                Warning,
+                "BackOff",
+                format!("Back-off restarting failed container {name} in pod {pod_name}_{namespace}({uid})"),
             );
             self.update(|s| {
                 s.last_state = Some(ended);

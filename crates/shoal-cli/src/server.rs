@@ -71,6 +71,9 @@ pub struct ServerArgs {
     /// Leader election: time between attempts.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub leader_elect_retry_period: Duration,
+    /// How long Events are kept after they were last seen.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub event_ttl: Duration,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
 }
@@ -462,6 +465,7 @@ pub async fn start(args: &ServerArgs, shutdown: CancellationToken) -> Result<Ser
         let ca = Arc::clone(&ca);
         let shutdown = shutdown.clone();
         let lifecycle = args.lifecycle.clone();
+        let event_ttl = args.event_ttl;
         tasks.spawn(async move {
             let run = |token: CancellationToken| {
                 let client = client.clone();
@@ -470,6 +474,10 @@ pub async fn start(args: &ServerArgs, shutdown: CancellationToken) -> Result<Ser
                 async move {
                     let config = lifecycle.controllers(shoal_controllers::Config {
                         certificate_authority: Some(ca),
+                        event_ttl_options: shoal_controllers::event_ttl::Options {
+                            ttl: event_ttl,
+                            ..Default::default()
+                        },
                         ..shoal_controllers::Config::default()
                     });
                     shoal_controllers::run(config, client, token)

@@ -660,6 +660,8 @@ pub struct Context {
     pub client: kube::Client,
     /// All ReplicaSets, kept by a reflector.
     pub replicasets: Store<ReplicaSet>,
+    /// Events as `deployment-controller`.
+    pub events: shoal_events::Recorder,
 }
 
 /// Brings one Deployment's ReplicaSets and status in line with its spec.
@@ -709,10 +711,19 @@ pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result
             info!(deployment = %name, replicaset = %rs_name, "released replicaset");
         }
     }
+    let deployment_ref = shoal_events::reference(deployment.as_ref());
     if let Some(rs) = &plan.create {
         let rs_name = rs.metadata.name.clone().unwrap_or_default();
         match rs_api.create(&PostParams::default(), rs).await {
-            Ok(_) => info!(deployment = %name, replicaset = %rs_name, "created replicaset"),
+            Ok(_) => {
+                info!(deployment = %name, replicaset = %rs_name, "created replicaset");
+                let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                ctx.events.normal(
+                    &deployment_ref,
+                    "ScalingReplicaSet",
+                    format!("Scaled up replica set {rs_name} from 0 to {replicas}"),
+                );
+            }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Either our cache lags behind our own creation, or the name is taken.
                 let existing = rs_api.get_opt(&rs_name).await?;
@@ -738,6 +749,24 @@ pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result
             .patch(&update.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         info!(deployment = %name, replicaset = %update.name, replicas = update.replicas, "scaled replicaset");
+        let before = find(&update.name)
+            .and_then(|rs| rs.spec.as_ref().and_then(|s| s.replicas))
+            .unwrap_or(0);
+        if before != update.replicas {
+            let direction = if update.replicas > before {
+                "up"
+            } else {
+                "down"
+            };
+            ctx.events.normal(
+                &deployment_ref,
+                "ScalingReplicaSet",
+                format!(
+                    "Scaled {direction} replica set {} from {before} to {}",
+                    update.name, update.replicas
+                ),
+            );
+        }
     }
     for rs_name in &plan.delete {
         let params = DeleteParams {

@@ -11,6 +11,7 @@
 
 pub mod certificates;
 pub mod deployment;
+pub mod event_ttl;
 pub mod garbage_collector;
 pub mod informer;
 pub mod node_lifecycle;
@@ -53,6 +54,10 @@ pub struct Config {
     pub node_lifecycle_options: node_lifecycle::Options,
     /// Run the taint eviction (pods leave nodes with `NoExecute` taints).
     pub taint_eviction: bool,
+    /// Delete Events older than their TTL.
+    pub event_ttl: bool,
+    /// Its settings.
+    pub event_ttl_options: event_ttl::Options,
     /// Run the pod garbage collector.
     pub pod_gc: bool,
     /// Its settings.
@@ -75,6 +80,8 @@ impl Default for Config {
             node_lifecycle: true,
             node_lifecycle_options: node_lifecycle::Options::default(),
             taint_eviction: true,
+            event_ttl: true,
+            event_ttl_options: event_ttl::Options::default(),
             pod_gc: true,
             pod_gc_options: podgc::Options::default(),
             concurrency: 16,
@@ -123,12 +130,24 @@ pub async fn run(
     let mut replicasets = Informer::<ReplicaSet>::new(Api::all(client.clone()));
     let mut deployments = Informer::<Deployment>::new(Api::all(client.clone()));
     let mut tasks = JoinSet::new();
+    let recorder = |component: &str| {
+        shoal_events::Recorder::start(
+            client.clone(),
+            shoal_events::Source {
+                component: component.to_owned(),
+                host: None,
+            },
+            shoal_events::Options::default(),
+            shutdown.clone(),
+        )
+    };
 
     if config.replicaset {
         let ctx = Arc::new(replicaset::Context {
             client: client.clone(),
             pods: pods.store(),
             expectations: replicaset::Expectations::default(),
+            events: recorder("replicaset-controller"),
         });
         let triggers = futures::stream::select(
             replicasets.subscribe().map(informer::trigger_self),
@@ -158,6 +177,7 @@ pub async fn run(
         let ctx = Arc::new(deployment::Context {
             client: client.clone(),
             replicasets: replicasets.store(),
+            events: recorder("deployment-controller"),
         });
         let triggers = futures::stream::select(
             deployments.subscribe().map(informer::trigger_self),
@@ -237,6 +257,7 @@ pub async fn run(
                 leases: leases.store(),
                 pods: pods.store(),
                 options: config.node_lifecycle_options.clone(),
+                events: recorder("node-controller"),
             };
             let stores = [nodes.ready(), leases.ready(), pods.ready()];
             tasks.spawn(spawn_controller(
@@ -251,6 +272,7 @@ pub async fn run(
                 client: client.clone(),
                 nodes: nodes.store(),
                 pods: pods.store(),
+                events: recorder("taint-eviction-controller"),
             };
             let stores = [nodes.ready(), pods.ready()];
             tasks.spawn(spawn_controller(
@@ -274,6 +296,10 @@ pub async fn run(
             ));
         }
         tasks.spawn(until(shutdown.clone(), nodes.run()));
+    }
+    if config.event_ttl {
+        let options = config.event_ttl_options.clone();
+        tasks.spawn(event_ttl::run(client.clone(), options, shutdown.clone()));
     }
     if let Some(ca) = config.certificate_authority.clone() {
         let ctx = certificates::Context {

@@ -357,6 +357,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Its settings.
     pub options: Options,
+    /// Events as `node-controller`.
+    pub events: shoal_events::Recorder,
 }
 
 /// Runs the controller until `shutdown`.
@@ -424,7 +426,14 @@ impl State {
                     .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
                     .await
                 {
-                    Ok(_) => info!(node = %name, "node stopped posting its status: Ready=Unknown"),
+                    Ok(_) => {
+                        info!(node = %name, "node stopped posting its status: Ready=Unknown");
+                        ctx.events.normal(
+                            &shoal_events::reference(node.as_ref()),
+                            "NodeNotReady",
+                            format!("Node {name} status is now: NodeNotReady"),
+                        );
+                    }
                     Err(error) => warn!(node = %name, %error, "cannot mark node Unknown"),
                 }
             }
@@ -577,7 +586,12 @@ async fn mark_pods_not_ready(ctx: &Context, silent: &HashSet<String>, now: Times
             .await
         {
             Ok(_) => {
-                info!(pod = %format!("{namespace}/{name}"), "node not ready: pod marked not ready")
+                info!(pod = %format!("{namespace}/{name}"), "node not ready: pod marked not ready");
+                ctx.events.warning(
+                    &shoal_events::reference(pod.as_ref()),
+                    "NodeNotReady",
+                    "Node is not ready",
+                );
             }
             Err(error) => debug!(pod = %name, %error, "cannot mark pod not ready, retrying later"),
         }

@@ -261,6 +261,8 @@ pub struct Context {
     pub pods: Store<Pod>,
     /// Outstanding creations and deletions.
     pub expectations: Expectations,
+    /// Events as `replicaset-controller`.
+    pub events: shoal_events::Recorder,
 }
 
 /// Brings one ReplicaSet's pods and status in line with its spec.
@@ -326,10 +328,21 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             .collect()
             .await;
         let mut created = Vec::new();
+        let rs_ref = shoal_events::reference(rs.as_ref());
         for result in results {
             match result {
-                Ok(pod) => created.push(pod.metadata.name.unwrap_or_default()),
+                Ok(pod) => {
+                    let pod_name = pod.metadata.name.unwrap_or_default();
+                    ctx.events.normal(
+                        &rs_ref,
+                        "SuccessfulCreate",
+                        format!("Created pod: {pod_name}"),
+                    );
+                    created.push(pod_name);
+                }
                 Err(error) => {
+                    ctx.events
+                        .warning(&rs_ref, "FailedCreate", format!("Error creating: {error}"));
                     first_error.get_or_insert(error);
                 }
             }
@@ -372,10 +385,23 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
             .collect()
             .await;
         let mut deleted = Vec::new();
+        let rs_ref = shoal_events::reference(rs.as_ref());
         for (pod_name, result) in results {
             match result {
-                Ok(()) => deleted.push(pod_name),
+                Ok(()) => {
+                    ctx.events.normal(
+                        &rs_ref,
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {pod_name}"),
+                    );
+                    deleted.push(pod_name);
+                }
                 Err(error) => {
+                    ctx.events.warning(
+                        &rs_ref,
+                        "FailedDelete",
+                        format!("Error deleting pod {pod_name}: {error}"),
+                    );
                     first_error.get_or_insert(error);
                 }
             }

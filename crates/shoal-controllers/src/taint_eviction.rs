@@ -76,6 +76,8 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// Every pod.
     pub pods: Store<Pod>,
+    /// Events as `taint-eviction-controller`.
+    pub events: shoal_events::Recorder,
 }
 
 /// Runs the controller until `shutdown`.
@@ -119,7 +121,7 @@ pub async fn run(ctx: Context, shutdown: CancellationToken) {
                         false
                     }
                 };
-                if due && evict(&ctx.client, &pod).await {
+                if due && evict(&ctx, &pod).await {
                     evicted.insert(uid);
                 }
             }
@@ -169,11 +171,11 @@ fn no_execute_taints(
 
 /// Marks the pod as a disruption target and deletes it gracefully; true when deleted (or
 /// gone already).
-async fn evict(client: &kube::Client, pod: &Pod) -> bool {
+async fn evict(ctx: &Context, pod: &Pod) -> bool {
     let (Some(name), Some(namespace)) = (&pod.metadata.name, &pod.metadata.namespace) else {
         return false;
     };
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), namespace);
     let condition = json!({"status": {"conditions": [{
         "type": "DisruptionTarget",
         "status": "True",
@@ -197,6 +199,11 @@ async fn evict(client: &kube::Client, pod: &Pod) -> bool {
     match api.delete(name, &params).await {
         Ok(_) => {
             info!(pod = %format!("{namespace}/{name}"), node = ?pod.spec.as_ref().and_then(|s| s.node_name.as_deref()), "evicted pod from a NoExecute-tainted node");
+            ctx.events.normal(
+                &shoal_events::reference(pod),
+                "TaintManagerEviction",
+                format!("Marking for deletion Pod {namespace}/{name}"),
+            );
             true
         }
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => true,

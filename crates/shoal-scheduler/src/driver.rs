@@ -54,6 +54,7 @@ struct Scheduler {
     next_start: Option<String>,
     /// The pod each running binding task binds, so a panicked task still releases it.
     binding_tasks: HashMap<Id, String>,
+    events: shoal_events::Recorder,
 }
 
 /// Runs the scheduler until `shutdown` is cancelled.
@@ -68,7 +69,18 @@ pub async fn run(
         watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
     let mut nodes = std::pin::pin!(nodes);
     let mut pods = std::pin::pin!(pods);
+    let events = if config.record_events {
+        let source = shoal_events::Source {
+            component: config.scheduler_name.clone(),
+            host: None,
+        };
+        let options = shoal_events::Options::default();
+        shoal_events::Recorder::start(client.clone(), source, options, shutdown.clone())
+    } else {
+        shoal_events::Recorder::disabled()
+    };
     let mut scheduler = Scheduler {
+        events,
         name: config.scheduler_name,
         client,
         snapshot: Snapshot::new(),
@@ -240,8 +252,16 @@ impl Scheduler {
                 self.snapshot.assume_pod(&pod, &node);
                 let client = self.client.clone();
                 let task_key = key.clone();
+                let events = self.events.clone();
                 let handle = tasks.spawn(async move {
                     let result = bind(client, &pod, &node).await;
+                    if result.is_ok() {
+                        events.normal(
+                            &shoal_events::reference(pod.as_ref()),
+                            "Scheduled",
+                            format!("Successfully assigned {task_key} to {node}"),
+                        );
+                    }
                     Outcome::Bound {
                         key: task_key,
                         node,
@@ -254,6 +274,11 @@ impl Scheduler {
                 self.next_start = sampling.start_after;
                 let message = fit.to_string();
                 debug!(pod = %key, %message, "pod is unschedulable");
+                self.events.warning(
+                    &shoal_events::reference(pod.as_ref()),
+                    "FailedScheduling",
+                    message.clone(),
+                );
                 self.queue.back_off(&key, Instant::now());
                 if let Some(patch) = unschedulable_patch(&pod, &message) {
                     let api: Api<Pod> = Api::namespaced(
@@ -448,6 +473,7 @@ mod tests {
             pod_buffer: Vec::new(),
             next_start: None,
             binding_tasks: HashMap::new(),
+            events: shoal_events::Recorder::disabled(),
         };
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"namespace": "default", "name": "p"},

@@ -2,7 +2,8 @@
 //!
 //! The decision is the pure [`schedule`] over a [`Snapshot`]; [`run`] is the IO shell that
 //! keeps the snapshot from watches of Nodes and Pods, binds through the `binding`
-//! subresource, and reports unschedulable pods through their `PodScheduled` condition. It
+//! subresource, and reports unschedulable pods through their `PodScheduled` condition and a
+//! `FailedScheduling` Event (bound ones get `Scheduled`). It
 //! talks to the cluster only through the Kubernetes API and never to other components.
 
 mod driver;
@@ -21,12 +22,15 @@ pub struct Config {
     /// Pods whose `spec.schedulerName` equals this (or is unset, for the default name) are
     /// ours; Kubernetes' default is `default-scheduler`.
     pub scheduler_name: String,
+    /// Record `Scheduled` and `FailedScheduling` Events on pods.
+    pub record_events: bool,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             scheduler_name: DEFAULT_SCHEDULER_NAME.to_owned(),
+            record_events: true,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Self-healing with real processes: `shoal up` (control plane and node-1) and a second
 //! `shoal agent` (node-2) on loopback. The agent is killed: its pods come back on node-1
 //! within the grace period plus the toleration plus 10 s, and when the agent returns the
-//! pods it ran, replaced meanwhile, are stopped and removed there, never Running twice.
+//! pods it ran, replaced meanwhile, are stopped and removed there, never Running twice; each
+//! step is told by the Events `kubectl describe` shows.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -181,6 +182,51 @@ fn pods_of_a_lost_node_come_back_elsewhere_and_are_stopped_when_it_returns() -> 
             "{name} still Ready: {ready:?}"
         );
     }
+
+    // What happened is told by Events, as kubectl describe and get events show them.
+    let replacement = placement(&cluster)?
+        .into_iter()
+        .find(|(_, node, _, deleting)| node == "node-1" && !deleting)
+        .map(|(name, _, _, _)| name)
+        .context("a replacement pod")?;
+    let described = wait_until("the replacement's events", LONG, || {
+        let out = cluster.kubectl(&["describe", "pod", &replacement])?;
+        let complete = ["Scheduled", "Pulling", "Pulled", "Created", "Started"]
+            .iter()
+            .all(|reason| out.contains(reason));
+        Ok(complete.then_some(out))
+    })?;
+    ensure!(
+        described.contains(&format!(
+            "Successfully assigned default/{replacement} to node-1"
+        )),
+        "describe pod: {described}"
+    );
+    let node_events = wait_until("node-2's NodeNotReady event", LONG, || {
+        let out = cluster.kubectl(&["describe", "node", "node-2"])?;
+        Ok(out.contains("NodeNotReady").then_some(out))
+    })?;
+    ensure!(
+        node_events.contains("node-controller"),
+        "describe node: {node_events}"
+    );
+    let evictions = cluster.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "reason=TaintManagerEviction",
+        "-o",
+        "name",
+    ])?;
+    ensure!(
+        evictions.lines().count() == 2,
+        "eviction events: {evictions}"
+    );
+    let scaling = cluster.kubectl(&["describe", "deployment", "hello"])?;
+    ensure!(
+        scaling.contains("ScalingReplicaSet"),
+        "describe deployment: {scaling}"
+    );
 
     // node-2 comes back: it removes the pods replaced meanwhile and never runs them again.
     let before = std::fs::read_to_string(agent_dir.join("agent.log"))?.len();
