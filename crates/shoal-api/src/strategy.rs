@@ -112,6 +112,16 @@ pub trait Strategy: Send + Sync + 'static {
     /// Kind-specific checks of a new or updated object; metadata and shape are already checked.
     fn validate(&self, _obj: &Value, _errs: &mut Vec<FieldError>) {}
 
+    /// Resets what an ordinary update (not a subresource) may not change, from the stored
+    /// object (a Namespace's `spec.finalizers`, which only `finalize` writes).
+    fn prepare_for_update(&self, _obj: &mut Value, _old: &Value) {}
+
+    /// Whether something besides `metadata.finalizers` still holds a deleted object (a
+    /// Namespace's `spec.finalizers`): it is removed only once this is false too.
+    fn deletion_held(&self, _obj: &Value) -> bool {
+        false
+    }
+
     /// Kind-specific checks of an update against the stored object (immutable fields), after
     /// [`Strategy::validate`] of the new object.
     fn validate_update(&self, _obj: &Value, _old: &Value, _errs: &mut Vec<FieldError>) {}

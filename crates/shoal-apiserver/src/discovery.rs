@@ -76,6 +76,7 @@ fn subresource(
         "binding" => ("binding".into(), "Binding", "", vec!["create"]),
         "eviction" => ("eviction".into(), "Eviction", "policy", vec!["create"]),
         "log" => ("log".into(), "Pod", "", vec!["get"]),
+        "finalize" => ("finalize".into(), rt.kind, "", vec!["update"]),
         other => (
             other.to_string(),
             rt.kind,

@@ -304,7 +304,6 @@ pub async fn serve(
     let addr = listener.local_addr().map_err(Error::Serve)?;
     let state = AppState::new(store, &config, shutdown.clone()).map_err(Error::Certificate)?;
     crd::start(&state).await;
-    namespace::resume(&state).await;
     match config.tls {
         Some(tls) => {
             tracing::info!(%addr, "apiserver listening (https)");

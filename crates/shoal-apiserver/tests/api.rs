@@ -1236,8 +1236,11 @@ async fn real_kubectl_apply_get_scale_delete() {
     );
 }
 
+/// The apiserver's half of namespace deletion: Terminating, nothing new inside, held by
+/// `spec.finalizers` (which ordinary updates cannot drop) until `finalize` releases it; a
+/// namespace without finalizers goes at once. Emptying it is the namespace controller's.
 #[tokio::test]
-async fn namespace_deletion_empties_it_first() {
+async fn namespace_deletion_waits_for_its_finalizers() {
     let api = setup().await;
     let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}});
     assert_eq!(
@@ -1257,20 +1260,48 @@ async fn namespace_deletion_empties_it_first() {
         .await
         .json();
     assert_eq!(r["status"]["phase"], "Terminating");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while api.get("/api/v1/namespaces/demo").await.status != StatusCode::NOT_FOUND {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "namespace never went away"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(r["spec"]["finalizers"], json!(["kubernetes"]));
+    let created = api
+        .json(
+            Method::POST,
+            cms,
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "late"}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::FORBIDDEN);
+    // An ordinary update cannot drop the finalizer; the namespace and its content stay.
+    let patched = api
+        .patch(
+            "/api/v1/namespaces/demo",
+            "application/merge-patch+json",
+            &json!({"spec": {"finalizers": []}}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK);
+    assert_eq!(patched.json()["spec"]["finalizers"], json!(["kubernetes"]));
+    assert_eq!(api.get(&format!("{cms}/c")).await.status, StatusCode::OK);
+    // `finalize` releases it.
+    let mut released = api.get("/api/v1/namespaces/demo").await.json();
+    released["spec"]["finalizers"] = json!([]);
+    let r = api
+        .json(Method::PUT, "/api/v1/namespaces/demo/finalize", &released)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
-        api.get(&format!("{cms}/c")).await.status,
+        api.get("/api/v1/namespaces/demo").await.status,
         StatusCode::NOT_FOUND
     );
+    // Without finalizers, deletion is immediate.
+    let bare = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bare"},
+        "spec": {"finalizers": []}});
+    let created = api.json(Method::POST, "/api/v1/namespaces", &bare).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let r = api
+        .send(Method::DELETE, "/api/v1/namespaces/bare", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
-        api.json(Method::POST, cms, &cm).await.status,
+        api.get("/api/v1/namespaces/bare").await.status,
         StatusCode::NOT_FOUND
     );
 }
@@ -1408,56 +1439,6 @@ async fn namespace_collection_delete_is_not_allowed() {
             .expect("verbs")
             .contains(&json!("deletecollection"))
     );
-}
-
-#[tokio::test]
-async fn namespace_finalizer_retries_after_a_failure() {
-    let api = setup().await;
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "retry"}});
-    assert_eq!(
-        api.json(Method::POST, "/api/v1/namespaces", &ns)
-            .await
-            .status,
-        StatusCode::CREATED
-    );
-    let cms = "/api/v1/namespaces/retry/configmaps";
-    let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ok"}});
-    assert_eq!(
-        api.json(Method::POST, cms, &cm).await.status,
-        StatusCode::CREATED
-    );
-    // Sorted after `ok`: the finalizer deletes `ok`, then fails to decode this one.
-    let bad = "/registry/core/configmaps/retry/zz-bad";
-    api.store
-        .create(bad, b"not json".to_vec())
-        .await
-        .expect("raw write");
-    let r = api
-        .send(Method::DELETE, "/api/v1/namespaces/retry", &[], Vec::new())
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while api.get(&format!("{cms}/ok")).await.status != StatusCode::NOT_FOUND {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "finalizer never started"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(
-        api.get("/api/v1/namespaces/retry").await.json()["status"]["phase"],
-        "Terminating"
-    );
-    // Repair the store; a later attempt of the same finalizer finishes the job.
-    api.store.delete(bad, None).await.expect("raw delete");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while api.get("/api/v1/namespaces/retry").await.status != StatusCode::NOT_FOUND {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "namespace never went away"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! CustomResourceDefinitions end to end, over HTTP against a served apiserver on a real
 //! store: establishing, discovery, OpenAPI, schema defaulting/pruning/validation, the status
-//! and scale subresources, printer columns, name conflicts, and deletion (of a namespace and
-//! of the CRD itself, which waits for its custom resources' finalizers).
+//! and scale subresources, printer columns, name conflicts, and deletion (of the CRD itself,
+//! which waits for its custom resources' finalizers).
 
 #![allow(clippy::unwrap_used)]
 
@@ -375,34 +375,8 @@ async fn custom_resources_are_served_validated_and_deleted_with_their_definition
     );
     wait_gone(&server, &format!("{CRDS}/widgetzs.test.shoal.dev")).await;
 
-    // Deleting a namespace deletes its custom resources.
-    let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "crd-ns"}});
-    assert_eq!(
-        call(&server, "POST", "/api/v1/namespaces", Some(&ns))
-            .await
-            .status,
-        201
-    );
-    let in_ns = "/apis/test.shoal.dev/v1/namespaces/crd-ns/widgets";
-    assert_eq!(
-        call(&server, "POST", in_ns, Some(&widget("n1", json!(1))))
-            .await
-            .status,
-        201
-    );
-    assert_eq!(
-        call(&server, "DELETE", "/api/v1/namespaces/crd-ns", None)
-            .await
-            .status,
-        200
-    );
-    wait_gone(&server, "/api/v1/namespaces/crd-ns").await;
-    assert_eq!(
-        call(&server, "GET", &format!("{in_ns}/n1"), None)
-            .await
-            .status,
-        404
-    );
+    // (Deleting a namespace empties it of custom resources too: the namespace controller's
+    // test, `shoal-controllers/tests/apiserver.rs`.)
 
     // Deleting the definition: new objects are refused while its objects go (one waits for
     // its own finalizer), then the definition and its resource are gone.

@@ -1,5 +1,5 @@
 //! Shoal's controllers: ReplicaSet, Deployment, the garbage collector, ServiceAccount (a
-//! `default` account in every namespace), node lifecycle with taint eviction, pod garbage
+//! `default` account in every namespace), namespace deletion, node lifecycle with taint eviction, pod garbage
 //! collection, and the approver and signer of node client certificates.
 //!
 //! Each controller is a level-triggered `reconcile(obj, ctx) -> Result<Action, Error>` whose
@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod event_ttl;
 pub mod garbage_collector;
 pub mod informer;
+pub mod namespace;
 pub mod node_lifecycle;
 pub mod podgc;
 pub mod pods;
@@ -48,6 +49,8 @@ pub struct Config {
     pub garbage_collector_options: garbage_collector::Options,
     /// Run the ServiceAccount controller.
     pub service_account: bool,
+    /// Run the namespace controller (empties deleted namespaces).
+    pub namespace: bool,
     /// Run the node lifecycle controller (node health and readiness taints).
     pub node_lifecycle: bool,
     /// How it judges nodes.
@@ -77,6 +80,7 @@ impl Default for Config {
             garbage_collector: true,
             garbage_collector_options: garbage_collector::Options::default(),
             service_account: true,
+            namespace: true,
             node_lifecycle: true,
             node_lifecycle_options: node_lifecycle::Options::default(),
             taint_eviction: true,
@@ -157,21 +161,22 @@ pub async fn run(
         .flat_map(futures::stream::iter);
         let stores = [pods.ready(), replicasets.ready()];
         let store = replicasets.store();
-        let token = shutdown.clone();
-        tasks.spawn(spawn_controller("replicaset", stores, async move {
-            drain(
-                "replicaset",
-                kube::runtime::applier(
-                    |rs, ctx| Box::pin(replicaset::reconcile(rs, ctx)),
-                    replicaset::error_policy,
-                    ctx,
-                    store,
-                    triggers.take_until(token.cancelled_owned()),
-                    kube::runtime::Config::default().concurrency(concurrency),
-                ),
-            )
-            .await;
-        }));
+        let run = Applier {
+            name: "replicaset",
+            concurrency,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(spawn_controller(
+            "replicaset",
+            stores,
+            run.apply(
+                replicaset::reconcile,
+                replicaset::error_policy,
+                ctx,
+                store,
+                triggers,
+            ),
+        ));
     }
     if config.deployment {
         let ctx = Arc::new(deployment::Context {
@@ -188,21 +193,22 @@ pub async fn run(
         .flat_map(futures::stream::iter);
         let stores = [replicasets.ready(), deployments.ready()];
         let store = deployments.store();
-        let token = shutdown.clone();
-        tasks.spawn(spawn_controller("deployment", stores, async move {
-            drain(
-                "deployment",
-                kube::runtime::applier(
-                    |d, ctx| Box::pin(deployment::reconcile(d, ctx)),
-                    deployment::error_policy,
-                    ctx,
-                    store,
-                    triggers.take_until(token.cancelled_owned()),
-                    kube::runtime::Config::default().concurrency(concurrency),
-                ),
-            )
-            .await;
-        }));
+        let run = Applier {
+            name: "deployment",
+            concurrency,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(spawn_controller(
+            "deployment",
+            stores,
+            run.apply(
+                deployment::reconcile,
+                deployment::error_policy,
+                ctx,
+                store,
+                triggers,
+            ),
+        ));
     }
     if config.garbage_collector {
         // Its own metadata watches of every kind: it waits for their first lists itself.
@@ -212,8 +218,33 @@ pub async fn run(
         );
         tasks.spawn(collector.run(shutdown.clone()));
     }
+    let mut namespaces = Informer::<Namespace>::new(Api::all(client.clone()));
+    if config.namespace {
+        let ctx = Arc::new(namespace::Context::new(client.clone()));
+        let triggers = namespaces
+            .subscribe()
+            .map(informer::trigger_self)
+            .flat_map(futures::stream::iter);
+        let stores = [namespaces.ready()];
+        let store = namespaces.store();
+        let run = Applier {
+            name: "namespace",
+            concurrency,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(spawn_controller(
+            "namespace",
+            stores,
+            run.apply(
+                namespace::reconcile,
+                namespace::error_policy,
+                ctx,
+                store,
+                triggers,
+            ),
+        ));
+    }
     if config.service_account {
-        let mut namespaces = Informer::<Namespace>::new(Api::all(client.clone()));
         let mut accounts = Informer::<ServiceAccount>::new(Api::all(client.clone()));
         let ctx = Arc::new(serviceaccount::Context {
             client: client.clone(),
@@ -226,22 +257,22 @@ pub async fn run(
         .flat_map(futures::stream::iter);
         let stores = [namespaces.ready(), accounts.ready()];
         let store = namespaces.store();
-        let token = shutdown.clone();
-        tasks.spawn(spawn_controller("serviceaccount", stores, async move {
-            drain(
-                "serviceaccount",
-                kube::runtime::applier(
-                    |ns, ctx| Box::pin(serviceaccount::reconcile(ns, ctx)),
-                    serviceaccount::error_policy,
-                    ctx,
-                    store,
-                    triggers.take_until(token.cancelled_owned()),
-                    kube::runtime::Config::default().concurrency(concurrency),
-                ),
-            )
-            .await;
-        }));
-        tasks.spawn(until(shutdown.clone(), namespaces.run()));
+        let run = Applier {
+            name: "serviceaccount",
+            concurrency,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(spawn_controller(
+            "serviceaccount",
+            stores,
+            run.apply(
+                serviceaccount::reconcile,
+                serviceaccount::error_policy,
+                ctx,
+                store,
+                triggers,
+            ),
+        ));
         tasks.spawn(until(shutdown.clone(), accounts.run()));
     }
     if config.node_lifecycle || config.taint_eviction || config.pod_gc {
@@ -308,6 +339,7 @@ pub async fn run(
         };
         tasks.spawn(certificates::run(ctx, shutdown.clone()));
     }
+    tasks.spawn(until(shutdown.clone(), namespaces.run()));
     tasks.spawn(until(shutdown.clone(), pods.run()));
     tasks.spawn(until(shutdown.clone(), replicasets.run()));
     tasks.spawn(until(shutdown.clone(), deployments.run()));
@@ -334,6 +366,47 @@ async fn spawn_controller<const N: usize>(
     future::join_all(stores.into_iter().map(informer::Ready::wait)).await;
     info!(controller = name, "caches synced, starting");
     body.await;
+}
+
+/// How one level-triggered controller runs on kube-runtime's `applier`.
+struct Applier {
+    name: &'static str,
+    concurrency: u16,
+    shutdown: CancellationToken,
+}
+
+impl Applier {
+    /// Reconciles the objects of `store` that `triggers` name until shutdown, logging what
+    /// did not complete.
+    fn apply<K, C, F, Fut, S>(
+        self,
+        mut reconcile: F,
+        error_policy: fn(Arc<K>, &Error, Arc<C>) -> kube::runtime::controller::Action,
+        ctx: Arc<C>,
+        store: kube::runtime::reflector::Store<K>,
+        triggers: S,
+    ) -> impl Future<Output = ()>
+    where
+        K: Clone + kube::Resource<DynamicType = ()> + std::fmt::Debug + Send + Sync + 'static,
+        C: Send + Sync + 'static,
+        F: FnMut(Arc<K>, Arc<C>) -> Fut,
+        Fut: Future<Output = Result<kube::runtime::controller::Action, Error>> + Send + 'static,
+        S: futures::Stream<
+                Item = Result<kube::runtime::reflector::ObjectRef<K>, std::convert::Infallible>,
+            >,
+    {
+        drain(
+            self.name,
+            kube::runtime::applier(
+                move |obj, ctx| Box::pin(reconcile(obj, ctx)),
+                error_policy,
+                ctx,
+                store,
+                triggers.take_until(self.shutdown.cancelled_owned()),
+                kube::runtime::Config::default().concurrency(self.concurrency),
+            ),
+        )
+    }
 }
 
 /// What kube-runtime's applier yields per reconcile.

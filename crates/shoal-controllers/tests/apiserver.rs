@@ -50,6 +50,38 @@ async fn start() -> anyhow::Result<(TestApiServer, kube::Client, CancellationTok
     Ok((server, client, CancellationToken::new()))
 }
 
+/// Creates a namespaced CustomResourceDefinition `plural.group` (v1, any fields) and returns
+/// its resource.
+async fn create_crd(
+    client: &kube::Client,
+    group: &str,
+    plural: &str,
+    kind: &str,
+) -> anyhow::Result<kube::api::ApiResource> {
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    let crd: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": format!("{plural}.{group}")},
+        "spec": {"group": group, "scope": "Namespaced",
+            "names": {"plural": plural, "kind": kind},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}]},
+    }))?;
+    crds.create(&PostParams::default(), &crd).await?;
+    Ok(ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(group, "v1", kind),
+        plural,
+    ))
+}
+
 /// Every controller with its default configuration, until `shutdown`.
 fn spawn_controllers(
     client: &kube::Client,
@@ -360,7 +392,7 @@ async fn every_namespace_gets_a_default_service_account_back() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_follows_every_kind_and_custom_resources() -> anyhow::Result<()> {
     use k8s_openapi::api::core::v1::{ConfigMap, Node, PersistentVolume};
-    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use kube::api::DynamicObject;
     let (_server, client, shutdown) = start().await?;
     let controllers = spawn_controllers(&client, &shutdown);
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -430,27 +462,7 @@ async fn collector_follows_every_kind_and_custom_resources() -> anyhow::Result<(
     );
 
     // A CRD made while the collector runs; a ConfigMap owned by one of its objects.
-    let crds: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
-            "customresourcedefinitions",
-        ),
-    );
-    let crd: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "gadgets.gc.shoal.dev"},
-        "spec": {"group": "gc.shoal.dev", "scope": "Namespaced",
-            "names": {"plural": "gadgets", "kind": "Gadget"},
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object",
-                    "x-kubernetes-preserve-unknown-fields": true}}}]},
-    }))?;
-    crds.create(&PostParams::default(), &crd).await?;
-    let gadget_resource = ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("gc.shoal.dev", "v1", "Gadget"),
-        "gadgets",
-    );
+    let gadget_resource = create_crd(&client, "gc.shoal.dev", "gadgets", "Gadget").await?;
     let gadgets: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), "default", &gadget_resource);
     let gadget: DynamicObject = serde_json::from_value(json!({
@@ -765,6 +777,87 @@ async fn silent_nodes_are_tainted_and_their_pods_evicted_then_collected() -> any
     for beat in beats {
         beat.await??;
     }
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
+
+/// Deleting a namespace deletes everything in it, custom resources included; what a finalizer
+/// holds is reported as remaining and the namespace waits for it, then goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_deletion_empties_every_kind_then_the_namespace() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    use kube::api::DynamicObject;
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let thing_resource = create_crd(&client, "ns.shoal.dev", "things", "Thing").await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "doomed"}}))?;
+    namespaces.create(&PostParams::default(), &ns).await?;
+    let things: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), "doomed", &thing_resource);
+    let thing: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "ns.shoal.dev/v1", "kind": "Thing", "metadata": {"name": "t"}}))?;
+    wait_until("the Thing kind served", || async {
+        match things.create(&PostParams::default(), &thing).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await?;
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    for (name, finalizers) in [
+        ("plain", json!(null)),
+        ("held", json!(["test.shoal.dev/hold"])),
+    ] {
+        let cm: ConfigMap =
+            serde_json::from_value(json!({"metadata": {"name": name, "finalizers": finalizers}}))?;
+        config_maps.create(&PostParams::default(), &cm).await?;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "doomed");
+    let pod: Pod = serde_json::from_value(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )?;
+    pods.create(&PostParams::default(), &pod).await?;
+
+    namespaces
+        .delete("doomed", &DeleteParams::default())
+        .await?;
+    wait_until(
+        "everything but the held ConfigMap gone, and reported",
+        || async {
+            let ns = namespaces.get("doomed").await?;
+            let remaining = ns
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "NamespaceContentRemaining")
+                .and_then(|c| c.message)
+                .unwrap_or_default();
+            let left: Vec<String> = config_maps
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter_map(|c| c.metadata.name)
+                .collect();
+            Ok(things.get_opt("t").await?.is_none()
+                && pods.get_opt("p").await?.is_none()
+                && left == ["held"]
+                && remaining == "Some resources are remaining: configmaps has 1 resource instances")
+        },
+    )
+    .await?;
+    let release = json!({"metadata": {"finalizers": null}});
+    config_maps
+        .patch("held", &PatchParams::default(), &Patch::Merge(&release))
+        .await?;
+    wait_until("the namespace gone", || async {
+        Ok(namespaces.get_opt("doomed").await?.is_none())
+    })
+    .await?;
     shutdown.cancel();
     controllers.await??;
     Ok(())

@@ -36,6 +36,7 @@ mod write;
 
 pub use delete::{DeleteOptions, delete};
 pub use write::Mode;
+pub(crate) use write::completes_deletion;
 
 /// Query parameters of one request.
 #[derive(Debug, Default)]
@@ -443,6 +444,12 @@ async fn handle(
             }
             _ => Err(ApiError::MethodNotAllowed),
         },
+        (Some(name), Some("finalize"))
+            if method == Method::PUT && ctx.target.rt.has_subresource("finalize") =>
+        {
+            let body = read_body(body, &ctx.headers).await?;
+            write::update(&ctx, name, &body, Mode::Finalize).await
+        }
         (Some(name), Some("scale")) => {
             let body = read_body(body, &ctx.headers).await?;
             subresources::scale(&ctx, name, &method, &body).await

@@ -239,6 +239,8 @@ pub enum Mode {
     Main,
     /// The `status` subresource: only status.
     Status,
+    /// The `finalize` subresource (namespaces): only `spec.finalizers`.
+    Finalize,
 }
 
 /// Builds the object to store from `old` and the client's `new` under `mode`.
@@ -258,6 +260,21 @@ pub(super) fn merge_update(
                 match new.get("status") {
                     Some(s) => map.insert("status".into(), s.clone()),
                     None => map.remove("status"),
+                };
+            }
+            out
+        }
+        Mode::Finalize => {
+            let mut out = old.clone();
+            let finalizers = new.pointer("/spec/finalizers").cloned();
+            let spec = out
+                .as_object_mut()
+                .map(|map| map.entry("spec").or_insert_with(|| json!({})))
+                .and_then(Value::as_object_mut);
+            if let Some(spec) = spec {
+                match finalizers {
+                    Some(f) => spec.insert("finalizers".into(), f),
+                    None => spec.remove("finalizers"),
                 };
             }
             out
@@ -291,6 +308,7 @@ pub(super) fn merge_update(
                     None => map.remove("status"),
                 };
             }
+            rt.strategy.prepare_for_update(&mut new, old);
             new
         }
     };
@@ -319,10 +337,10 @@ pub(super) fn precondition(obj: &Value) -> Result<Option<u64>, ApiError> {
 }
 
 /// True when an update leaves an object that must now disappear: being deleted, no finalizers
-/// left and no grace period running. Kinds deleted through termination (namespaces) are
-/// removed by their own finalizer task (`namespace.rs`), never by an update.
-fn completes_deletion(rt: &ResourceType, obj: &Value) -> bool {
-    !rt.strategy.deleted_by_termination()
+/// left (nor anything else holding it: a Namespace's `spec.finalizers`) and no grace period
+/// running.
+pub(crate) fn completes_deletion(rt: &ResourceType, obj: &Value) -> bool {
+    !rt.strategy.deletion_held(obj)
         && meta_str(obj, "deletionTimestamp").is_some()
         && finalizers(obj).is_empty()
         && obj
@@ -537,6 +555,10 @@ mod tests {
         ));
         obj["metadata"]["finalizers"] = json!([]);
         assert!(completes_deletion(&CONFIG_MAP, &obj));
+        // A namespace is also held by its `spec.finalizers`.
+        obj["spec"] = json!({"finalizers": ["kubernetes"]});
         assert!(!completes_deletion(&NAMESPACE, &obj));
+        obj["spec"]["finalizers"] = json!([]);
+        assert!(completes_deletion(&NAMESPACE, &obj));
     }
 }

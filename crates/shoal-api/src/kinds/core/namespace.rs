@@ -21,7 +21,7 @@ pub static NAMESPACE: ResourceType = ResourceType {
     namespaced: false,
     short_names: &["ns"],
     categories: &[],
-    subresources: &["status"],
+    subresources: &["status", "finalize"],
     strategy: &Namespace,
 };
 
@@ -70,6 +70,25 @@ impl Strategy for Namespace {
 
     fn deleted_by_termination(&self) -> bool {
         true
+    }
+
+    /// `spec.finalizers` changes only through the `finalize` subresource.
+    fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
+        let finalizers = old.pointer("/spec/finalizers").cloned();
+        if let Some(spec) = obj_mut(obj, "spec") {
+            match finalizers {
+                Some(f) => spec.insert("finalizers".into(), f),
+                None => spec.remove("finalizers"),
+            };
+        }
+    }
+
+    /// The namespace controller removes `kubernetes` from `spec.finalizers` once the
+    /// namespace is empty; until then the Namespace stays.
+    fn deletion_held(&self, obj: &Value) -> bool {
+        obj.pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {
