@@ -259,6 +259,31 @@ mod tests {
     }
 
     #[test]
+    fn a_job_gets_its_selector_from_its_uid_unless_manual() {
+        let job = crate::registry::find_by_kind("batch", "v1", "Job").unwrap();
+        let mut obj = json!({"metadata": {"name": "pi", "uid": "u-1"},
+            "spec": {"template": {"metadata": {"labels": {"app": "pi"}}}}});
+        job.strategy
+            .prepare_for_create(obj.as_object_mut().unwrap(), &Requester::anonymous());
+        assert_eq!(
+            obj["spec"]["selector"],
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": "u-1"}})
+        );
+        let labels = &obj["spec"]["template"]["metadata"]["labels"];
+        assert_eq!(labels["app"], "pi");
+        assert_eq!(labels["batch.kubernetes.io/job-name"], "pi");
+        assert_eq!(labels["controller-uid"], "u-1");
+        let mut manual = json!({"metadata": {"uid": "u-2"}, "spec": {"manualSelector": true,
+            "selector": {"matchLabels": {"app": "x"}}}});
+        job.strategy
+            .prepare_for_create(manual.as_object_mut().unwrap(), &Requester::anonymous());
+        assert_eq!(
+            manual["spec"]["selector"],
+            json!({"matchLabels": {"app": "x"}})
+        );
+    }
+
+    #[test]
     fn a_csr_records_who_filed_it_not_what_the_body_claims() {
         let csr =
             crate::registry::find_by_kind("certificates.k8s.io", "v1", "CertificateSigningRequest")

@@ -1,4 +1,4 @@
-//! Shoal's controllers: ReplicaSet, Deployment, the garbage collector, ServiceAccount (a
+//! Shoal's controllers: ReplicaSet, Deployment, Job, the garbage collector, ServiceAccount (a
 //! `default` account in every namespace), namespace deletion, node lifecycle with taint eviction, pod garbage
 //! collection, and the approver and signer of node client certificates.
 //!
@@ -14,6 +14,7 @@ pub mod deployment;
 pub mod event_ttl;
 pub mod garbage_collector;
 pub mod informer;
+pub mod job;
 pub mod namespace;
 pub mod node_lifecycle;
 pub mod podgc;
@@ -27,6 +28,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::Api;
@@ -43,6 +45,8 @@ pub struct Config {
     pub replicaset: bool,
     /// Run the Deployment controller.
     pub deployment: bool,
+    /// Run the Job controller (with TTL after finished).
+    pub job: bool,
     /// Run the garbage collector.
     pub garbage_collector: bool,
     /// How the garbage collector follows kinds.
@@ -77,6 +81,7 @@ impl Default for Config {
         Config {
             replicaset: true,
             deployment: true,
+            job: true,
             garbage_collector: true,
             garbage_collector_options: garbage_collector::Options::default(),
             service_account: true,
@@ -209,6 +214,43 @@ pub async fn run(
                 triggers,
             ),
         ));
+    }
+    if config.job {
+        let mut jobs = Informer::<Job>::new(Api::all(client.clone()));
+        let ctx = Arc::new(job::Context {
+            client: client.clone(),
+            pods: pods.store(),
+            expectations: replicaset::Expectations::default(),
+            events: recorder("job-controller"),
+        });
+        let triggers = futures::stream::select(
+            jobs.subscribe().map(informer::trigger_self),
+            pods.subscribe().map(informer::trigger_controller::<_, Job>),
+        )
+        .flat_map(futures::stream::iter);
+        let store = jobs.store();
+        let run = Applier {
+            name: "job",
+            concurrency,
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(spawn_controller(
+            "job",
+            [pods.ready(), jobs.ready()],
+            run.apply(job::reconcile, job::error_policy, ctx, store, triggers),
+        ));
+        tasks.spawn(spawn_controller(
+            "job-orphans",
+            [pods.ready(), jobs.ready()],
+            job::release_orphans(
+                client.clone(),
+                pods.store(),
+                jobs.store(),
+                std::time::Duration::from_secs(10),
+                shutdown.clone(),
+            ),
+        ));
+        tasks.spawn(until(shutdown.clone(), jobs.run()));
     }
     if config.garbage_collector {
         // Its own metadata watches of every kind: it waits for their first lists itself.

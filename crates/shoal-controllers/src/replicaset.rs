@@ -211,7 +211,7 @@ pub struct Expectations {
 }
 
 impl Expectations {
-    fn satisfied(&self, uid: &str, pods: &[Arc<Pod>]) -> bool {
+    pub(crate) fn satisfied(&self, uid: &str, pods: &[Arc<Pod>]) -> bool {
         let mut map = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
         let Some(exp) = map.get_mut(uid) else {
             return true;
@@ -234,7 +234,7 @@ impl Expectations {
         done
     }
 
-    fn expect(&self, uid: &str, creates: Vec<String>, deletes: Vec<String>) {
+    pub(crate) fn expect(&self, uid: &str, creates: Vec<String>, deletes: Vec<String>) {
         if creates.is_empty() && deletes.is_empty() {
             return;
         }
@@ -245,7 +245,7 @@ impl Expectations {
         exp.deadline = Some(Instant::now() + EXPECTATION_TIMEOUT);
     }
 
-    fn forget(&self, uid: &str) {
+    pub(crate) fn forget(&self, uid: &str) {
         self.by_uid
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -437,14 +437,25 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
 
 /// Requeues a failed reconcile; conflicts come back quickly, other errors after a pause.
 pub fn error_policy(rs: Arc<ReplicaSet>, error: &Error, ctx: Arc<Context>) -> Action {
+    requeue_after_error("replicaset", &rs.metadata, error, &ctx.expectations)
+}
+
+/// The error policy of controllers that create pods: conflicts come back quickly; other
+/// errors forget the owner's expectations (its next pass trusts the store) and wait 5 s.
+pub(crate) fn requeue_after_error(
+    kind: &str,
+    owner: &ObjectMeta,
+    error: &Error,
+    expectations: &Expectations,
+) -> Action {
     if error.is_conflict() {
-        debug!(replicaset = ?rs.metadata.name, %error, "conflict, retrying");
+        debug!(%kind, name = ?owner.name, %error, "conflict, retrying");
         return Action::requeue(Duration::from_millis(200));
     }
-    if let Some(uid) = rs.metadata.uid.as_deref() {
-        ctx.expectations.forget(uid);
+    if let Some(uid) = owner.uid.as_deref() {
+        expectations.forget(uid);
     }
-    warn!(replicaset = ?rs.metadata.name, %error, "reconcile failed");
+    warn!(%kind, name = ?owner.name, %error, "reconcile failed");
     Action::requeue(Duration::from_secs(5))
 }
 

@@ -862,3 +862,121 @@ async fn namespace_deletion_empties_every_kind_then_the_namespace() -> anyhow::R
     controllers.await??;
     Ok(())
 }
+
+/// Finishes every live pod as its name says (`ok-*` Succeeded, `bad-*` Failed), as an agent
+/// would once its containers exit.
+async fn finishing_agent(pods: Api<Pod>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for pod in list.items {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+                let outcome = if name.starts_with("ok-") {
+                    "Succeeded"
+                } else {
+                    "Failed"
+                };
+                if phase == Some(outcome) {
+                    continue;
+                }
+                let patch = json!({"status": {"phase": outcome}});
+                let _ = pods
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Jobs run their pods to completion with durable counts (every tracking finalizer released),
+/// stop at their backoff limit, and go after their TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_fail_and_expire() -> anyhow::Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let agent = tokio::spawn(finishing_agent(pods.clone(), shutdown.clone()));
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job = |name: &str, extra: serde_json::Value| -> anyhow::Result<Job> {
+        let mut spec = json!({"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "c", "image": "i"}]}}});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        Ok(serde_json::from_value(
+            json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name}, "spec": spec}),
+        )?)
+    };
+    jobs.create(
+        &PostParams::default(),
+        &job("ok", json!({"completions": 3, "parallelism": 2}))?,
+    )
+    .await?;
+    jobs.create(
+        &PostParams::default(),
+        &job("bad", json!({"backoffLimit": 0}))?,
+    )
+    .await?;
+    let condition = |job: &Job, kind: &str| {
+        job.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == kind && c.status == "True"))
+            .and_then(|c| c.reason.clone())
+    };
+    wait_until("the ok Job complete", || async {
+        let job = jobs.get("ok").await?;
+        let status = job.status.clone().unwrap_or_default();
+        Ok(
+            condition(&job, "Complete").as_deref() == Some("CompletionsReached")
+                && status.succeeded == Some(3)
+                && status.completion_time.is_some(),
+        )
+    })
+    .await?;
+    wait_until("the bad Job failed", || async {
+        let job = jobs.get("bad").await?;
+        Ok(
+            condition(&job, "Failed").as_deref() == Some("BackoffLimitExceeded")
+                && job.status.and_then(|s| s.failed) == Some(1),
+        )
+    })
+    .await?;
+    let ok_pods = pods
+        .list(&ListParams::default().labels("job-name=ok"))
+        .await?;
+    assert_eq!(ok_pods.items.len(), 3, "exactly completions pods ran");
+    wait_until("every tracking finalizer released", || async {
+        Ok(pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .all(|p| {
+                p.metadata
+                    .finalizers
+                    .as_ref()
+                    .is_none_or(|f| !f.iter().any(|f| f == "batch.kubernetes.io/job-tracking"))
+            }))
+    })
+    .await?;
+
+    // A TTL after finishing deletes the Job, and the collector its pods.
+    let patch = json!({"spec": {"ttlSecondsAfterFinished": 1}});
+    jobs.patch("ok", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_until("the ok Job and its pods gone", || async {
+        let left = pods
+            .list(&ListParams::default().labels("job-name=ok"))
+            .await?;
+        Ok(jobs.get_opt("ok").await?.is_none() && left.items.is_empty())
+    })
+    .await?;
+    shutdown.cancel();
+    agent.await?;
+    controllers.await??;
+    Ok(())
+}

@@ -325,6 +325,64 @@ fn bad_input_gets_clear_errors() -> Result<()> {
     })
     .with_context(|| cluster.log_tail())?;
 
+    // Jobs run to completion with real guests; one whose pods fail stops at its backoffLimit
+    // with BackoffLimitExceeded, which kubectl describe shows.
+    let job = |name: &str, args: &[&str], extra: Value| {
+        let mut spec = serde_json::json!({"template": {"spec": {"restartPolicy": "Never",
+            "containers": [{"name": "main", "image": guest, "args": args}]}}});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            spec[k] = v.clone();
+        }
+        serde_json::json!({"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name}, "spec": spec})
+        .to_string()
+    };
+    let indexed =
+        serde_json::json!({"completionMode": "Indexed", "completions": 3, "parallelism": 2});
+    for manifest in [
+        job("indexed", &["exit", "0"], indexed),
+        job(
+            "doomed",
+            &["exit", "3"],
+            serde_json::json!({"backoffLimit": 0}),
+        ),
+    ] {
+        let out = cluster.apply(&manifest)?;
+        ensure!(
+            out.status.success(),
+            "job: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=complete",
+            "job/indexed",
+            "--timeout=120s",
+        ])
+        .with_context(|| cluster.log_tail())?;
+    let done: Value =
+        serde_json::from_str(&cluster.kubectl(&["get", "job", "indexed", "-o", "json"])?)?;
+    ensure!(
+        done["status"]["completedIndexes"] == "0-2" && done["status"]["succeeded"] == 3,
+        "indexed job status: {}",
+        done["status"]
+    );
+    cluster
+        .kubectl(&[
+            "wait",
+            "--for=condition=failed",
+            "job/doomed",
+            "--timeout=120s",
+        ])
+        .with_context(|| cluster.log_tail())?;
+    let described = cluster.kubectl(&["describe", "job", "doomed"])?;
+    ensure!(
+        described.contains("BackoffLimitExceeded"),
+        "describe job: {described}"
+    );
+
     // A guest that keeps failing is restarted with back-off (OnFailure).
     cluster.apply(&pod_manifest("crash", &guest, &["exit", "3"], "OnFailure"))?;
     wait_until("CrashLoopBackOff after a restart", LONG, || {

@@ -45,8 +45,51 @@ impl Strategy for Job {
         }
     }
 
+    /// As upstream's Job strategy: unless `spec.manualSelector`, the selector is generated
+    /// from the Job's uid and its template gets the matching labels (`controller-uid`,
+    /// `job-name`, with and without the `batch.kubernetes.io/` prefix).
     fn prepare_for_create(&self, obj: &mut Map<String, Value>, _: &Requester) {
         drop_status(obj);
+        let uid = obj
+            .get("metadata")
+            .and_then(|m| m.get("uid"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let name = obj
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+            return;
+        };
+        if spec.get("manualSelector").and_then(Value::as_bool) == Some(true) {
+            return;
+        }
+        spec.insert(
+            "selector".into(),
+            json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+        );
+        let template = spec.entry("template").or_insert_with(|| json!({}));
+        let Some(metadata) = obj_mut(template, "metadata") else {
+            return;
+        };
+        let labels = metadata.entry("labels").or_insert_with(|| json!({}));
+        if labels.is_null() {
+            *labels = json!({});
+        }
+        if let Some(labels) = labels.as_object_mut() {
+            for (key, value) in [
+                ("batch.kubernetes.io/controller-uid", &uid),
+                ("controller-uid", &uid),
+                ("batch.kubernetes.io/job-name", &name),
+                ("job-name", &name),
+            ] {
+                labels.insert(key.into(), json!(value));
+            }
+        }
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
