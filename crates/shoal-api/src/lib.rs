@@ -9,6 +9,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cron;
 pub mod custom;
 pub mod defaults;
 pub mod kinds;

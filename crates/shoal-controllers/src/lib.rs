@@ -1,4 +1,4 @@
-//! Shoal's controllers: ReplicaSet, Deployment, Job, the garbage collector, ServiceAccount (a
+//! Shoal's controllers: ReplicaSet, Deployment, Job, CronJob, the garbage collector, ServiceAccount (a
 //! `default` account in every namespace), namespace deletion, node lifecycle with taint eviction, pod garbage
 //! collection, and the approver and signer of node client certificates.
 //!
@@ -10,6 +10,7 @@
 //! or to other components.
 
 pub mod certificates;
+pub mod cronjob;
 pub mod deployment;
 pub mod event_ttl;
 pub mod garbage_collector;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 
 use futures::{StreamExt, future};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::Api;
@@ -47,6 +48,8 @@ pub struct Config {
     pub deployment: bool,
     /// Run the Job controller (with TTL after finished).
     pub job: bool,
+    /// Run the CronJob controller.
+    pub cronjob: bool,
     /// Run the garbage collector.
     pub garbage_collector: bool,
     /// How the garbage collector follows kinds.
@@ -82,6 +85,7 @@ impl Default for Config {
             replicaset: true,
             deployment: true,
             job: true,
+            cronjob: true,
             garbage_collector: true,
             garbage_collector_options: garbage_collector::Options::default(),
             service_account: true,
@@ -139,6 +143,11 @@ pub async fn run(
     let mut replicasets = Informer::<ReplicaSet>::new(Api::all(client.clone()));
     let mut deployments = Informer::<Deployment>::new(Api::all(client.clone()));
     let mut tasks = JoinSet::new();
+    let applier = |name: &'static str| Applier {
+        name,
+        concurrency,
+        shutdown: shutdown.clone(),
+    };
     let recorder = |component: &str| {
         shoal_events::Recorder::start(
             client.clone(),
@@ -166,21 +175,13 @@ pub async fn run(
         .flat_map(futures::stream::iter);
         let stores = [pods.ready(), replicasets.ready()];
         let store = replicasets.store();
-        let run = Applier {
-            name: "replicaset",
-            concurrency,
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(spawn_controller(
-            "replicaset",
+        tasks.spawn(applier("replicaset").start(
             stores,
-            run.apply(
-                replicaset::reconcile,
-                replicaset::error_policy,
-                ctx,
-                store,
-                triggers,
-            ),
+            replicaset::reconcile,
+            replicaset::error_policy,
+            ctx,
+            store,
+            triggers,
         ));
     }
     if config.deployment {
@@ -198,25 +199,41 @@ pub async fn run(
         .flat_map(futures::stream::iter);
         let stores = [replicasets.ready(), deployments.ready()];
         let store = deployments.store();
-        let run = Applier {
-            name: "deployment",
-            concurrency,
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(spawn_controller(
-            "deployment",
+        tasks.spawn(applier("deployment").start(
             stores,
-            run.apply(
-                deployment::reconcile,
-                deployment::error_policy,
-                ctx,
-                store,
-                triggers,
-            ),
+            deployment::reconcile,
+            deployment::error_policy,
+            ctx,
+            store,
+            triggers,
         ));
     }
+    let mut jobs = Informer::<Job>::new(Api::all(client.clone()));
+    if config.cronjob {
+        let mut cronjobs = Informer::<CronJob>::new(Api::all(client.clone()));
+        let ctx = Arc::new(cronjob::Context {
+            client: client.clone(),
+            jobs: jobs.store(),
+            events: recorder("cronjob-controller"),
+        });
+        let triggers = futures::stream::select(
+            cronjobs.subscribe().map(informer::trigger_self),
+            jobs.subscribe()
+                .map(informer::trigger_controller::<_, CronJob>),
+        )
+        .flat_map(futures::stream::iter);
+        let store = cronjobs.store();
+        tasks.spawn(applier("cronjob").start(
+            [jobs.ready(), cronjobs.ready()],
+            cronjob::reconcile,
+            cronjob::error_policy,
+            ctx,
+            store,
+            triggers,
+        ));
+        tasks.spawn(until(shutdown.clone(), cronjobs.run()));
+    }
     if config.job {
-        let mut jobs = Informer::<Job>::new(Api::all(client.clone()));
         let ctx = Arc::new(job::Context {
             client: client.clone(),
             pods: pods.store(),
@@ -229,15 +246,13 @@ pub async fn run(
         )
         .flat_map(futures::stream::iter);
         let store = jobs.store();
-        let run = Applier {
-            name: "job",
-            concurrency,
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(spawn_controller(
-            "job",
+        tasks.spawn(applier("job").start(
             [pods.ready(), jobs.ready()],
-            run.apply(job::reconcile, job::error_policy, ctx, store, triggers),
+            job::reconcile,
+            job::error_policy,
+            ctx,
+            store,
+            triggers,
         ));
         tasks.spawn(spawn_controller(
             "job-orphans",
@@ -250,6 +265,8 @@ pub async fn run(
                 shutdown.clone(),
             ),
         ));
+    }
+    if config.job || config.cronjob {
         tasks.spawn(until(shutdown.clone(), jobs.run()));
     }
     if config.garbage_collector {
@@ -269,21 +286,13 @@ pub async fn run(
             .flat_map(futures::stream::iter);
         let stores = [namespaces.ready()];
         let store = namespaces.store();
-        let run = Applier {
-            name: "namespace",
-            concurrency,
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(spawn_controller(
-            "namespace",
+        tasks.spawn(applier("namespace").start(
             stores,
-            run.apply(
-                namespace::reconcile,
-                namespace::error_policy,
-                ctx,
-                store,
-                triggers,
-            ),
+            namespace::reconcile,
+            namespace::error_policy,
+            ctx,
+            store,
+            triggers,
         ));
     }
     if config.service_account {
@@ -299,21 +308,13 @@ pub async fn run(
         .flat_map(futures::stream::iter);
         let stores = [namespaces.ready(), accounts.ready()];
         let store = namespaces.store();
-        let run = Applier {
-            name: "serviceaccount",
-            concurrency,
-            shutdown: shutdown.clone(),
-        };
-        tasks.spawn(spawn_controller(
-            "serviceaccount",
+        tasks.spawn(applier("serviceaccount").start(
             stores,
-            run.apply(
-                serviceaccount::reconcile,
-                serviceaccount::error_policy,
-                ctx,
-                store,
-                triggers,
-            ),
+            serviceaccount::reconcile,
+            serviceaccount::error_policy,
+            ctx,
+            store,
+            triggers,
         ));
         tasks.spawn(until(shutdown.clone(), accounts.run()));
     }
@@ -418,10 +419,11 @@ struct Applier {
 }
 
 impl Applier {
-    /// Reconciles the objects of `store` that `triggers` name until shutdown, logging what
-    /// did not complete.
-    fn apply<K, C, F, Fut, S>(
+    /// Once every store has its first list, reconciles the objects of `store` that
+    /// `triggers` name until shutdown, logging what did not complete.
+    fn start<const N: usize, K, C, F, Fut, S>(
         self,
+        stores: [informer::Ready; N],
         mut reconcile: F,
         error_policy: fn(Arc<K>, &Error, Arc<C>) -> kube::runtime::controller::Action,
         ctx: Arc<C>,
@@ -437,17 +439,16 @@ impl Applier {
                 Item = Result<kube::runtime::reflector::ObjectRef<K>, std::convert::Infallible>,
             >,
     {
-        drain(
-            self.name,
-            kube::runtime::applier(
-                move |obj, ctx| Box::pin(reconcile(obj, ctx)),
-                error_policy,
-                ctx,
-                store,
-                triggers.take_until(self.shutdown.cancelled_owned()),
-                kube::runtime::Config::default().concurrency(self.concurrency),
-            ),
-        )
+        let name = self.name;
+        let results = kube::runtime::applier(
+            move |obj, ctx| Box::pin(reconcile(obj, ctx)),
+            error_policy,
+            ctx,
+            store,
+            triggers.take_until(self.shutdown.cancelled_owned()),
+            kube::runtime::Config::default().concurrency(self.concurrency),
+        );
+        spawn_controller(name, stores, drain(name, results))
     }
 }
 

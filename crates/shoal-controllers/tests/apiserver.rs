@@ -980,3 +980,73 @@ async fn jobs_complete_fail_and_expire() -> anyhow::Result<()> {
     controllers.await??;
     Ok(())
 }
+
+/// A CronJob's schedule passes while the controllers are down: on their return only the most
+/// recent missed run is made, and only if it is within `startingDeadlineSeconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missed_cron_runs_are_handled_per_starting_deadline() -> anyhow::Result<()> {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let (_server, client, shutdown) = start().await?;
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    // Yearly at New Year, UTC: the runs of 2025 and 2026 were missed (the last one ran at
+    // New Year 2024).
+    for (name, deadline) in [("yearly", None), ("punctual", Some(300))] {
+        let cj: CronJob = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"schedule": "0 0 1 1 *", "timeZone": "Etc/UTC",
+                "startingDeadlineSeconds": deadline,
+                "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "i"}]}}}}}
+        }))?;
+        cronjobs.create(&PostParams::default(), &cj).await?;
+        let status = json!({"status": {"lastScheduleTime": "2024-01-01T00:00:00Z"}});
+        cronjobs
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    // An invalid schedule or zone is refused, naming the field.
+    let bad: CronJob = serde_json::from_value(json!({
+        "metadata": {"name": "bad"},
+        "spec": {"schedule": "0 0 1 1 *", "timeZone": "Mars/Olympus",
+            "jobTemplate": {"spec": {"template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "i"}]}}}}}
+    }))?;
+    match cronjobs.create(&PostParams::default(), &bad).await {
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            assert!(s.message.contains("spec.timeZone"), "{}", s.message);
+        }
+        other => bail!("invalid time zone accepted: {other:?}"),
+    }
+
+    let controllers = spawn_controllers(&client, &shutdown);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let new_year: k8s_openapi::jiff::Timestamp = "2026-01-01T00:00:00Z".parse()?;
+    let expected = format!("yearly-{}", new_year.as_second() / 60);
+    wait_until("the most recent missed run made", || async {
+        let cj = cronjobs.get("yearly").await?;
+        let scheduled = cj.status.and_then(|s| s.last_schedule_time).map(|t| t.0);
+        Ok(jobs.get_opt(&expected).await?.is_some() && scheduled == Some(new_year))
+    })
+    .await?;
+    let made: Vec<String> = jobs
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|j| j.metadata.name)
+        .collect();
+    assert_eq!(
+        made,
+        [expected],
+        "one run for the missed times, none past its deadline"
+    );
+    let punctual = cronjobs.get("punctual").await?;
+    let scheduled = punctual
+        .status
+        .and_then(|s| s.last_schedule_time)
+        .map(|t| t.0);
+    assert_eq!(scheduled, Some("2024-01-01T00:00:00Z".parse()?));
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}

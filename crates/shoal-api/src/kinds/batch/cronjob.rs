@@ -58,12 +58,9 @@ impl Strategy for CronJob {
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
         let spec = obj.get("spec").unwrap_or(&Value::Null);
-        if spec
-            .get("schedule")
-            .and_then(Value::as_str)
-            .is_none_or(str::is_empty)
-        {
-            errs.push(FieldError::required("spec.schedule", ""));
+        match spec.get("schedule").and_then(Value::as_str) {
+            None | Some("") => errs.push(FieldError::required("spec.schedule", "")),
+            Some(schedule) => validate_schedule(schedule, spec, errs),
         }
         let job_spec = spec.pointer("/jobTemplate/spec").unwrap_or(&Value::Null);
         validate_job_spec(job_spec, "spec.jobTemplate.spec", errs);
@@ -140,5 +137,40 @@ impl Strategy for CronJob {
             obj.pointer("/spec/jobTemplate/spec/selector"),
         ));
         cells
+    }
+}
+
+/// Upstream's checks of `spec.schedule` and `spec.timeZone`: a schedule the cron parser
+/// accepts, a known zone, and not both a zone field and a `TZ=` prefix.
+fn validate_schedule(schedule: &str, spec: &Value, errs: &mut Vec<FieldError>) {
+    let (prefix, rest) = crate::cron::split_zone(schedule);
+    if let Err(message) = crate::cron::Schedule::parse(rest) {
+        errs.push(FieldError::invalid(
+            "spec.schedule",
+            &json!(schedule),
+            &message,
+        ));
+    }
+    let field = spec.get("timeZone").and_then(Value::as_str);
+    if field.is_some() && prefix.is_some() {
+        errs.push(FieldError::invalid(
+            "spec.schedule",
+            &json!(schedule),
+            "cannot use both timeZone field and TZ or CRON_TZ in schedule",
+        ));
+    }
+    if let Some(zone) = prefix
+        && let Err(message) = crate::cron::zone(zone)
+    {
+        errs.push(FieldError::invalid(
+            "spec.schedule",
+            &json!(schedule),
+            &message,
+        ));
+    }
+    if let Some(zone) = field
+        && let Err(message) = crate::cron::zone(zone)
+    {
+        errs.push(FieldError::invalid("spec.timeZone", &json!(zone), &message));
     }
 }
