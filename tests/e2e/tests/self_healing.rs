@@ -2,7 +2,8 @@
 //! `shoal agent` (node-2) on loopback. The agent is killed: its pods come back on node-1
 //! within the grace period plus the toleration plus 10 s, and when the agent returns the
 //! pods it ran, replaced meanwhile, are stopped and removed there, never Running twice; each
-//! step is told by the Events `kubectl describe` shows.
+//! step is told by the Events `kubectl describe` shows. And `shoal up`, which runs the
+//! controllers, is killed mid-rollout: the rollout completes within its surge.
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -264,5 +265,119 @@ fn pods_of_a_lost_node_come_back_elsewhere_and_are_stopped_when_it_returns() -> 
     }
     agent.kill()?;
     agent.wait()?;
+    Ok(())
+}
+
+fn rolling(image: &str, greeting: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "roll", "namespace": "default"},
+        // Each new pod must stay ready 2 s before the next step: the rollout takes seconds,
+        // so the kill lands in its middle.
+        "spec": {"replicas": 4, "minReadySeconds": 2, "selector": {"matchLabels": {"app": "roll"}},
+            "strategy": {"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": "roll"}},
+                "spec": {"terminationGracePeriodSeconds": 2,
+                    "containers": [{"name": "hello", "image": image,
+                        "env": [{"name": "GREETING", "value": greeting}]}]}}}
+    })
+    .to_string()
+}
+
+/// Live (not terminating) pods of the app and how many carry `greeting`, read with kubectl.
+fn live_pods(kubeconfig: &std::path::Path, greeting: &str) -> Result<(usize, usize)> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["get", "pods", "-l", "app=roll", "-o", "json"])
+        .output()?;
+    ensure!(out.status.success(), "kubectl get pods failed");
+    let list: Value = serde_json::from_slice(&out.stdout)?;
+    let live: Vec<&Value> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .collect();
+    let new = live
+        .iter()
+        .filter(|p| p["spec"]["containers"][0]["env"][0]["value"] == greeting)
+        .count();
+    Ok((live.len(), new))
+}
+
+/// The process running the controllers is killed in the middle of a rollout and started
+/// again: the rollout completes, its history holds both revisions, and at no moment sampled
+/// (every 100 ms, through the kill) were more pods live than replicas + maxSurge.
+#[test]
+fn a_rollout_cut_by_a_crash_completes_within_max_surge() -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let wasm = hello_guest(GuestTarget::P2);
+    let registry = Registry::start();
+    let data = tempfile::tempdir()?;
+    let mut cluster = Cluster::start(data.path())?;
+    let image = registry.reference("hello", "v1");
+    cluster.push(&wasm, &image)?;
+    let out = cluster.apply(&rolling(&image, "one"))?;
+    ensure!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.kubectl(&["rollout", "status", "deployment/roll", "--timeout=120s"])?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (stop, most, kubeconfig) = (Arc::clone(&stop), Arc::clone(&most), cluster.kubeconfig());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                // Errors while the control plane is down are expected: no sample then.
+                if let Ok((live, _)) = live_pods(&kubeconfig, "two") {
+                    most.fetch_max(live, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let out = cluster.apply(&rolling(&image, "two"))?;
+    ensure!(
+        out.status.success(),
+        "apply: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = wait_until("the rollout under way", LONG, || {
+        let (_, new) = live_pods(&cluster.kubeconfig(), "two")?;
+        Ok((new >= 1).then_some(new))
+    })?;
+    cluster.kill9()?;
+    ensure!(new < 4, "the rollout was over before the kill");
+    let cluster = cluster.restart()?;
+    cluster
+        .kubectl(&["rollout", "status", "deployment/roll", "--timeout=120s"])
+        .with_context(|| cluster.log_tail())?;
+    let done = wait_until("every live pod on the new template", LONG, || {
+        let (live, new) = live_pods(&cluster.kubeconfig(), "two")?;
+        Ok((live == 4 && new == 4).then_some(()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("sampler panicked"))?;
+    done?;
+    let most = most.load(Ordering::Relaxed);
+    ensure!(
+        most <= 5,
+        "{most} pods were live at once (replicas 4 + maxSurge 1)"
+    );
+    let history = cluster.kubectl(&["rollout", "history", "deployment/roll"])?;
+    let revisions: Vec<&str> = history
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    ensure!(revisions == ["1", "2"], "rollout history: {history}");
     Ok(())
 }
