@@ -660,7 +660,7 @@ async fn release(api: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 }
 
 /// Every `period`, lets go of tracked pods whose Job is gone (deleted while the controller
-/// was down, or before it could release them).
+/// was down, or before it could release them) or that no Job controls any more (orphaned).
 pub async fn release_orphans(
     client: kube::Client,
     pods: Store<Pod>,
@@ -679,9 +679,10 @@ pub async fn release_orphans(
             .filter_map(|j| j.metadata.uid.clone())
             .collect();
         for pod in pods.state() {
+            // Orphaned (its Job deleted with propagation Orphan) or its Job gone.
             let orphan = tracked(&pod)
                 && controller_of(&pod.metadata)
-                    .is_some_and(|o| o.kind == "Job" && !live.contains(&o.uid));
+                    .is_none_or(|o| o.kind == "Job" && !live.contains(&o.uid));
             if !orphan {
                 continue;
             }

@@ -863,13 +863,16 @@ async fn namespace_deletion_empties_every_kind_then_the_namespace() -> anyhow::R
     Ok(())
 }
 
-/// Finishes every live pod as its name says (`ok-*` Succeeded, `bad-*` Failed), as an agent
-/// would once its containers exit.
+/// Finishes every live pod as its name says (`ok-*` Succeeded, `run-*` never, others
+/// Failed), as an agent would once its containers exit.
 async fn finishing_agent(pods: Api<Pod>, shutdown: CancellationToken) {
     while !shutdown.is_cancelled() {
         if let Ok(list) = pods.list(&ListParams::default()).await {
             for pod in list.items {
                 let name = pod.metadata.name.clone().unwrap_or_default();
+                if name.starts_with("run-") {
+                    continue;
+                }
                 let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
                 let outcome = if name.starts_with("ok-") {
                     "Succeeded"
@@ -960,6 +963,33 @@ async fn jobs_complete_fail_and_expire() -> anyhow::Result<()> {
                     .finalizers
                     .as_ref()
                     .is_none_or(|f| !f.iter().any(|f| f == "batch.kubernetes.io/job-tracking"))
+            }))
+    })
+    .await?;
+
+    // A Job deleted with its pods orphaned lets go of them (no finalizer left behind).
+    jobs.create(&PostParams::default(), &job("run", json!({}))?)
+        .await?;
+    wait_until("the run Job's pod", || async {
+        Ok(!pods
+            .list(&ListParams::default().labels("job-name=run"))
+            .await?
+            .items
+            .is_empty())
+    })
+    .await?;
+    jobs.delete("run", &DeleteParams::orphan()).await?;
+    wait_until("the orphaned pod released", || async {
+        let left = pods
+            .list(&ListParams::default().labels("job-name=run"))
+            .await?;
+        Ok(left.items.len() == 1
+            && left.items.iter().all(|p| {
+                p.metadata.finalizers.as_ref().is_none_or(Vec::is_empty)
+                    && p.metadata
+                        .owner_references
+                        .as_ref()
+                        .is_none_or(Vec::is_empty)
             }))
     })
     .await?;
