@@ -69,7 +69,10 @@ fn field(text: &str, min: u32, max: u32, names: &[&str]) -> Result<(u64, bool), 
         let mut v = lo;
         while v <= hi {
             bits |= 1 << v;
-            v += step;
+            match v.checked_add(step) {
+                Some(next) => v = next,
+                None => break,
+            }
         }
     }
     Ok((bits, star))
@@ -119,11 +122,8 @@ impl Schedule {
         let (hours, _) = field(fields[1], 0, 23, &[])?;
         let (days, days_star) = field(fields[2], 1, 31, &[])?;
         let (months, _) = field(fields[3], 1, 12, &MONTHS)?;
-        // 7 is Sunday too.
-        let (mut weekdays, weekdays_star) = field(fields[4], 0, 7, &WEEKDAYS)?;
-        if weekdays & (1 << 7) != 0 {
-            weekdays = (weekdays | 1) & 0x7f;
-        }
+        // 0-6 from Sunday, as robfig/cron (which refuses 7).
+        let (weekdays, weekdays_star) = field(fields[4], 0, 6, &WEEKDAYS)?;
         Ok(Schedule {
             minutes,
             hours: u32::try_from(hours).unwrap_or(0),
@@ -217,14 +217,16 @@ mod tests {
             "* * * * *",
             "*/5 0-6 1,15 JAN-jun mon-FRI",
             "@hourly",
-            "0 0 * * 7",
+            "0 0 * * 0",
             "30 2 * * ?",
+            "1/4294967295 * * * *",
         ] {
             assert!(Schedule::parse(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("* * * *", "expected exactly 5 fields"),
             ("61 * * * *", "out of range"),
+            ("0 0 * * 7", "out of range"),
             ("*/0 * * * *", "positive"),
             ("@fortnightly", "unrecognized descriptor"),
             ("a * * * *", "failed to parse int"),

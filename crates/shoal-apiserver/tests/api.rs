@@ -1291,13 +1291,21 @@ async fn namespace_deletion_waits_for_its_finalizers() {
         api.get("/api/v1/namespaces/demo").await.status,
         StatusCode::NOT_FOUND
     );
-    // Without finalizers, deletion is immediate.
+    // Every namespace gets the finalizer, even one created without; a finalize body without
+    // finalizers releases it (defaulting does not put `kubernetes` back).
     let bare = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bare"},
         "spec": {"finalizers": []}});
     let created = api.json(Method::POST, "/api/v1/namespaces", &bare).await;
     assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.json()["spec"]["finalizers"], json!(["kubernetes"]));
     let r = api
         .send(Method::DELETE, "/api/v1/namespaces/bare", &[], Vec::new())
+        .await;
+    assert_eq!(r.json()["status"]["phase"], "Terminating");
+    let mut released = api.get("/api/v1/namespaces/bare").await.json();
+    released["spec"] = json!({});
+    let r = api
+        .json(Method::PUT, "/api/v1/namespaces/bare/finalize", &released)
         .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(

@@ -144,13 +144,33 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> Result<Plan, String>
     {
         earliest = cutoff;
     }
+    out.requeue = schedule
+        .next_after(now, &tz)
+        .and_then(|next| Duration::try_from(next.duration_since(now)).ok());
+    if spec.suspend == Some(true) {
+        out.status = status;
+        return Ok(out);
+    }
     let mut most_recent = None;
     let mut missed = 0usize;
+    let mut first = None;
     let mut t = schedule.next_after(earliest, &tz);
     while let Some(at) = t.filter(|at| *at <= now) {
         most_recent = Some(at);
+        first.get_or_insert(at);
         missed += 1;
         t = schedule.next_after(at, &tz);
+        // Past 100 misses, jump to two average intervals before now and walk from there.
+        if missed.is_multiple_of(100)
+            && let Some(first) = first
+        {
+            let span = at.duration_since(first) / 99 * 2;
+            if let Ok(from) = now.checked_sub(span)
+                && from > at
+            {
+                t = schedule.next_after(from, &tz);
+            }
+        }
     }
     if missed > 100 {
         out.missed = Some((
@@ -158,16 +178,10 @@ pub fn plan(cj: &CronJob, jobs: &[&Job], now: Timestamp) -> Result<Plan, String>
             format!("too many missed start times: {missed}; only the most recent runs"),
         ));
     }
-    out.requeue = schedule
-        .next_after(now, &tz)
-        .and_then(|next| Duration::try_from(next.duration_since(now)).ok());
     out.status = status;
     let Some(at) = most_recent else {
         return Ok(out);
     };
-    if spec.suspend == Some(true) {
-        return Ok(out);
-    }
     if deadline.is_some_and(|d| now.duration_since(at) > d) {
         out.missed = Some((
             "MissSchedule".into(),

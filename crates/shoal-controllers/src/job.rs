@@ -45,6 +45,8 @@ pub const INDEX_KEY: &str = "batch.kubernetes.io/job-completion-index";
 const BACKOFF_BASE: Duration = Duration::from_secs(10);
 /// Longest such pause.
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
+/// At most this many pods are created in one pass (the ReplicaSet controller's burst).
+const BURST: usize = crate::replicaset::BURST_REPLICAS;
 /// Pod writes in flight at once within one reconcile.
 const PARALLEL_WRITES: usize = 32;
 
@@ -300,10 +302,23 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
     let completions = spec.completions;
     let parallelism = spec.parallelism.unwrap_or(1).max(0);
     let backoff_limit = spec.backoff_limit.unwrap_or(6);
-    let deadline = spec.active_deadline_seconds.and_then(|s| {
-        let start = status.start_time.as_ref()?.0;
-        Some(start + SignedDuration::from_secs(s))
-    });
+    let suspended = spec.suspend == Some(true);
+    if !suspended && has_condition(&status, "Suspended") {
+        // Resumed: the deadline's clock starts again.
+        set_condition(
+            &mut status,
+            condition("Suspended", "False", "JobResumed", "Job resumed", now),
+        );
+        status.start_time = Some(Time(now));
+    }
+    // A suspended Job's deadline does not run (its clock restarts on resume).
+    let deadline = spec
+        .active_deadline_seconds
+        .filter(|_| !suspended)
+        .and_then(|s| {
+            let start = status.start_time.as_ref()?.0;
+            Some(start + SignedDuration::from_secs(s))
+        });
     let failure = if failed_total > backoff_limit {
         Some((
             "BackoffLimitExceeded",
@@ -358,7 +373,7 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
         out.status = status;
         return out;
     }
-    if spec.suspend == Some(true) {
+    if suspended {
         out.delete = names(&active);
         set_condition(
             &mut status,
@@ -366,12 +381,6 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
         );
         out.status = status;
         return out;
-    }
-    if has_condition(&status, "Suspended") {
-        set_condition(
-            &mut status,
-            condition("Suspended", "False", "JobResumed", "Job resumed", now),
-        );
     }
     if status.start_time.is_none() {
         status.start_time = Some(Time(now));
@@ -388,11 +397,15 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
     let active_count = i32::try_from(active.len()).unwrap_or(i32::MAX);
     let wanted = if indexed {
         let running: BTreeSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
-        let pending: Vec<i32> = (0..completions.unwrap_or(0))
+        let room = usize::try_from((parallelism - active_count).max(0))
+            .unwrap_or(0)
+            .min(BURST);
+        // Lazily: only as far as the first `room` pending indexes.
+        out.create = (0..completions.unwrap_or(0))
             .filter(|i| !completed.contains(i) && !running.contains(i))
+            .take(room)
+            .map(Some)
             .collect();
-        let room = usize::try_from((parallelism - active_count).max(0)).unwrap_or(0);
-        out.create = pending.into_iter().take(room).map(Some).collect();
         active_count + i32::try_from(out.create.len()).unwrap_or(0)
     } else {
         let wanted = match completions {
@@ -400,7 +413,9 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
             None if succeeded_total > 0 => 0,
             None => parallelism,
         };
-        let missing = usize::try_from((wanted - active_count).max(0)).unwrap_or(0);
+        let missing = usize::try_from((wanted - active_count).max(0))
+            .unwrap_or(0)
+            .min(BURST);
         out.create = vec![None; missing];
         wanted
     };
@@ -820,6 +835,21 @@ mod tests {
             Some("DeadlineExceeded")
         );
         assert_eq!(p.delete, ["r"]);
+        // Suspended, the deadline does not run; resumed, its clock starts again.
+        let j = job(
+            json!({"completions": 1, "activeDeadlineSeconds": 60, "suspend": true}),
+            json!({"startTime": "2026-01-01T00:00:00Z"}),
+        );
+        let p = plan(&j, &[], now(), true);
+        assert!(p.finished.is_none() && has_condition(&p.status, "Suspended"));
+        let resumed = job(
+            json!({"completions": 1, "activeDeadlineSeconds": 60}),
+            serde_json::to_value(&p.status).expect("status"),
+        );
+        let p = plan(&resumed, &[], now(), true);
+        assert!(p.finished.is_none());
+        assert_eq!(p.status.start_time.map(|t| t.0), Some(now()));
+        assert_eq!(p.create, [None]);
     }
 
     #[test]

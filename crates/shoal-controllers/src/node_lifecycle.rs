@@ -232,11 +232,28 @@ pub fn next_taints(
         wanted.push((key, "NoExecute"));
     }
     let mut next: Vec<Taint> = current.iter().filter(|t| !managed(t)).cloned().collect();
+    // A readiness NoExecute taint replacing the other keeps its start: tolerations count
+    // from when the node first stopped being ready.
+    let no_execute_since = current
+        .iter()
+        .find(|t| t.effect == "NoExecute" && matches!(t.key.as_str(), NOT_READY | UNREACHABLE))
+        .and_then(|t| t.time_added.clone());
     for (key, effect) in &wanted {
         let kept = current
             .iter()
             .find(|t| t.key == *key && t.effect == *effect)
-            .cloned();
+            .cloned()
+            .or_else(|| {
+                let since = no_execute_since
+                    .clone()
+                    .filter(|_| *effect == "NoExecute")?;
+                Some(Taint {
+                    key: (*key).to_owned(),
+                    effect: (*effect).to_owned(),
+                    time_added: Some(since),
+                    value: None,
+                })
+            });
         next.push(kept.unwrap_or_else(|| Taint {
             key: (*key).to_owned(),
             effect: (*effect).to_owned(),
@@ -515,7 +532,8 @@ impl State {
                 if limiter.try_take(Instant::now()) {
                     next
                 } else {
-                    waiting = true;
+                    // A zone whose rate is 0 waits for its state to change, not for a token.
+                    waiting |= limiter.rate > 0.0;
                     match next_taints(node, readiness, false, self.disrupted, now) {
                         Some(next) => next,
                         None => continue,
@@ -733,9 +751,16 @@ mod tests {
             ]
         );
         assert!(!adds_no_execute(&n, &held));
-        // Unreachable -> NotReady swaps without a token and keeps no stale taint.
+        // Unreachable -> NotReady swaps without a token, keeps no stale taint, and keeps the
+        // NoExecute start so tolerations do not start over.
         n.spec.as_mut().expect("spec").taints = Some(next);
-        let swapped = next_taints(&n, Readiness::NotReady, false, false, now).expect("taints");
+        let later = ts("2026-01-01T00:03:00Z");
+        let swapped = next_taints(&n, Readiness::NotReady, false, false, later).expect("taints");
+        let since = swapped
+            .iter()
+            .find(|t| t.effect == "NoExecute")
+            .and_then(|t| t.time_added.clone());
+        assert_eq!(since.map(|t| t.0), Some(now));
         assert_eq!(
             keys(&swapped),
             [

@@ -1047,6 +1047,17 @@ async fn missed_cron_runs_are_handled_per_starting_deadline() -> anyhow::Result<
         }
         other => bail!("invalid time zone accepted: {other:?}"),
     }
+    let mut long = bad.clone();
+    long.metadata.name = Some("n".repeat(53));
+    if let Some(spec) = long.spec.as_mut() {
+        spec.time_zone = None;
+    }
+    match cronjobs.create(&PostParams::default(), &long).await {
+        Err(kube::Error::Api(s)) if s.code == 422 => {
+            assert!(s.message.contains("metadata.name"), "{}", s.message);
+        }
+        other => bail!("a name its Jobs cannot carry was accepted: {other:?}"),
+    }
 
     let controllers = spawn_controllers(&client, &shutdown);
     let jobs: Api<Job> = Api::namespaced(client.clone(), "default");

@@ -272,10 +272,9 @@ pub(super) fn merge_update(
                 .map(|map| map.entry("spec").or_insert_with(|| json!({})))
                 .and_then(Value::as_object_mut);
             if let Some(spec) = spec {
-                match finalizers {
-                    Some(f) => spec.insert("finalizers".into(), f),
-                    None => spec.remove("finalizers"),
-                };
+                // Absent or null means none left (defaulting must not put `kubernetes` back).
+                let finalizers = finalizers.filter(|f| !f.is_null()).unwrap_or(json!([]));
+                spec.insert("finalizers".into(), finalizers);
             }
             out
         }

@@ -57,6 +57,16 @@ impl Strategy for CronJob {
     }
 
     fn validate(&self, obj: &Value, errs: &mut Vec<FieldError>) {
+        // Its Jobs are named `<name>-<minutes>` and labelled with that name (63 at most).
+        if let Some(name) = crate::meta::name(obj)
+            && name.len() > 52
+        {
+            errs.push(FieldError::invalid(
+                "metadata.name",
+                &json!(name),
+                "must be no more than 52 characters",
+            ));
+        }
         let spec = obj.get("spec").unwrap_or(&Value::Null);
         match spec.get("schedule").and_then(Value::as_str) {
             None | Some("") => errs.push(FieldError::required("spec.schedule", "")),

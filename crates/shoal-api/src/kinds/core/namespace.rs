@@ -53,8 +53,25 @@ impl Strategy for Namespace {
         }
     }
 
+    /// As upstream: every new Namespace holds the `kubernetes` finalizer, so its content
+    /// is always removed before it goes.
     fn prepare_for_create(&self, obj: &mut Map<String, Value>, _: &Requester) {
         obj.insert("status".into(), json!({"phase": "Active"}));
+        let spec = obj.entry("spec").or_insert_with(|| json!({}));
+        if !spec.is_object() {
+            *spec = json!({});
+        }
+        if let Some(spec) = spec.as_object_mut() {
+            let finalizers = spec.entry("finalizers").or_insert_with(|| json!([]));
+            if !finalizers.is_array() {
+                *finalizers = json!([]);
+            }
+            if let Some(list) = finalizers.as_array_mut()
+                && !list.iter().any(|f| f == "kubernetes")
+            {
+                list.push(json!("kubernetes"));
+            }
+        }
     }
 
     fn validate_update(&self, obj: &Value, old: &Value, errs: &mut Vec<FieldError>) {
