@@ -167,6 +167,23 @@ pub fn conditions(remaining: &Remaining, now: Timestamp) -> serde_json::Value {
     json!([content, failure])
 }
 
+/// Whether the namespace already carries `wanted` (type, status, reason and message).
+fn reported(namespace: &Namespace, wanted: &serde_json::Value) -> bool {
+    let current = namespace
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_deref())
+        .unwrap_or_default();
+    wanted.as_array().into_iter().flatten().all(|want| {
+        current.iter().any(|c| {
+            want["type"] == c.type_.as_str()
+                && want["status"] == c.status.as_str()
+                && want["reason"].as_str() == c.reason.as_deref()
+                && want["message"].as_str() == c.message.as_deref()
+        })
+    })
+}
+
 fn resource_name(resource: &ApiResource) -> String {
     if resource.group.is_empty() {
         resource.plural.clone()
@@ -238,12 +255,16 @@ pub async fn reconcile(namespace: Arc<Namespace>, ctx: Arc<Context>) -> Result<A
     remaining.objects.sort();
     let api: Api<Namespace> = Api::all(ctx.client.clone());
     if !remaining.objects.is_empty() || !remaining.failures.is_empty() {
-        let patch = json!({"status": {"conditions": conditions(&remaining, Timestamp::now())}});
-        if let Err(error) = api
-            .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
-            .await
-        {
-            debug!(namespace = %name, %error, "cannot report remaining content");
+        let wanted = conditions(&remaining, Timestamp::now());
+        // Written only when they say something new (their transition time stays put).
+        if !reported(&namespace, &wanted) {
+            let patch = json!({"status": {"conditions": wanted}});
+            if let Err(error) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(&patch))
+                .await
+            {
+                debug!(namespace = %name, %error, "cannot report remaining content");
+            }
         }
         return Ok(Action::requeue(RECHECK));
     }
@@ -299,5 +320,14 @@ mod tests {
         let done = conditions(&Remaining::default(), now);
         assert_eq!(done[0]["status"], "False");
         assert_eq!(done[1]["status"], "False");
+        // Once reported, the same conditions are not written again.
+        let mut ns = Namespace::default();
+        assert!(!reported(&ns, &c));
+        ns.status = Some(serde_json::from_value(json!({"conditions": c})).expect("status"));
+        assert!(reported(
+            &ns,
+            &conditions(&left, "2026-01-01T00:01:00Z".parse().expect("time"))
+        ));
+        assert!(!reported(&ns, &done));
     }
 }
