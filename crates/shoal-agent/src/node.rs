@@ -90,8 +90,9 @@ impl SystemInfo {
     }
 }
 
-/// The labels the node registers with: the configured ones plus hostname, os, arch and
-/// `shoal.dev/wasm`.
+/// The labels the node registers with: the configured ones plus hostname, os, arch,
+/// `shoal.dev/wasm`, and `runtime.shoal.dev/HANDLER=true` for each runtime handler it offers
+/// (what RuntimeClasses' `scheduling.nodeSelector` and the scheduler read).
 pub(crate) fn node_labels(facts: &NodeFacts) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::from([
         ("kubernetes.io/hostname".to_owned(), facts.name.clone()),
@@ -104,6 +105,9 @@ pub(crate) fn node_labels(facts: &NodeFacts) -> BTreeMap<String, String> {
         ),
         ("shoal.dev/wasm".to_owned(), "true".to_owned()),
     ]);
+    for handler in &facts.handlers {
+        labels.insert(format!("runtime.shoal.dev/{handler}"), "true".to_owned());
+    }
     labels.extend(facts.labels.clone());
     labels
 }
@@ -355,7 +359,7 @@ mod tests {
         expect![[r#"[{"name":"wasmtime"}]"#]].assert_eq(&json["runtimeHandlers"].to_string());
         assert_eq!(json["nodeInfo"]["kubeletVersion"], KUBELET_VERSION);
         assert_eq!(json["nodeInfo"]["containerRuntimeVersion"], RUNTIME_VERSION);
-        expect![[r#"{"beta.kubernetes.io/arch":"amd64","beta.kubernetes.io/os":"linux","kubernetes.io/arch":"amd64","kubernetes.io/hostname":"n1","kubernetes.io/os":"linux","shoal.dev/wasm":"true","zone":"a"}"#]]
+        expect![[r#"{"beta.kubernetes.io/arch":"amd64","beta.kubernetes.io/os":"linux","kubernetes.io/arch":"amd64","kubernetes.io/hostname":"n1","kubernetes.io/os":"linux","runtime.shoal.dev/wasmtime":"true","shoal.dev/wasm":"true","zone":"a"}"#]]
             .assert_eq(&serde_json::to_string(&node_labels(&facts)).expect("json"));
     }
 

@@ -9,6 +9,7 @@
 //! their custom resources served beside the built-in kinds (`crd.rs`, `served.rs`). Admission beyond defaulting and validation
 //! (quotas, limit ranges) is not done here.
 
+mod admission;
 mod auth;
 mod cache;
 mod crd;
@@ -343,8 +344,40 @@ pub const SYSTEM_PRIORITY_CLASSES: [(&str, i64, &str); 2] = [
     ),
 ];
 
-/// Creates the initial namespaces and system priority classes that do not exist yet.
+async fn create_if_absent(
+    store: &Store,
+    key: &str,
+    obj: &serde_json::Value,
+) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(obj).unwrap_or_default();
+    match store.create(key, bytes).await {
+        Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The RuntimeClasses every cluster has: name (= handler). A node offers a handler with the
+/// `runtime.shoal.dev/HANDLER=true` label, which each class's `scheduling.nodeSelector` asks for.
+pub const DEFAULT_RUNTIME_CLASSES: [&str; 2] = ["wasmtime", "runc"];
+
+/// Creates the initial namespaces, system priority classes and runtime classes that do not
+/// exist yet.
 pub async fn bootstrap(store: &Store) -> Result<(), StoreError> {
+    for handler in DEFAULT_RUNTIME_CLASSES {
+        let key = api::kinds::node::runtimeclass::RUNTIME_CLASS.storage_key(None, handler);
+        let obj = json!({
+            "kind": "RuntimeClass",
+            "apiVersion": "node.k8s.io/v1",
+            "metadata": {
+                "name": handler,
+                "uid": uuid::Uuid::new_v4().to_string(),
+                "creationTimestamp": object::now_rfc3339(),
+            },
+            "handler": handler,
+            "scheduling": {"nodeSelector": {format!("runtime.shoal.dev/{handler}"): "true"}},
+        });
+        create_if_absent(store, &key, &obj).await?;
+    }
     for (name, value, description) in SYSTEM_PRIORITY_CLASSES {
         let key = api::kinds::scheduling::PRIORITY_CLASS.storage_key(None, name);
         let obj = json!({
@@ -359,11 +392,7 @@ pub async fn bootstrap(store: &Store) -> Result<(), StoreError> {
             "description": description,
             "preemptionPolicy": "PreemptLowerPriority",
         });
-        let bytes = serde_json::to_vec(&obj).unwrap_or_default();
-        match store.create(&key, bytes).await {
-            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
-        }
+        create_if_absent(store, &key, &obj).await?;
     }
     for ns in INITIAL_NAMESPACES {
         let key = api::kinds::core::namespace::NAMESPACE.storage_key(None, ns);
@@ -379,11 +408,7 @@ pub async fn bootstrap(store: &Store) -> Result<(), StoreError> {
             "spec": {"finalizers": ["kubernetes"]},
             "status": {"phase": "Active"},
         });
-        let bytes = serde_json::to_vec(&obj).unwrap_or_default();
-        match store.create(&key, bytes).await {
-            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
-            Err(e) => return Err(e),
-        }
+        create_if_absent(store, &key, &obj).await?;
     }
     Ok(())
 }

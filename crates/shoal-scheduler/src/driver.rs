@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use serde_json::{Value, json};
@@ -21,8 +23,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::framework::{Framework, Sampling};
+use crate::preemption::{Preemption, preempt};
 use crate::queue::Queue;
-use crate::schedule::{Sampling, schedule_sampled};
 use crate::snapshot::{Snapshot, bound_node, is_terminated, pod_key};
 use crate::{Config, DEFAULT_SCHEDULER_NAME, Error};
 
@@ -39,6 +42,56 @@ enum Outcome {
         key: String,
         result: Result<(), kube::Error>,
     },
+    Preempted {
+        victim: String,
+        result: Result<(), kube::Error>,
+    },
+}
+
+/// What a watcher event means for a kind the snapshot mirrors whole.
+enum Change<K> {
+    /// A (re)list completed: these are all the objects.
+    Replace(Vec<K>),
+    /// One object was added or changed.
+    Apply(K),
+    /// One object was deleted.
+    Delete(K),
+}
+
+/// Buffers a watcher's (re)list until it completes.
+struct Relist<K> {
+    buffer: Vec<K>,
+    synced: bool,
+}
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Relist {
+            buffer: Vec::new(),
+            synced: false,
+        }
+    }
+}
+
+impl<K> Relist<K> {
+    fn step(&mut self, event: Event<K>) -> Option<Change<K>> {
+        match event {
+            Event::Init => {
+                self.buffer.clear();
+                None
+            }
+            Event::InitApply(obj) => {
+                self.buffer.push(obj);
+                None
+            }
+            Event::InitDone => {
+                self.synced = true;
+                Some(Change::Replace(std::mem::take(&mut self.buffer)))
+            }
+            Event::Apply(obj) => Some(Change::Apply(obj)),
+            Event::Delete(obj) => Some(Change::Delete(obj)),
+        }
+    }
 }
 
 struct Scheduler {
@@ -46,10 +99,12 @@ struct Scheduler {
     client: kube::Client,
     snapshot: Snapshot,
     queue: Queue,
-    nodes_synced: bool,
+    framework: Framework,
     pods_synced: bool,
-    node_buffer: Vec<Node>,
     pod_buffer: Vec<Pod>,
+    nodes: Relist<Node>,
+    classes: Relist<RuntimeClass>,
+    pdbs: Relist<PodDisruptionBudget>,
     /// Where the next sampled decision starts (rotates through large clusters).
     next_start: Option<String>,
     /// The pod each running binding task binds, so a panicked task still releases it.
@@ -67,8 +122,20 @@ pub async fn run(
         watcher(Api::<Node>::all(client.clone()), watcher::Config::default()).default_backoff();
     let pods =
         watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let classes = watcher(
+        Api::<RuntimeClass>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let pdbs = watcher(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
     let mut nodes = std::pin::pin!(nodes);
     let mut pods = std::pin::pin!(pods);
+    let mut classes = std::pin::pin!(classes);
+    let mut pdbs = std::pin::pin!(pdbs);
     let events = if config.record_events {
         let source = shoal_events::Source {
             component: config.scheduler_name.clone(),
@@ -85,17 +152,19 @@ pub async fn run(
         client,
         snapshot: Snapshot::new(),
         queue: Queue::new(),
-        nodes_synced: false,
+        framework: Framework::new(&config.profile),
         pods_synced: false,
-        node_buffer: Vec::new(),
         pod_buffer: Vec::new(),
+        nodes: Relist::default(),
+        classes: Relist::default(),
+        pdbs: Relist::default(),
         next_start: None,
         binding_tasks: HashMap::new(),
     };
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     info!(scheduler = %scheduler.name, "scheduler starting");
     loop {
-        if scheduler.nodes_synced && scheduler.pods_synced {
+        if scheduler.synced() {
             while tasks.len() < MAX_IN_FLIGHT && scheduler.schedule_next(&mut tasks) {}
         }
         let wakeup = scheduler.queue.next_wakeup();
@@ -111,6 +180,16 @@ pub async fn run(
                 Some(Ok(event)) => scheduler.on_pod_event(event),
                 Some(Err(error)) => warn!(%error, "pod watch failed"),
                 None => return Err(Error::WatchEnded("pods")),
+            },
+            event = classes.next() => match event {
+                Some(Ok(event)) => scheduler.on_class_event(event),
+                Some(Err(error)) => warn!(%error, "runtimeclass watch failed"),
+                None => return Err(Error::WatchEnded("runtimeclasses")),
+            },
+            event = pdbs.next() => match event {
+                Some(Ok(event)) => scheduler.on_pdb_event(event),
+                Some(Err(error)) => warn!(%error, "poddisruptionbudget watch failed"),
+                None => return Err(Error::WatchEnded("poddisruptionbudgets")),
             },
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => match done {
                 Ok((id, outcome)) => {
@@ -134,6 +213,55 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl Scheduler {
+    fn synced(&self) -> bool {
+        self.nodes.synced && self.pods_synced && self.classes.synced && self.pdbs.synced
+    }
+
+    fn on_class_event(&mut self, event: Event<RuntimeClass>) {
+        match self.classes.step(event) {
+            Some(Change::Replace(classes)) => {
+                for name in self.snapshot.runtime_class_names() {
+                    self.snapshot.remove_runtime_class(&name);
+                }
+                for class in &classes {
+                    self.snapshot.upsert_runtime_class(class);
+                }
+            }
+            Some(Change::Apply(class)) => self.snapshot.upsert_runtime_class(&class),
+            Some(Change::Delete(class)) => {
+                if let Some(name) = class.metadata.name.as_deref() {
+                    self.snapshot.remove_runtime_class(name);
+                }
+                return;
+            }
+            None => return,
+        }
+        self.queue.request_flush();
+    }
+
+    fn on_pdb_event(&mut self, event: Event<PodDisruptionBudget>) {
+        let key = |pdb: &PodDisruptionBudget| {
+            format!(
+                "{}/{}",
+                pdb.metadata.namespace.as_deref().unwrap_or_default(),
+                pdb.metadata.name.as_deref().unwrap_or_default()
+            )
+        };
+        match self.pdbs.step(event) {
+            Some(Change::Replace(pdbs)) => {
+                for key in self.snapshot.pdb_keys() {
+                    self.snapshot.remove_pdb(&key);
+                }
+                for pdb in &pdbs {
+                    self.snapshot.upsert_pdb(pdb);
+                }
+            }
+            Some(Change::Apply(pdb)) => self.snapshot.upsert_pdb(&pdb),
+            Some(Change::Delete(pdb)) => self.snapshot.remove_pdb(&key(&pdb)),
+            None => {}
+        }
+    }
+
     fn is_ours(&self, pod: &Pod) -> bool {
         let Some(spec) = pod.spec.as_ref() else {
             return false;
@@ -150,36 +278,31 @@ impl Scheduler {
     }
 
     fn on_node_event(&mut self, event: Event<Node>) {
-        match event {
-            Event::Init => self.node_buffer.clear(),
-            Event::InitApply(node) => self.node_buffer.push(node),
-            Event::InitDone => {
-                let listed: HashSet<String> = self
-                    .node_buffer
+        match self.nodes.step(event) {
+            Some(Change::Replace(nodes)) => {
+                let listed: HashSet<&str> = nodes
                     .iter()
-                    .filter_map(|n| n.metadata.name.clone())
+                    .filter_map(|n| n.metadata.name.as_deref())
                     .collect();
                 for name in self.snapshot.node_names() {
-                    if !listed.contains(&name) {
+                    if !listed.contains(name.as_str()) {
                         self.snapshot.remove_node(&name);
                     }
                 }
-                for node in std::mem::take(&mut self.node_buffer) {
-                    self.snapshot.upsert_node(&node);
+                for node in &nodes {
+                    self.snapshot.upsert_node(node);
                 }
-                self.nodes_synced = true;
-                self.queue.request_flush();
             }
-            Event::Apply(node) => {
-                self.snapshot.upsert_node(&node);
-                self.queue.request_flush();
-            }
-            Event::Delete(node) => {
+            Some(Change::Apply(node)) => self.snapshot.upsert_node(&node),
+            Some(Change::Delete(node)) => {
                 if let Some(name) = node.metadata.name.as_deref() {
                     self.snapshot.remove_node(name);
                 }
+                return;
             }
+            None => return,
         }
+        self.queue.request_flush();
     }
 
     fn on_pod_event(&mut self, event: Event<Pod>) {
@@ -245,7 +368,7 @@ impl Scheduler {
             return false;
         };
         let sampling = Sampling::adaptive(self.snapshot.node_count(), self.next_start.take());
-        match schedule_sampled(&self.snapshot, &pod, &sampling) {
+        match self.framework.schedule(&self.snapshot, &pod, &sampling) {
             Ok(placement) => {
                 self.next_start = placement.last_examined;
                 let node = placement.node;
@@ -270,8 +393,12 @@ impl Scheduler {
                 });
                 self.binding_tasks.insert(handle.id(), key);
             }
-            Err(fit) => {
+            Err(mut fit) => {
                 self.next_start = sampling.start_after;
+                match preempt(&self.framework, &self.snapshot, &pod, &fit) {
+                    Ok(preemption) => self.start_preemption(&pod, preemption, tasks),
+                    Err(message) => fit.post_filter_message = Some(message),
+                }
                 let message = fit.to_string();
                 debug!(pod = %key, %message, "pod is unschedulable");
                 self.events.warning(
@@ -297,6 +424,65 @@ impl Scheduler {
             }
         }
         true
+    }
+
+    /// Nominates `pod` to the chosen node and deletes the victims (each first marked with a
+    /// `DisruptionTarget` condition and given a `Preempted` Event), and withdraws the
+    /// nominations of lower-priority pods on that node.
+    fn start_preemption(
+        &mut self,
+        pod: &Arc<Pod>,
+        preemption: Preemption,
+        tasks: &mut JoinSet<Outcome>,
+    ) {
+        let key = pod_key(pod);
+        let node = preemption.node;
+        info!(pod = %key, %node, victims = preemption.victims.len(), "preempting");
+        self.snapshot.nominate(pod, &node);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        for victim in preemption.victims {
+            let client = self.client.clone();
+            let events = self.events.clone();
+            let message = format!("Preempted by pod {uid} on node {node}");
+            tasks.spawn(async move {
+                let result = evict(client, &victim, &message).await;
+                if result.is_ok() {
+                    let reference = ObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        namespace: Some(victim.namespace.clone()),
+                        name: victim.key.rsplit('/').next().map(str::to_owned),
+                        uid: Some(victim.uid.clone()),
+                        ..ObjectReference::default()
+                    };
+                    events.normal(&reference, "Preempted", message);
+                }
+                Outcome::Preempted {
+                    victim: victim.key.clone(),
+                    result,
+                }
+            });
+        }
+        let mut nominations = vec![(key.clone(), Some(node.clone()))];
+        for other in preemption.lower_nominated {
+            self.snapshot.clear_nomination(&other);
+            nominations.push((other, None));
+        }
+        for (key, node) in nominations {
+            let Some((namespace, name)) = key.split_once('/') else {
+                continue;
+            };
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+            let name = name.to_owned();
+            let patch = json!({"status": {"nominatedNodeName": node}});
+            tasks.spawn(async move {
+                let result = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(drop);
+                Outcome::StatusPatched { key, result }
+            });
+        }
     }
 
     /// A binding or status task panicked: a binding's pod loses its assumption and retries.
@@ -336,6 +522,15 @@ impl Scheduler {
                 }
             }
             Outcome::StatusPatched { result: Ok(()), .. } => {}
+            Outcome::Preempted { result: Ok(()), .. } => {}
+            Outcome::Preempted {
+                victim,
+                result: Err(error),
+            } => {
+                if !is_status(&error, 404) {
+                    warn!(pod = %victim, %error, "could not delete preemption victim");
+                }
+            }
             Outcome::StatusPatched {
                 key,
                 result: Err(error),
@@ -350,6 +545,35 @@ impl Scheduler {
 
 fn is_status(error: &kube::Error, code: u16) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == code)
+}
+
+/// Marks a victim with `DisruptionTarget` (reason `PreemptionByScheduler`) and deletes it
+/// with its own grace period.
+async fn evict(
+    client: kube::Client,
+    victim: &crate::snapshot::PodInfo,
+    message: &str,
+) -> Result<(), kube::Error> {
+    let name = victim.key.rsplit('/').next().unwrap_or_default();
+    let api: Api<Pod> = Api::namespaced(client, &victim.namespace);
+    let condition = json!({"status": {"conditions": [{
+        "type": "DisruptionTarget",
+        "status": "True",
+        "reason": "PreemptionByScheduler",
+        "message": message,
+        "lastTransitionTime": now(),
+    }]}});
+    // A strategic merge keys conditions by type, keeping the others.
+    api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&condition))
+        .await?;
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: Some(victim.uid.clone()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    api.delete(name, &params).await.map(drop)
 }
 
 async fn bind(client: kube::Client, pod: &Pod, node: &str) -> Result<(), kube::Error> {
@@ -467,10 +691,21 @@ mod tests {
             client,
             snapshot: Snapshot::new(),
             queue: Queue::new(),
-            nodes_synced: true,
+            framework: Framework::default(),
             pods_synced: true,
-            node_buffer: Vec::new(),
             pod_buffer: Vec::new(),
+            nodes: Relist {
+                synced: true,
+                ..Relist::default()
+            },
+            classes: Relist {
+                synced: true,
+                ..Relist::default()
+            },
+            pdbs: Relist {
+                synced: true,
+                ..Relist::default()
+            },
             next_start: None,
             binding_tasks: HashMap::new(),
             events: shoal_events::Recorder::disabled(),

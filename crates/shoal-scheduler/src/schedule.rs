@@ -1,99 +1,18 @@
-//! The scheduling decision: filter the snapshot's nodes for a pod, then pick the least
-//! allocated one.
-//!
-//! Pure and synchronous: no IO, no clock, no randomness. Ties go to the node whose name
-//! sorts first, so the same snapshot and pod always give the same answer. Filters, in
-//! Kubernetes' order: node readiness, `spec.unschedulable`, taints, `nodeSelector` and
-//! required node affinity, resources. Preemption, pod affinity, topology spread and host
-//! ports are not implemented.
-
-use std::collections::BTreeMap;
-use std::fmt;
-
-use k8s_openapi::api::core::v1::{
-    NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSpec, Taint, Toleration,
-};
+//! The scheduling decision with the default profile: [`schedule`] and [`schedule_sampled`]
+//! run [`Framework::default`] (see `framework.rs` for the cycle and `plugins/` for the
+//! policy). The tests here are tables of nodes and pods through the whole default profile.
 
 pub use shoal_api::taints::tolerates;
 
-use crate::snapshot::{NodeEntry, NodeInfo, Resources, Snapshot, pod_requests};
+use crate::framework::Framework;
+pub use crate::framework::{FitError, Placement, Sampling};
+use crate::snapshot::Snapshot;
+use k8s_openapi::api::core::v1::Pod;
 
-/// No node can take the pod. The Display form is the Kubernetes message written to the
-/// pod's `PodScheduled` condition.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FitError {
-    /// Nodes considered.
-    pub num_nodes: usize,
-    /// Why nodes were rejected, with how many nodes gave each reason (a node can give
-    /// several resource reasons).
-    pub reasons: BTreeMap<String, usize>,
-}
-
-impl fmt::Display for FitError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.num_nodes == 0 {
-            return f.write_str("0/0 nodes are available: no nodes available to schedule pods.");
-        }
-        let mut parts: Vec<String> = self
-            .reasons
-            .iter()
-            .map(|(reason, count)| format!("{count} {reason}"))
-            .collect();
-        parts.sort();
-        write!(
-            f,
-            "0/{} nodes are available: {}.",
-            self.num_nodes,
-            parts.join(", ")
-        )
-    }
-}
-
-impl std::error::Error for FitError {}
-
-const NOT_READY: &str = "node(s) were not ready";
-const UNSCHEDULABLE: &str = "node(s) were unschedulable";
-const SELECTOR_MISMATCH: &str = "node(s) didn't match Pod's node affinity/selector";
-
-/// Chooses a node for `pod` among all nodes. A pod whose `spec.nodeName` is already set is
-/// returned as is.
+/// Chooses a node for `pod` among all nodes with the default profile. A pod whose
+/// `spec.nodeName` is already set is returned as is.
 pub fn schedule(snapshot: &Snapshot, pod: &Pod) -> Result<String, FitError> {
     schedule_sampled(snapshot, pod, &Sampling::default()).map(|d| d.node)
-}
-
-/// How much of the cluster one decision examines, as Kubernetes'
-/// `percentageOfNodesToScore`: start after a node name (rotating through the cluster) and
-/// stop once enough feasible nodes were found. The default examines every node.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Sampling {
-    /// Start with the first node whose name sorts after this one (wrapping around).
-    pub start_after: Option<String>,
-    /// Stop after this many feasible nodes.
-    pub max_feasible: Option<usize>,
-}
-
-impl Sampling {
-    /// Kubernetes' adaptive number of feasible nodes to find in a cluster of `nodes`:
-    /// all below 100 nodes, otherwise `50 - nodes/125` percent (at least 5 %, at least 100).
-    pub fn adaptive(nodes: usize, start_after: Option<String>) -> Self {
-        let max_feasible = (nodes >= 100).then(|| {
-            let percentage = 50usize.saturating_sub(nodes / 125).max(5);
-            (nodes * percentage / 100).max(100)
-        });
-        Sampling {
-            start_after,
-            max_feasible,
-        }
-    }
-}
-
-/// A placement and where the scan stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Placement {
-    /// The chosen node.
-    pub node: String,
-    /// The last node examined: where the next sampled decision should start after.
-    pub last_examined: Option<String>,
 }
 
 /// [`schedule`] examining only part of the cluster (see [`Sampling`]). When no node fits,
@@ -103,206 +22,17 @@ pub fn schedule_sampled(
     pod: &Pod,
     sampling: &Sampling,
 ) -> Result<Placement, FitError> {
-    let empty = PodSpec::default();
-    let spec = pod.spec.as_ref().unwrap_or(&empty);
-    if let Some(node) = spec.node_name.as_deref().filter(|n| !n.is_empty()) {
-        return Ok(Placement {
-            node: node.to_owned(),
-            last_examined: sampling.start_after.clone(),
-        });
-    }
-    let wanted = pod_requests(spec);
-    let tolerations = spec.tolerations.as_deref().unwrap_or_default();
-    let mut num_nodes = 0;
-    let mut feasible = 0;
-    let mut last_examined = None;
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut best: Option<(u64, &str)> = None;
-    for (name, entry) in snapshot.nodes_after(sampling.start_after.as_deref()) {
-        let Some(info) = &entry.info else {
-            continue;
-        };
-        if sampling.max_feasible.is_some_and(|max| feasible >= max) {
-            break;
-        }
-        num_nodes += 1;
-        last_examined = Some(name);
-        let mut reject = |reason: &str| match reasons.get_mut(reason) {
-            Some(count) => *count += 1,
-            None => {
-                reasons.insert(reason.to_owned(), 1);
-            }
-        };
-        if !info.ready {
-            reject(NOT_READY);
-            continue;
-        }
-        if info.unschedulable && !tolerates_unschedulable(tolerations) {
-            reject(UNSCHEDULABLE);
-            continue;
-        }
-        if let Some(taint) = info
-            .taints
-            .iter()
-            .find(|taint| !tolerations.iter().any(|t| tolerates(t, taint)))
-        {
-            reject(&format!(
-                "node(s) had untolerated taint {{{}: {}}}",
-                taint.key,
-                taint.value.as_deref().unwrap_or_default()
-            ));
-            continue;
-        }
-        if !matches_node_selector(spec, name, info) {
-            reject(SELECTOR_MISMATCH);
-            continue;
-        }
-        if !fits(&wanted.requests, entry, info, &mut reject) {
-            continue;
-        }
-        feasible += 1;
-        let score = least_allocated(&wanted.scoring, entry, info);
-        // Equal scores go to the name that sorts first, wherever the scan started.
-        if best.is_none_or(|(s, n)| score > s || (score == s && name < n)) {
-            best = Some((score, name));
-        }
-    }
-    match best {
-        Some((_, name)) => Ok(Placement {
-            node: name.to_owned(),
-            last_examined: last_examined.map(str::to_owned),
-        }),
-        None => Err(FitError { num_nodes, reasons }),
-    }
+    DEFAULT.with(|framework| framework.schedule(snapshot, pod, sampling))
 }
 
-fn tolerates_unschedulable(tolerations: &[Toleration]) -> bool {
-    let taint = Taint {
-        key: shoal_api::taints::UNSCHEDULABLE.into(),
-        effect: "NoSchedule".into(),
-        ..Taint::default()
-    };
-    tolerations.iter().any(|t| tolerates(t, &taint))
-}
-
-fn matches_node_selector(spec: &PodSpec, node_name: &str, info: &NodeInfo) -> bool {
-    if let Some(selector) = &spec.node_selector
-        && !selector
-            .iter()
-            .all(|(k, v)| info.labels.get(k).is_some_and(|have| have == v))
-    {
-        return false;
-    }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    match required {
-        None => true,
-        Some(selector) => selector
-            .node_selector_terms
-            .iter()
-            .any(|term| matches_term(term, node_name, info)),
-    }
-}
-
-fn matches_term(term: &NodeSelectorTerm, node_name: &str, info: &NodeInfo) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| matches_requirement(r, info.labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            let value = (r.key == "metadata.name").then_some(node_name);
-            matches_requirement(r, value)
-        })
-}
-
-fn matches_requirement(requirement: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = requirement.values.as_deref().unwrap_or_default();
-    let number = |v: &str| v.parse::<i64>().ok();
-    match requirement.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|w| w == v)),
-        "NotIn" => !value.is_some_and(|v| values.iter().any(|w| w == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(bound)) = (
-                value.and_then(number),
-                values.first().and_then(|v| number(v)),
-            ) else {
-                return false;
-            };
-            if requirement.operator == "Gt" {
-                have > bound
-            } else {
-                have < bound
-            }
-        }
-        _ => false,
-    }
-}
-
-fn fits(
-    wanted: &Resources,
-    entry: &NodeEntry,
-    info: &NodeInfo,
-    reject: &mut impl FnMut(&str),
-) -> bool {
-    let free = |allocatable: i64, requested: i64| allocatable.saturating_sub(requested);
-    let mut ok = true;
-    if wanted.pods > free(info.allocatable.pods, entry.requested.pods) {
-        reject("Too many pods");
-        ok = false;
-    }
-    if wanted.cpu_millis > 0
-        && wanted.cpu_millis > free(info.allocatable.cpu_millis, entry.requested.cpu_millis)
-    {
-        reject("Insufficient cpu");
-        ok = false;
-    }
-    if wanted.memory_bytes > 0
-        && wanted.memory_bytes > free(info.allocatable.memory_bytes, entry.requested.memory_bytes)
-    {
-        reject("Insufficient memory");
-        ok = false;
-    }
-    ok
-}
-
-/// Score in millionths: the mean of the free CPU and memory fractions after placing.
-fn least_allocated(wanted: &Resources, entry: &NodeEntry, info: &NodeInfo) -> u64 {
-    let fraction = |capacity: i64, used: i64| -> u64 {
-        if capacity <= 0 || used >= capacity {
-            return 0;
-        }
-        let free = i128::from(capacity - used);
-        u64::try_from(free * 1_000_000 / i128::from(capacity)).unwrap_or(0)
-    };
-    let cpu = fraction(
-        info.allocatable.cpu_millis,
-        entry.scoring.cpu_millis.saturating_add(wanted.cpu_millis),
-    );
-    let memory = fraction(
-        info.allocatable.memory_bytes,
-        entry
-            .scoring
-            .memory_bytes
-            .saturating_add(wanted.memory_bytes),
-    );
-    (cpu + memory) / 2
+thread_local! {
+    static DEFAULT: Framework = Framework::default();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framework::Framework;
     use expect_test::{Expect, expect};
     use k8s_openapi::api::core::v1::Node;
     use serde_json::{Value, json};
@@ -768,5 +498,533 @@ mod tests {
             (placed.node.as_str(), placed.last_examined.as_deref()),
             ("a", Some("b"))
         );
+    }
+
+    fn snapshot_of(nodes: &[Node], bound_pods: &[Pod]) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        for n in nodes {
+            snapshot.upsert_node(n);
+        }
+        for p in bound_pods {
+            snapshot.upsert_pod(p);
+        }
+        snapshot
+    }
+
+    fn labelled(name: &str, labels: Value, extra: Value) -> Pod {
+        let mut p = pod(name, extra);
+        p.metadata.labels = serde_json::from_value(labels).ok();
+        p
+    }
+
+    fn zoned(name: &str, zone: &str) -> Node {
+        node(
+            name,
+            "4",
+            "8Gi",
+            json!({"metadata": {"labels": {"zone": zone}}}),
+        )
+    }
+
+    #[test]
+    fn host_ports_conflict_on_protocol_port_and_address() {
+        let with_port = |name: &str, port: Value| {
+            pod(
+                name,
+                json!({"spec": {"containers": [{"name": "c", "image": "i", "ports": [port]}]}}),
+            )
+        };
+        let nodes = [
+            node("a", "2", "4Gi", json!({})),
+            node("b", "2", "4Gi", json!({})),
+        ];
+        let taken = [bound(
+            with_port("old", json!({"containerPort": 80, "hostPort": 8080})),
+            "a",
+        )];
+        check(
+            &nodes,
+            &taken,
+            &with_port("p", json!({"containerPort": 80, "hostPort": 8080})),
+            expect!["b"],
+        );
+        // Another protocol, or no host port, does not conflict (and a goes first by name
+        // only when scores tie: here b is emptier).
+        check(
+            &nodes[..1],
+            &taken,
+            &with_port(
+                "p",
+                json!({"containerPort": 80, "hostPort": 8080, "protocol": "UDP"}),
+            ),
+            expect!["a"],
+        );
+        check(
+            &nodes[..1],
+            &taken,
+            &with_port(
+                "p",
+                json!({"containerPort": 80, "hostPort": 8080, "hostIP": "10.0.0.1"}),
+            ),
+            expect![
+                "error: 0/1 nodes are available: 1 node(s) didn't have free ports for the requested pod ports."
+            ],
+        );
+    }
+
+    #[test]
+    fn topology_spread_keeps_skew_and_names_missing_labels() {
+        let spread = |name: &str, when: &str| {
+            labelled(
+                name,
+                json!({"app": "web"}),
+                json!({"spec": {"topologySpreadConstraints": [{
+                    "maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": when,
+                    "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+            )
+        };
+        let nodes = [zoned("a1", "a"), zoned("a2", "a"), zoned("b1", "b")];
+        let existing = [
+            bound(labelled("w1", json!({"app": "web"}), json!({})), "a1"),
+            bound(labelled("w2", json!({"app": "web"}), json!({})), "b1"),
+            bound(labelled("w3", json!({"app": "web"}), json!({})), "a2"),
+            // Another app does not count.
+            bound(labelled("x", json!({"app": "db"}), json!({})), "b1"),
+        ];
+        // Zone a holds 2, zone b 1: a third in a would make the skew 2.
+        check(
+            &nodes,
+            &existing,
+            &spread("p", "DoNotSchedule"),
+            expect!["b1"],
+        );
+        let full_b = [
+            existing[0].clone(),
+            existing[2].clone(),
+            bound(labelled("w4", json!({"app": "web"}), json!({})), "b1"),
+            bound(labelled("w5", json!({"app": "web"}), json!({})), "b1"),
+        ];
+        check(
+            &[zoned("a1", "a"), zoned("b1", "b")],
+            &full_b,
+            &spread("p", "DoNotSchedule"),
+            expect!["a1"],
+        );
+        let unlabelled = node("n", "4", "8Gi", json!({}));
+        check(
+            std::slice::from_ref(&unlabelled),
+            &[],
+            &spread("p", "DoNotSchedule"),
+            expect![
+                "error: 0/1 nodes are available: 1 node(s) didn't match pod topology spread constraints (missing required label)."
+            ],
+        );
+        // ScheduleAnyway only ranks: the emptier zone wins, the full one still fits.
+        check(
+            &nodes,
+            &existing,
+            &spread("p", "ScheduleAnyway"),
+            expect!["b1"],
+        );
+        check(
+            &[unlabelled],
+            &[],
+            &spread("p", "ScheduleAnyway"),
+            expect!["n"],
+        );
+    }
+
+    #[test]
+    fn topology_spread_rejects_when_every_domain_would_skew() {
+        let constrained = labelled(
+            "p",
+            json!({"app": "web"}),
+            json!({"spec": {"topologySpreadConstraints": [{
+                "maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {"matchLabels": {"app": "web"}}}]}}),
+        );
+        // Only zone a is feasible for the pod (b lacks room), and a is already 2 ahead of b.
+        let nodes = [
+            zoned("a1", "a"),
+            node(
+                "b1",
+                "100m",
+                "8Gi",
+                json!({"metadata": {"labels": {"zone": "b"}}}),
+            ),
+        ];
+        let existing = [
+            bound(labelled("w1", json!({"app": "web"}), json!({})), "a1"),
+            bound(labelled("w2", json!({"app": "web"}), json!({})), "a1"),
+        ];
+        let mut p = constrained;
+        p.spec.as_mut().expect("spec").containers[0].resources =
+            serde_json::from_value(json!({"requests": {"cpu": "500m"}})).ok();
+        check(
+            &nodes,
+            &existing,
+            &p,
+            expect![
+                "error: 0/2 nodes are available: 1 Insufficient cpu, 1 node(s) didn't match pod topology spread constraints."
+            ],
+        );
+    }
+
+    fn anti(name: &str, app: &str, against: &str, key: &str) -> Pod {
+        labelled(
+            name,
+            json!({"app": app}),
+            json!({"spec": {"affinity": {"podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "topologyKey": key,
+                    "labelSelector": {"matchLabels": {"app": against}}}]}}}}),
+        )
+    }
+
+    #[test]
+    fn pod_anti_affinity_of_the_pod_and_of_existing_pods() {
+        let nodes = [
+            node("a", "4", "8Gi", json!({})),
+            node("b", "4", "8Gi", json!({})),
+        ];
+        let host = "kubernetes.io/hostname";
+        let web_on_a = [bound(labelled("w", json!({"app": "web"}), json!({})), "a")];
+        check(
+            &nodes,
+            &web_on_a,
+            &anti("p", "web", "web", host),
+            expect!["b"],
+        );
+        check(
+            &nodes[..1],
+            &web_on_a,
+            &anti("p", "web", "web", host),
+            expect![
+                "error: 0/1 nodes are available: 1 node(s) didn't match pod anti-affinity rules."
+            ],
+        );
+        // An existing pod that refuses web pods beside it keeps them off its node, although
+        // a would score better (b is fuller).
+        let guard = [
+            bound(anti("g", "guard", "web", host), "a"),
+            bound(requesting("big", "2", "4Gi"), "b"),
+        ];
+        check(
+            &nodes,
+            &guard,
+            &labelled("p", json!({"app": "web"}), json!({})),
+            expect!["b"],
+        );
+        check(
+            &nodes[..1],
+            &guard[..1],
+            &labelled("p", json!({"app": "web"}), json!({})),
+            expect![
+                "error: 0/1 nodes are available: 1 node(s) didn't satisfy existing pods anti-affinity rules."
+            ],
+        );
+        // A pod of another namespace is not selected by a term without namespaces.
+        let mut elsewhere = labelled("p", json!({"app": "web"}), json!({}));
+        elsewhere.metadata.namespace = Some("other".into());
+        check(&nodes[..1], &guard[..1], &elsewhere, expect!["a"]);
+    }
+
+    #[test]
+    fn pod_affinity_follows_the_group_and_lets_the_first_in() {
+        let with_cache = |name: &str| {
+            labelled(
+                name,
+                json!({"app": "cache"}),
+                json!({"spec": {"affinity": {"podAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{
+                        "topologyKey": "zone",
+                        "labelSelector": {"matchLabels": {"app": "cache"}}}]}}}}),
+            )
+        };
+        let nodes = [zoned("a1", "a"), zoned("b1", "b"), zoned("b2", "b")];
+        // The first of the group (it selects itself) goes anywhere.
+        check(&nodes, &[], &with_cache("first"), expect!["a1"]);
+        let cache_on_b2 = [bound(
+            labelled("c", json!({"app": "cache"}), json!({})),
+            "b2",
+        )];
+        check(&nodes, &cache_on_b2, &with_cache("p"), expect!["b1"]);
+        // A pod that does not select itself cannot start a group.
+        let follower = labelled(
+            "f",
+            json!({"app": "web"}),
+            json!({"spec": {"affinity": {"podAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [{
+                    "topologyKey": "zone",
+                    "labelSelector": {"matchLabels": {"app": "cache"}}}]}}}}),
+        );
+        check(
+            &nodes,
+            &[],
+            &follower,
+            expect!["error: 0/3 nodes are available: 3 node(s) didn't match pod affinity rules."],
+        );
+    }
+
+    #[test]
+    fn preferred_terms_rank_nodes() {
+        let nodes = [zoned("a1", "a"), zoned("b1", "b")];
+        let prefer_b = pod(
+            "p",
+            json!({"spec": {"affinity": {"nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 10,
+                    "preference": {"matchExpressions": [
+                        {"key": "zone", "operator": "In", "values": ["b"]}]}}]}}}}),
+        );
+        check(&nodes, &[], &prefer_b, expect!["b1"]);
+        let near_db = labelled(
+            "p",
+            json!({"app": "web"}),
+            json!({"spec": {"affinity": {"podAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 50,
+                    "podAffinityTerm": {"topologyKey": "zone",
+                        "labelSelector": {"matchLabels": {"app": "db"}}}}]}}}}),
+        );
+        let db_on_b = [bound(labelled("db", json!({"app": "db"}), json!({})), "b1")];
+        check(&nodes, &db_on_b, &near_db, expect!["b1"]);
+        let soft_taint = [
+            node(
+                "a",
+                "4",
+                "8Gi",
+                json!({"spec": {"taints": [{"key": "k", "effect": "PreferNoSchedule"}]}}),
+            ),
+            node("b", "4", "8Gi", json!({})),
+        ];
+        check(&soft_taint, &[], &pod("p", json!({})), expect!["b"]);
+    }
+
+    #[test]
+    fn most_allocated_packs_where_least_allocated_spreads() {
+        let nodes = [
+            node("a", "4", "8Gi", json!({})),
+            node("b", "4", "8Gi", json!({})),
+        ];
+        let existing = [bound(requesting("old", "2", "4Gi"), "a")];
+        let snapshot = snapshot_of(&nodes, &existing);
+        let p = requesting("p", "1", "1Gi");
+        let pick = |strategy| {
+            Framework::new(&crate::framework::Profile {
+                scoring_strategy: strategy,
+            })
+            .schedule(&snapshot, &p, &Sampling::default())
+            .map(|placed| placed.node)
+        };
+        assert_eq!(pick(crate::ScoringStrategy::LeastAllocated), Ok("b".into()));
+        assert_eq!(pick(crate::ScoringStrategy::MostAllocated), Ok("a".into()));
+    }
+
+    #[test]
+    fn image_locality_prefers_nodes_holding_big_images() {
+        let with_image = |name: &str, image: &str| {
+            node(
+                name,
+                "4",
+                "8Gi",
+                json!({"status": {"images": [{"names": [image], "sizeBytes": 500_000_000}]}}),
+            )
+        };
+        let nodes = [
+            node("a", "4", "8Gi", json!({})),
+            with_image("b", "127.0.0.1:5000/app:latest"),
+        ];
+        let p = pod(
+            "p",
+            json!({"spec": {"containers": [{"name": "c", "image": "127.0.0.1:5000/app"}]}}),
+        );
+        check(&nodes, &[], &p, expect!["b"]);
+    }
+
+    #[test]
+    fn runtime_class_needs_a_known_class_and_a_node_offering_its_handler() {
+        let wasm = node(
+            "wasm",
+            "4",
+            "8Gi",
+            json!({"metadata": {"labels": {"runtime.shoal.dev/wasmtime": "true"}}}),
+        );
+        let both = node(
+            "both",
+            "4",
+            "8Gi",
+            json!({"status": {"runtimeHandlers": [{"name": "runc"}, {"name": "wasmtime"}]}}),
+        );
+        let mut snapshot = snapshot_of(&[wasm, both], &[]);
+        let class = |name: &str, handler: &str| -> k8s_openapi::api::node::v1::RuntimeClass {
+            serde_json::from_value(json!({"metadata": {"name": name}, "handler": handler}))
+                .expect("class")
+        };
+        snapshot.upsert_runtime_class(&class("wasmtime", "wasmtime"));
+        snapshot.upsert_runtime_class(&class("runc", "runc"));
+        let asking = |class: &str| pod("p", json!({"spec": {"runtimeClassName": class}}));
+        check_in(&snapshot, &asking("runc"), expect!["both"]);
+        check_in(&snapshot, &asking("wasmtime"), expect!["both"]);
+        check_in(
+            &snapshot,
+            &asking("gvisor"),
+            expect![[
+                r#"error: 0/2 nodes are available: runtimeclass.node.k8s.io "gvisor" not found."#
+            ]],
+        );
+        snapshot.upsert_runtime_class(&class("gvisor", "runsc"));
+        check_in(
+            &snapshot,
+            &asking("gvisor"),
+            expect![
+                "error: 0/2 nodes are available: 2 node(s) didn't offer runtime handler runsc."
+            ],
+        );
+    }
+
+    fn with_priority(mut p: Pod, priority: i32) -> Pod {
+        if let Some(spec) = p.spec.as_mut() {
+            spec.priority = Some(priority);
+        }
+        p
+    }
+
+    fn preempt_for(snapshot: &Snapshot, p: &Pod) -> String {
+        let framework = Framework::default();
+        let mut fit = framework
+            .schedule(snapshot, p, &Sampling::default())
+            .expect_err("the pod must not fit as is");
+        match crate::preemption::preempt(&framework, snapshot, p, &fit) {
+            Ok(preemption) => {
+                let victims: Vec<&str> =
+                    preemption.victims.iter().map(|v| v.key.as_str()).collect();
+                format!("{} <- {}", preemption.node, victims.join(" "))
+            }
+            Err(message) => {
+                fit.post_filter_message = Some(message);
+                format!("error: {fit}")
+            }
+        }
+    }
+
+    #[test]
+    fn preemption_takes_the_fewest_least_important_victims() {
+        let nodes = [
+            node("a", "2", "8Gi", json!({})),
+            node("b", "2", "8Gi", json!({})),
+        ];
+        let running = [
+            bound(with_priority(requesting("a-low", "1", "1Gi"), 1), "a"),
+            bound(with_priority(requesting("a-mid", "1", "1Gi"), 50), "a"),
+            bound(with_priority(requesting("b-mid1", "1", "1Gi"), 50), "b"),
+            bound(with_priority(requesting("b-mid2", "1", "1Gi"), 50), "b"),
+        ];
+        let snapshot = snapshot_of(&nodes, &running);
+        // One CPU is enough: on a, only the lowest-priority pod goes.
+        expect!["a <- default/a-low"].assert_eq(&preempt_for(
+            &snapshot,
+            &with_priority(requesting("p", "1", "1Gi"), 100),
+        ));
+        // Two CPUs: a costs a-mid (50) and a-low, b two pods of 50; a's lower sum wins.
+        expect!["a <- default/a-mid default/a-low"].assert_eq(&preempt_for(
+            &snapshot,
+            &with_priority(requesting("p", "2", "1Gi"), 100),
+        ));
+        // Nobody below priority 1: nothing to take.
+        expect!["error: 0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod."]
+            .assert_eq(&preempt_for(&snapshot, &with_priority(requesting("p", "1", "1Gi"), 1)));
+        let mut never = with_priority(requesting("p", "1", "1Gi"), 100);
+        never.spec.as_mut().expect("spec").preemption_policy = Some("Never".into());
+        expect!["error: 0/2 nodes are available: 2 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."]
+            .assert_eq(&preempt_for(&snapshot, &never));
+    }
+
+    #[test]
+    fn preemption_is_not_tried_where_it_cannot_help_and_respects_budgets() {
+        let nodes = [
+            node("a", "2", "8Gi", json!({})),
+            node(
+                "t",
+                "8",
+                "8Gi",
+                json!({"spec": {"taints": [{"key": "k", "effect": "NoSchedule"}]}}),
+            ),
+        ];
+        let running = [
+            bound(
+                with_priority(labelled("guarded", json!({"app": "db"}), json!({})), 1),
+                "a",
+            ),
+            bound(with_priority(requesting("filler", "2", "1Gi"), 1), "a"),
+        ];
+        let mut snapshot = snapshot_of(&nodes, &running);
+        let p = with_priority(requesting("p", "1", "1Gi"), 100);
+        expect!["a <- default/filler"].assert_eq(&preempt_for(&snapshot, &p));
+        let budget: k8s_openapi::api::policy::v1::PodDisruptionBudget = serde_json::from_value(
+            json!({"metadata": {"name": "db", "namespace": "default"},
+                   "spec": {"selector": {"matchLabels": {"app": "db"}}},
+                   "status": {"disruptionsAllowed": 0, "currentHealthy": 1, "desiredHealthy": 1, "expectedPods": 1}}),
+        )
+        .expect("pdb");
+        snapshot.upsert_pdb(&budget);
+        // Two nodes hold only guarded pods: the one whose victim breaks no budget wins.
+        let two = [
+            node("a", "1", "8Gi", json!({})),
+            node("b", "1", "8Gi", json!({})),
+        ];
+        let guarded = [
+            bound(
+                with_priority(
+                    labelled(
+                        "db",
+                        json!({"app": "db"}),
+                        json!({"spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "1"}}}]}}),
+                    ),
+                    1,
+                ),
+                "a",
+            ),
+            bound(with_priority(requesting("free", "1", "1Gi"), 1), "b"),
+        ];
+        let mut snapshot = snapshot_of(&two, &guarded);
+        snapshot.upsert_pdb(&budget);
+        expect!["b <- default/free"].assert_eq(&preempt_for(&snapshot, &p));
+        let only_tainted = snapshot_of(&nodes[1..], &[]);
+        let p_big = with_priority(requesting("p", "1", "1Gi"), 100);
+        expect!["error: 0/1 nodes are available: 1 node(s) had untolerated taint {k: }. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."]
+            .assert_eq(&preempt_for(&only_tainted, &p_big));
+    }
+
+    #[test]
+    fn nominated_pods_keep_their_room_from_lower_priority_pods() {
+        let nodes = [node("a", "2", "8Gi", json!({}))];
+        let mut snapshot = snapshot_of(&nodes, &[]);
+        let high = with_priority(requesting("high", "2", "1Gi"), 100);
+        snapshot.nominate(&high, "a");
+        check_in(
+            &snapshot,
+            &with_priority(requesting("low", "1", "1Gi"), 1),
+            expect!["error: 0/1 nodes are available: 1 Insufficient cpu."],
+        );
+        check_in(
+            &snapshot,
+            &with_priority(requesting("peer", "1", "1Gi"), 100),
+            expect!["error: 0/1 nodes are available: 1 Insufficient cpu."],
+        );
+        check_in(
+            &snapshot,
+            &with_priority(requesting("higher", "1", "1Gi"), 1000),
+            expect!["a"],
+        );
+        check_in(&snapshot, &high, expect!["a"]);
+    }
+
+    fn check_in(snapshot: &Snapshot, p: &Pod, expect: Expect) {
+        let actual = match schedule(snapshot, p) {
+            Ok(node) => node,
+            Err(e) => format!("error: {e}"),
+        };
+        expect.assert_eq(&actual);
     }
 }

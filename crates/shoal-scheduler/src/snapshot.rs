@@ -1,18 +1,25 @@
-//! The scheduler's view of the cluster: nodes and the resources requested by pods bound to
-//! them.
+//! The scheduler's view of the cluster: nodes, the pods bound to them (what they request,
+//! their labels, host ports and affinity terms), pods nominated by preemption, RuntimeClasses
+//! and PodDisruptionBudgets.
 //!
 //! The snapshot is plain data, updated incrementally from watch events and from the
 //! scheduler's own assumed bindings, so that the next pod sees the previous decision without
 //! re-listing anything. It knows nothing about the API or time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Container, Node, Pod, PodSpec, Taint};
+use k8s_openapi::api::core::v1::{
+    Container, Node, Pod, PodAffinityTerm, PodSpec, Taint, WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use shoal_api::selector::LabelSelector;
 
 use crate::quantity;
 
 /// CPU in millicores, memory in bytes, and a pod count.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     /// Millicores.
     pub cpu_millis: i64,
@@ -23,13 +30,13 @@ pub struct Resources {
 }
 
 impl Resources {
-    fn plus(&mut self, other: &Resources) {
+    pub(crate) fn plus(&mut self, other: &Resources) {
         self.cpu_millis += other.cpu_millis;
         self.memory_bytes += other.memory_bytes;
         self.pods += other.pods;
     }
 
-    fn minus(&mut self, other: &Resources) {
+    pub(crate) fn minus(&mut self, other: &Resources) {
         self.cpu_millis -= other.cpu_millis;
         self.memory_bytes -= other.memory_bytes;
         self.pods -= other.pods;
@@ -50,7 +57,7 @@ const DEFAULT_MEMORY_BYTES: i64 = 200 * 1024 * 1024;
 
 /// What a pod asks of a node: `requests` for fitting and `scoring` (with defaults for
 /// unset requests) for ranking.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PodRequests {
     /// Sum of the containers' requests (a request defaults to the limit when only the
     /// limit is set), at least the largest init container's, plus the pod overhead;
@@ -133,13 +140,24 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     /// Taints with effect `NoSchedule` or `NoExecute` (the ones that filter).
     pub taints: Vec<Taint>,
+    /// Taints with effect `PreferNoSchedule` (the ones that score).
+    pub soft_taints: Vec<Taint>,
     /// Ready condition is `True`.
     pub ready: bool,
     /// `spec.unschedulable`.
     pub unschedulable: bool,
     /// `status.allocatable`; a missing `pods` entry means no pod-count limit.
     pub allocatable: Resources,
+    /// `status.images`: every name of every image the node holds, with its size in bytes.
+    pub images: HashMap<String, i64>,
+    /// Runtime handlers the node offers (`status.runtimeHandlers`, and the
+    /// `runtime.shoal.dev/HANDLER=true` labels).
+    pub runtime_handlers: Vec<String>,
 }
+
+/// The label prefix by which a node says it offers a runtime handler:
+/// `runtime.shoal.dev/wasmtime=true`.
+pub const RUNTIME_LABEL_PREFIX: &str = "runtime.shoal.dev/";
 
 impl NodeInfo {
     /// Extracts the scheduling view of a Node.
@@ -173,21 +191,295 @@ impl NodeInfo {
                 pods: i64::MAX,
                 ..Resources::default()
             });
+        let taints = spec.and_then(|s| s.taints.as_deref()).unwrap_or_default();
+        let images = status
+            .and_then(|s| s.images.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|image| {
+                let size = image.size_bytes.unwrap_or(0);
+                image
+                    .names
+                    .iter()
+                    .flatten()
+                    .map(move |name| (normalized_image(name), size))
+            })
+            .collect();
+        let labels = node.metadata.labels.clone().unwrap_or_default();
+        let mut runtime_handlers: Vec<String> = status
+            .and_then(|s| s.runtime_handlers.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|h| h.name.clone())
+            .chain(labels.iter().filter_map(|(k, v)| {
+                k.strip_prefix(RUNTIME_LABEL_PREFIX)
+                    .filter(|_| v == "true")
+                    .map(str::to_owned)
+            }))
+            .collect();
+        runtime_handlers.sort();
+        runtime_handlers.dedup();
         NodeInfo {
-            labels: node.metadata.labels.clone().unwrap_or_default(),
-            taints: spec
-                .and_then(|s| s.taints.as_ref())
-                .map(|taints| {
-                    taints
-                        .iter()
-                        .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default(),
+            labels,
+            taints: taints
+                .iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .cloned()
+                .collect(),
+            soft_taints: taints
+                .iter()
+                .filter(|t| t.effect == "PreferNoSchedule")
+                .cloned()
+                .collect(),
             ready,
             unschedulable: spec.and_then(|s| s.unschedulable).unwrap_or(false),
             allocatable,
+            images,
+            runtime_handlers,
+        }
+    }
+}
+
+/// An image reference as the node and the pod name it: a reference without a tag or digest
+/// means `:latest`, as Kubernetes' ImageLocality normalizes.
+pub fn normalized_image(name: &str) -> String {
+    let last = name.rsplit('/').next().unwrap_or(name);
+    if name.contains('@') || last.contains(':') {
+        name.to_owned()
+    } else {
+        format!("{name}:latest")
+    }
+}
+
+/// A host port a pod takes on its node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// `hostIP`, `0.0.0.0` when unset (every address).
+    pub ip: String,
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    /// The port.
+    pub port: i32,
+}
+
+impl HostPort {
+    /// Whether two ports cannot both be bound on one node.
+    pub fn conflicts(&self, other: &HostPort) -> bool {
+        let wildcard = |ip: &str| ip == "0.0.0.0" || ip == "::";
+        self.port == other.port
+            && self.protocol == other.protocol
+            && (self.ip == other.ip || wildcard(&self.ip) || wildcard(&other.ip))
+    }
+}
+
+/// One pod-affinity term with its selector parsed; `selector` is `None` when the term's
+/// selector is missing or invalid (it matches no pod, as Kubernetes treats a nil selector).
+#[derive(Clone, Debug)]
+pub struct AffinityTerm {
+    /// Parsed `labelSelector` (with `matchLabelKeys` folded in).
+    pub selector: Option<LabelSelector>,
+    /// The namespaces the term looks in; empty with `all_namespaces` false means the pod's own.
+    pub namespaces: HashSet<String>,
+    /// An empty `namespaceSelector` (`{}`): every namespace.
+    pub all_namespaces: bool,
+    /// `topologyKey`.
+    pub topology_key: String,
+    /// The weight of a preferred term; 0 for required ones.
+    pub weight: i32,
+}
+
+impl AffinityTerm {
+    fn new(
+        term: &PodAffinityTerm,
+        weight: i32,
+        pod_namespace: &str,
+        pod_labels: &BTreeMap<String, String>,
+    ) -> Self {
+        let selector = term.label_selector.as_ref().and_then(|s| {
+            let mut selector = LabelSelector::from_api(s).ok()?;
+            // matchLabelKeys: the incoming pod's own values join the selector.
+            for key in term.match_label_keys.iter().flatten() {
+                if let Some(value) = pod_labels.get(key) {
+                    selector
+                        .requirements
+                        .push(shoal_api::selector::Requirement {
+                            key: key.clone(),
+                            operator: shoal_api::selector::Operator::In,
+                            values: vec![value.clone()],
+                        });
+                }
+            }
+            Some(selector)
+        });
+        let mut namespaces: HashSet<String> = term.namespaces.iter().flatten().cloned().collect();
+        let all_namespaces = term.namespace_selector.as_ref().is_some_and(|s| {
+            s.match_labels.as_ref().is_none_or(BTreeMap::is_empty)
+                && s.match_expressions.as_ref().is_none_or(Vec::is_empty)
+        });
+        if namespaces.is_empty() && term.namespace_selector.is_none() {
+            namespaces.insert(pod_namespace.to_owned());
+        }
+        AffinityTerm {
+            selector,
+            namespaces,
+            all_namespaces,
+            topology_key: term.topology_key.clone(),
+            weight,
+        }
+    }
+
+    /// Whether `pod` is one the term selects.
+    pub fn matches(&self, pod: &PodInfo) -> bool {
+        (self.all_namespaces || self.namespaces.contains(&pod.namespace))
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| s.matches(&pod.labels))
+    }
+}
+
+/// A pod's inter-pod affinity terms, parsed once.
+#[derive(Clone, Debug, Default)]
+pub struct PodAffinity {
+    /// Required affinity terms.
+    pub required: Vec<AffinityTerm>,
+    /// Required anti-affinity terms.
+    pub required_anti: Vec<AffinityTerm>,
+    /// Preferred affinity terms, with weights.
+    pub preferred: Vec<AffinityTerm>,
+    /// Preferred anti-affinity terms, with weights.
+    pub preferred_anti: Vec<AffinityTerm>,
+}
+
+impl PodAffinity {
+    /// Whether the pod has no term at all.
+    pub fn is_empty(&self) -> bool {
+        self.required.is_empty()
+            && self.required_anti.is_empty()
+            && self.preferred.is_empty()
+            && self.preferred_anti.is_empty()
+    }
+}
+
+/// What scheduling needs of a pod, extracted once per pod version.
+#[derive(Clone, Debug, Default)]
+pub struct PodInfo {
+    /// `namespace/name`.
+    pub key: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.uid`.
+    pub uid: String,
+    /// `metadata.labels`.
+    pub labels: BTreeMap<String, String>,
+    /// `spec.priority` (0 when unset).
+    pub priority: i32,
+    /// `status.startTime` or `metadata.creationTimestamp`, as RFC 3339 text (sorts in time
+    /// order for one format).
+    pub start_time: String,
+    /// What the pod requests.
+    pub requests: PodRequests,
+    /// Host ports of its containers.
+    pub host_ports: Vec<HostPort>,
+    /// Inter-pod affinity terms.
+    pub affinity: PodAffinity,
+    /// The pod is being deleted.
+    pub terminating: bool,
+}
+
+impl PodInfo {
+    /// Extracts the scheduling view of a pod.
+    pub fn from_pod(pod: &Pod) -> Self {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        let spec = pod.spec.as_ref();
+        let host_ports = spec
+            .map(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten().filter(|c| {
+                        // Sidecars (restartable init containers) keep their ports.
+                        c.restart_policy.as_deref() == Some("Always")
+                    }))
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .filter(|p| p.host_port.is_some_and(|h| h > 0))
+                    .map(|p| HostPort {
+                        ip: p
+                            .host_ip
+                            .clone()
+                            .filter(|ip| !ip.is_empty())
+                            .unwrap_or_else(|| "0.0.0.0".into()),
+                        protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        port: p.host_port.unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let affinity = spec
+            .and_then(|s| s.affinity.as_ref())
+            .map(|a| {
+                let required = |terms: Option<&Vec<PodAffinityTerm>>| -> Vec<AffinityTerm> {
+                    terms
+                        .into_iter()
+                        .flatten()
+                        .map(|t| AffinityTerm::new(t, 0, &namespace, &labels))
+                        .collect()
+                };
+                let preferred =
+                    |terms: Option<&Vec<WeightedPodAffinityTerm>>| -> Vec<AffinityTerm> {
+                        terms
+                            .into_iter()
+                            .flatten()
+                            .map(|w| {
+                                AffinityTerm::new(
+                                    &w.pod_affinity_term,
+                                    w.weight,
+                                    &namespace,
+                                    &labels,
+                                )
+                            })
+                            .collect()
+                    };
+                let pa = a.pod_affinity.as_ref();
+                let anti = a.pod_anti_affinity.as_ref();
+                PodAffinity {
+                    required: required(pa.and_then(|p| {
+                        p.required_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    })),
+                    required_anti: required(anti.and_then(|p| {
+                        p.required_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    })),
+                    preferred: preferred(pa.and_then(|p| {
+                        p.preferred_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    })),
+                    preferred_anti: preferred(anti.and_then(|p| {
+                        p.preferred_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    })),
+                }
+            })
+            .unwrap_or_default();
+        let start_time = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.start_time.as_ref())
+            .or(pod.metadata.creation_timestamp.as_ref())
+            .map(|t| t.0.to_string())
+            .unwrap_or_default();
+        PodInfo {
+            key: pod_key(pod),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            namespace,
+            labels,
+            priority: spec.and_then(|s| s.priority).unwrap_or(0),
+            start_time,
+            requests: spec.map(pod_requests).unwrap_or_default(),
+            host_ports,
+            affinity,
+            terminating: pod.metadata.deletion_timestamp.is_some(),
         }
     }
 }
@@ -196,26 +488,120 @@ impl NodeInfo {
 #[derive(Clone, Debug, Default)]
 pub struct NodeEntry {
     /// `None` while the Node object is unknown (pods may be bound to it already).
-    pub info: Option<NodeInfo>,
+    pub info: Option<Arc<NodeInfo>>,
     /// Sum of the requests of non-terminated pods bound or assumed to this node.
     pub requested: Resources,
     /// The same with scoring defaults.
     pub scoring: Resources,
+    /// The pods bound or assumed here, by key.
+    pub pods: BTreeMap<String, Arc<PodInfo>>,
+    /// How many of them have inter-pod affinity terms of any kind.
+    pub pods_with_affinity: usize,
+}
+
+impl NodeEntry {
+    /// Accounts a pod on this node.
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.requested.plus(&pod.requests.requests);
+        self.scoring.plus(&pod.requests.scoring);
+        if !pod.affinity.is_empty() {
+            self.pods_with_affinity += 1;
+        }
+        if let Some(old) = self.pods.insert(pod.key.clone(), pod) {
+            self.unaccount(&old);
+        }
+    }
+
+    /// Stops accounting a pod on this node.
+    pub fn remove_pod(&mut self, key: &str) -> Option<Arc<PodInfo>> {
+        let old = self.pods.remove(key)?;
+        self.unaccount(&old);
+        Some(old)
+    }
+
+    fn unaccount(&mut self, pod: &PodInfo) {
+        self.requested.minus(&pod.requests.requests);
+        self.scoring.minus(&pod.requests.scoring);
+        if !pod.affinity.is_empty() {
+            self.pods_with_affinity -= 1;
+        }
+    }
+
+    /// Host ports taken by the pods here.
+    pub fn used_ports(&self) -> impl Iterator<Item = &HostPort> {
+        self.pods.values().flat_map(|p| p.host_ports.iter())
+    }
 }
 
 #[derive(Clone, Debug)]
 struct BoundPod {
     node: String,
-    requests: PodRequests,
+    info: Arc<PodInfo>,
     assumed: bool,
 }
 
-/// Nodes plus the resources bound pods use on them.
+/// The scheduling view of a RuntimeClass.
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeClassInfo {
+    /// `handler`.
+    pub handler: String,
+    /// `scheduling.nodeSelector`.
+    pub node_selector: BTreeMap<String, String>,
+}
+
+/// The scheduling view of a PodDisruptionBudget.
+#[derive(Clone, Debug)]
+pub struct PdbInfo {
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// Parsed `spec.selector` (`None` selects nothing).
+    pub selector: Option<LabelSelector>,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i32,
+}
+
+impl PdbInfo {
+    /// Extracts the scheduling view of a PodDisruptionBudget.
+    pub fn from_pdb(pdb: &PodDisruptionBudget) -> Self {
+        PdbInfo {
+            namespace: pdb.metadata.namespace.clone().unwrap_or_default(),
+            selector: pdb
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.as_ref())
+                .and_then(|s| LabelSelector::from_api(s).ok()),
+            disruptions_allowed: pdb
+                .status
+                .as_ref()
+                .map(|s| s.disruptions_allowed)
+                .unwrap_or(0),
+        }
+    }
+
+    /// Whether the budget covers `pod`.
+    pub fn covers(&self, pod: &PodInfo) -> bool {
+        self.namespace == pod.namespace
+            && self
+                .selector
+                .as_ref()
+                .is_some_and(|s| !s.is_empty() && s.matches(&pod.labels))
+    }
+}
+
+/// Nodes plus the pods bound to them, and what else decisions read.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     nodes: BTreeMap<String, NodeEntry>,
     node_count: usize,
     pods: HashMap<String, BoundPod>,
+    /// Pods with inter-pod affinity terms, bound or assumed (key → node).
+    affinity_pods: HashMap<String, String>,
+    /// Unbound pods nominated to a node by preemption: key → (node, pod).
+    nominated: HashMap<String, (String, Arc<PodInfo>)>,
+    /// How many nodes hold each image (normalized name).
+    image_nodes: HashMap<String, usize>,
+    runtime_classes: HashMap<String, RuntimeClassInfo>,
+    pdbs: BTreeMap<String, PdbInfo>,
 }
 
 /// `namespace/name`, the key the snapshot and the queue use for pods.
@@ -240,6 +626,14 @@ pub fn bound_node(pod: &Pod) -> Option<&str> {
     pod.spec
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+/// The node a pending pod was nominated to by preemption, if any.
+pub fn nominated_node(pod: &Pod) -> Option<&str> {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref())
         .filter(|n| !n.is_empty())
 }
 
@@ -297,38 +691,105 @@ impl Snapshot {
         self.pods.len()
     }
 
+    /// Bound or assumed pods that have inter-pod affinity terms, with their nodes.
+    pub fn pods_with_affinity(&self) -> impl Iterator<Item = (&str, &Arc<PodInfo>)> {
+        self.affinity_pods.iter().filter_map(|(key, node)| {
+            let pod = self.nodes.get(node)?.pods.get(key)?;
+            Some((node.as_str(), pod))
+        })
+    }
+
+    /// How many nodes hold `image` (a normalized name).
+    pub fn nodes_with_image(&self, image: &str) -> usize {
+        self.image_nodes.get(image).copied().unwrap_or(0)
+    }
+
+    /// A RuntimeClass by name.
+    pub fn runtime_class(&self, name: &str) -> Option<&RuntimeClassInfo> {
+        self.runtime_classes.get(name)
+    }
+
+    /// Adds or replaces a RuntimeClass.
+    pub fn upsert_runtime_class(&mut self, class: &RuntimeClass) {
+        let Some(name) = class.metadata.name.clone() else {
+            return;
+        };
+        let info = RuntimeClassInfo {
+            handler: class.handler.clone(),
+            node_selector: class
+                .scheduling
+                .as_ref()
+                .and_then(|s| s.node_selector.clone())
+                .unwrap_or_default(),
+        };
+        self.runtime_classes.insert(name, info);
+    }
+
+    /// Forgets a RuntimeClass.
+    pub fn remove_runtime_class(&mut self, name: &str) {
+        self.runtime_classes.remove(name);
+    }
+
+    /// Names of all known RuntimeClasses.
+    pub fn runtime_class_names(&self) -> Vec<String> {
+        self.runtime_classes.keys().cloned().collect()
+    }
+
+    /// The PodDisruptionBudgets.
+    pub fn pdbs(&self) -> impl Iterator<Item = &PdbInfo> {
+        self.pdbs.values()
+    }
+
+    /// Adds or replaces a PodDisruptionBudget.
+    pub fn upsert_pdb(&mut self, pdb: &PodDisruptionBudget) {
+        let key = format!(
+            "{}/{}",
+            pdb.metadata.namespace.as_deref().unwrap_or_default(),
+            pdb.metadata.name.as_deref().unwrap_or_default()
+        );
+        self.pdbs.insert(key, PdbInfo::from_pdb(pdb));
+    }
+
+    /// Forgets a PodDisruptionBudget by `namespace/name`.
+    pub fn remove_pdb(&mut self, key: &str) {
+        self.pdbs.remove(key);
+    }
+
+    /// Keys of all known PodDisruptionBudgets.
+    pub fn pdb_keys(&self) -> Vec<String> {
+        self.pdbs.keys().cloned().collect()
+    }
+
     /// Adds or replaces a Node.
     pub fn upsert_node(&mut self, node: &Node) {
         let Some(name) = node.metadata.name.as_deref() else {
             return;
         };
-        let info = NodeInfo::from_node(node);
-        match self.nodes.get_mut(name) {
-            Some(entry) => {
-                if entry.info.replace(info).is_none() {
-                    self.node_count += 1;
+        let info = Arc::new(NodeInfo::from_node(node));
+        for image in info.images.keys() {
+            *self.image_nodes.entry(image.clone()).or_default() += 1;
+        }
+        let entry = self.nodes.entry(name.to_owned()).or_default();
+        match entry.info.replace(info) {
+            Some(old) => {
+                for image in old.images.keys() {
+                    forget_image(&mut self.image_nodes, image);
                 }
             }
-            None => {
-                self.node_count += 1;
-                self.nodes.insert(
-                    name.to_owned(),
-                    NodeEntry {
-                        info: Some(info),
-                        ..NodeEntry::default()
-                    },
-                );
-            }
+            None => self.node_count += 1,
         }
     }
 
     /// Forgets a Node; its bound pods stay accounted until they go.
     pub fn remove_node(&mut self, name: &str) {
         if let Some(entry) = self.nodes.get_mut(name) {
-            if entry.info.take().is_some() {
+            if let Some(old) = entry.info.take() {
                 self.node_count -= 1;
+                for image in old.images.keys() {
+                    forget_image(&mut self.image_nodes, image);
+                }
             }
-            if entry.requested == Resources::default() {
+            if entry.pods.is_empty() {
                 self.nodes.remove(name);
             }
         }
@@ -345,10 +806,10 @@ impl Snapshot {
 
     fn unaccount(&mut self, key: &str) -> Option<BoundPod> {
         let old = self.pods.remove(key)?;
+        self.affinity_pods.remove(key);
         if let Some(entry) = self.nodes.get_mut(&old.node) {
-            entry.requested.minus(&old.requests.requests);
-            entry.scoring.minus(&old.requests.scoring);
-            if entry.info.is_none() && entry.requested == Resources::default() {
+            entry.remove_pod(key);
+            if entry.info.is_none() && entry.pods.is_empty() {
                 self.nodes.remove(&old.node);
             }
         }
@@ -356,26 +817,40 @@ impl Snapshot {
     }
 
     fn account(&mut self, key: String, bound: BoundPod) {
+        self.nominated.remove(&key);
+        if !bound.info.affinity.is_empty() {
+            self.affinity_pods.insert(key.clone(), bound.node.clone());
+        }
         let entry = self.nodes.entry(bound.node.clone()).or_default();
-        entry.requested.plus(&bound.requests.requests);
-        entry.scoring.plus(&bound.requests.scoring);
+        entry.add_pod(bound.info.clone());
         self.pods.insert(key, bound);
     }
 
     /// Applies a pod seen on the watch: bound, non-terminated pods are accounted on their
-    /// node (replacing an assumption). Returns true when this freed or moved resources on
-    /// some node, which may make a pending pod fit.
+    /// node (replacing an assumption); an unbound pod with `status.nominatedNodeName` holds
+    /// its nomination. Returns true when this freed or moved resources on some node, which
+    /// may make a pending pod fit.
     pub fn upsert_pod(&mut self, pod: &Pod) -> bool {
         let key = pod_key(pod);
         let node = bound_node(pod).filter(|_| !is_terminated(pod));
         match node {
             Some(node) => {
-                let requests = pod.spec.as_ref().map(pod_requests).unwrap_or_default();
+                let info = PodInfo::from_pod(pod);
                 let freed = match self.pods.get(&key) {
-                    Some(old) if old.node == node && old.requests == requests && !old.assumed => {
+                    Some(old)
+                        if old.node == node
+                            && old.info.requests == info.requests
+                            && old.info.labels == info.labels
+                            && old.info.terminating == info.terminating
+                            && !old.assumed =>
+                    {
                         return false;
                     }
-                    Some(old) => old.node != node || old.requests != requests,
+                    Some(old) => {
+                        old.node != node
+                            || old.info.requests != info.requests
+                            || (info.terminating && !old.info.terminating)
+                    }
                     None => false,
                 };
                 self.unaccount(&key);
@@ -383,13 +858,22 @@ impl Snapshot {
                     key,
                     BoundPod {
                         node: node.to_owned(),
-                        requests,
+                        info: Arc::new(info),
                         assumed: false,
                     },
                 );
                 freed
             }
             None => {
+                match nominated_node(pod).filter(|_| !is_terminated(pod)) {
+                    Some(node) => {
+                        let info = Arc::new(PodInfo::from_pod(pod));
+                        self.nominated.insert(key.clone(), (node.to_owned(), info));
+                    }
+                    None => {
+                        self.nominated.remove(&key);
+                    }
+                }
                 // An unbound pod never releases an assumption here: the watch may show it
                 // before the binding lands. `forget_pod` does that.
                 match self.pods.get(&key) {
@@ -403,6 +887,7 @@ impl Snapshot {
 
     /// Forgets a deleted pod. Returns true when it held resources.
     pub fn remove_pod(&mut self, key: &str) -> bool {
+        self.nominated.remove(key);
         self.unaccount(key).is_some()
     }
 
@@ -410,12 +895,11 @@ impl Snapshot {
     pub fn assume_pod(&mut self, pod: &Pod, node: &str) {
         let key = pod_key(pod);
         self.unaccount(&key);
-        let requests = pod.spec.as_ref().map(pod_requests).unwrap_or_default();
         self.account(
             key,
             BoundPod {
                 node: node.to_owned(),
-                requests,
+                info: Arc::new(PodInfo::from_pod(pod)),
                 assumed: true,
             },
         );
@@ -431,5 +915,52 @@ impl Snapshot {
     /// Whether the pod is accounted as an assumption not yet observed.
     pub fn is_assumed(&self, key: &str) -> bool {
         self.pods.get(key).is_some_and(|p| p.assumed)
+    }
+
+    /// Records that preemption nominated `pod` to `node` (before the status write is seen).
+    pub fn nominate(&mut self, pod: &Pod, node: &str) {
+        let info = Arc::new(PodInfo::from_pod(pod));
+        self.nominated.insert(pod_key(pod), (node.to_owned(), info));
+    }
+
+    /// Drops a nomination.
+    pub fn clear_nomination(&mut self, key: &str) {
+        self.nominated.remove(key);
+    }
+
+    /// Pods nominated to `node`, other than `except`, whose priority is at least `priority`:
+    /// the ones a decision must leave room for.
+    pub fn nominated_on<'a>(
+        &'a self,
+        node: &'a str,
+        priority: i32,
+        except: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<PodInfo>> + 'a {
+        self.nominated.iter().filter_map(move |(key, (n, pod))| {
+            (n == node && key != except && pod.priority >= priority).then_some(pod)
+        })
+    }
+
+    /// Whether any nomination exists (so decisions can skip looking).
+    pub fn has_nominations(&self) -> bool {
+        !self.nominated.is_empty()
+    }
+
+    /// The pods nominated to `node` with a priority below `priority`.
+    pub fn lower_nominated(&self, node: &str, priority: i32) -> Vec<String> {
+        self.nominated
+            .iter()
+            .filter(|(_, (n, pod))| n == node && pod.priority < priority)
+            .map(|(key, _)| key.clone())
+            .collect()
+    }
+}
+
+fn forget_image(counts: &mut HashMap<String, usize>, image: &str) {
+    if let Some(count) = counts.get_mut(image) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(image);
+        }
     }
 }

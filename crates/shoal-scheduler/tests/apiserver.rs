@@ -1,6 +1,7 @@
 //! The scheduler against Shoal's real apiserver and store on loopback: pods are bound
-//! through the `binding` subresource, unschedulable pods get `PodScheduled=False`, and a
-//! new node lets a waiting pod in.
+//! through the `binding` subresource, unschedulable pods get `PodScheduled=False`, a new
+//! node lets a waiting pod in, a high-priority pod preempts a lower one, and RuntimeClasses
+//! steer pods.
 
 use std::future::Future;
 use std::time::Duration;
@@ -145,7 +146,10 @@ async fn binds_pods_reports_unschedulable_and_retries_on_new_nodes() -> anyhow::
         Ok(condition.is_some_and(|c| {
             c.status == "False"
                 && c.reason.as_deref() == Some("Unschedulable")
-                && c.message.as_deref() == Some("0/2 nodes are available: 2 Insufficient cpu.")
+                && c.message.as_deref()
+                    == Some(
+                        "0/2 nodes are available: 2 Insufficient cpu. preemption: 0/2 nodes are available: 2 No preemption victims found for incoming pod.",
+                    )
         }))
     })
     .await?;
@@ -206,6 +210,161 @@ async fn binds_many_pods() -> anyhow::Result<()> {
     }
     assert_eq!(per_node.len(), 20);
     assert!(per_node.values().all(|n| *n == PODS / 20), "{per_node:?}");
+    shutdown.cancel();
+    scheduler.await??;
+    Ok(())
+}
+
+fn scheduled_message(pod: &Pod) -> Option<String> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?
+        .message
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preempts_lower_priority_pods_and_follows_runtime_classes() -> anyhow::Result<()> {
+    let server = TestApiServer::start().await?;
+    let client = server.client();
+    let shutdown = CancellationToken::new();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    add_node(
+        &nodes,
+        "a",
+        "2",
+        json!({"runtime.shoal.dev/wasmtime": "true"}),
+    )
+    .await?;
+    let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
+    classes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                "metadata": {"name": "high"}, "value": 1000
+            }))?,
+        )
+        .await?;
+    // Priority admission resolves the class name, and refuses an unknown one.
+    let refused = pods
+        .create(
+            &PostParams::default(),
+            &pod("nope", "1", json!({"priorityClassName": "nope"}))?,
+        )
+        .await;
+    match refused {
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(status.code, 403);
+            assert_eq!(
+                status.message,
+                "pods \"nope\" is forbidden: no PriorityClass with name nope was found"
+            );
+        }
+        other => bail!("an unknown PriorityClass must be refused, got {other:?}"),
+    }
+
+    let scheduler = tokio::spawn(shoal_scheduler::run(
+        shoal_scheduler::Config::default(),
+        client.clone(),
+        shutdown.clone(),
+    ));
+    for name in ["low1", "low2"] {
+        pods.create(
+            &PostParams::default(),
+            &pod(name, "1", json!({"terminationGracePeriodSeconds": 0}))?,
+        )
+        .await?;
+    }
+    wait_until("both low pods bound", || async {
+        let list = pods.list(&ListParams::default()).await?;
+        Ok(list.items.iter().filter(|p| node_of(p).is_some()).count() == 2)
+    })
+    .await?;
+    let vip = pods
+        .create(
+            &PostParams::default(),
+            &pod("vip", "1", json!({"priorityClassName": "high"}))?,
+        )
+        .await?;
+    let spec = vip.spec.clone().unwrap_or_default();
+    assert_eq!(spec.priority, Some(1000));
+    assert_eq!(
+        spec.preemption_policy.as_deref(),
+        Some("PreemptLowerPriority")
+    );
+    wait_until(
+        "the high-priority pod bound in a victim's place",
+        || async {
+            let vip = pods.get("vip").await?;
+            let left = pods.list(&ListParams::default()).await?.items.len();
+            Ok(node_of(&vip).as_deref() == Some("a") && left == 2)
+        },
+    )
+    .await?;
+    let vip = pods.get("vip").await?;
+    assert_eq!(
+        vip.status.and_then(|s| s.nominated_node_name).as_deref(),
+        Some("a"),
+        "the preemptor was nominated to the node"
+    );
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let uid = vip.metadata.uid.unwrap_or_default();
+    wait_until("a Preempted event on the victim", || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("Preempted")
+                && e.message.as_deref()
+                    == Some(format!("Preempted by pod {uid} on node a").as_str())
+        }))
+    })
+    .await?;
+
+    // An equal-priority pod preempts nobody and says why.
+    pods.create(&PostParams::default(), &pod("peer", "1", json!({}))?)
+        .await?;
+    wait_until("the peer reported unschedulable", || async {
+        Ok(scheduled_message(&pods.get("peer").await?).as_deref()
+            == Some("0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."))
+    })
+    .await?;
+
+    // RuntimeClasses: the default wasmtime class lands on the node offering it; an unknown
+    // class and a handler no node offers stay Pending with the reason.
+    pods.create(
+        &PostParams::default(),
+        &pod("wasm", "0", json!({"runtimeClassName": "wasmtime"}))?,
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &pod("container", "0", json!({"runtimeClassName": "runc"}))?,
+    )
+    .await?;
+    pods.create(
+        &PostParams::default(),
+        &pod("ghost", "0", json!({"runtimeClassName": "gvisor"}))?,
+    )
+    .await?;
+    wait_until("the wasm pod bound", || async {
+        Ok(node_of(&pods.get("wasm").await?).as_deref() == Some("a"))
+    })
+    .await?;
+    wait_until("the runc pod held", || async {
+        Ok(scheduled_message(&pods.get("container").await?).as_deref()
+            == Some("0/1 nodes are available: 1 node(s) didn't offer runtime handler runc. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."))
+    })
+    .await?;
+    wait_until("the unknown class held", || async {
+        Ok(scheduled_message(&pods.get("ghost").await?).as_deref()
+            == Some("0/1 nodes are available: runtimeclass.node.k8s.io \"gvisor\" not found. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling."))
+    })
+    .await?;
+
     shutdown.cancel();
     scheduler.await??;
     Ok(())

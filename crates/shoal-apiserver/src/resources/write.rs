@@ -191,6 +191,7 @@ pub(super) async fn create_object(ctx: &Ctx, obj: &mut Value) -> Result<Value, A
     }
     default_object(rt, obj);
     rt.strategy.admit_create(obj, ctx.state.admission());
+    crate::admission::admit_create(&ctx.state, rt, obj).await?;
     check_valid(rt, obj, None, ctx.params.field_validation()?, &ctx.warnings)?;
     if let Some(ns) = ctx.target.namespace.as_deref().filter(|_| rt.namespaced) {
         let ns_key = NAMESPACE.storage_key(None, ns);
