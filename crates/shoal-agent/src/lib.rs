@@ -17,6 +17,7 @@ mod lease;
 pub mod logs;
 mod node;
 mod pods;
+pub mod simulated;
 pub mod spec;
 pub mod status;
 mod volumes;

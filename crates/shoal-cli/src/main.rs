@@ -16,6 +16,7 @@ mod pki;
 mod process;
 mod push;
 mod server;
+mod simulate;
 mod token;
 mod up;
 
@@ -54,13 +55,15 @@ enum Command {
     Delete(delete::Args),
     /// Print a container's logs.
     Logs(logs::Args),
+    /// Run simulated nodes (heartbeating, reporting their pods Running) for scale tests.
+    Simulate(simulate::Args),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(
         cli.command,
-        Command::Up(_) | Command::Server(_) | Command::Agent(_)
+        Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Simulate(_)
     ));
     // rustls is built without a default provider: install ring once, up front.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -86,6 +89,7 @@ fn main() -> std::process::ExitCode {
             Command::Get(args) => get::run(args).await,
             Command::Delete(args) => delete::run(args).await,
             Command::Logs(args) => logs::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
         }
     });
     match result {

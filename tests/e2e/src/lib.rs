@@ -100,6 +100,33 @@ impl Cluster {
         Self::launch(data_dir, api, raft, extra)
     }
 
+    /// Starts `shoal up` with node failure detected fast: nodes monitored every second, lost
+    /// after `grace` without a Lease renewal (node Leases of 2 s, renewed every 500 ms), and
+    /// their pods evicted `toleration` later.
+    pub fn start_fast_failover(
+        data_dir: &Path,
+        grace: std::time::Duration,
+        toleration: std::time::Duration,
+    ) -> Result<Cluster> {
+        let grace = format!("{}s", grace.as_secs());
+        let toleration = toleration.as_secs().to_string();
+        Self::start_with(
+            data_dir,
+            &[
+                "--node-monitor-period",
+                "1s",
+                "--node-monitor-grace-period",
+                &grace,
+                "--default-unreachable-toleration-seconds",
+                &toleration,
+                "--default-not-ready-toleration-seconds",
+                &toleration,
+                "--node-lease-duration-seconds",
+                "2",
+            ],
+        )
+    }
+
     /// Starts `shoal up` again on the same data dir, ports and flags (after `kill9`).
     pub fn restart(&self) -> Result<Cluster> {
         Self::launch(&self.data_dir, self.api, self.raft, self.extra.clone())

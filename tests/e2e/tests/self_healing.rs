@@ -84,24 +84,7 @@ fn pods_of_a_lost_node_come_back_elsewhere_and_are_stopped_when_it_returns() -> 
     let wasm = hello_guest(GuestTarget::P2);
     let registry = Registry::start();
     let data = tempfile::tempdir()?;
-    let grace = format!("{}s", GRACE.as_secs());
-    let toleration = TOLERATION.as_secs().to_string();
-    let cluster = Cluster::start_with(
-        &data.path().join("server"),
-        &[
-            "--node-monitor-period",
-            "1s",
-            "--node-monitor-grace-period",
-            &grace,
-            "--default-unreachable-toleration-seconds",
-            &toleration,
-            "--default-not-ready-toleration-seconds",
-            &toleration,
-            // Heartbeats (every quarter of it) well within the grace period.
-            "--node-lease-duration-seconds",
-            "2",
-        ],
-    )?;
+    let cluster = Cluster::start_fast_failover(&data.path().join("server"), GRACE, TOLERATION)?;
     let image = registry.reference("hello", "v1");
     cluster.push(&wasm, &image)?;
 
