@@ -26,7 +26,7 @@ use tracing::{debug, error, info, warn};
 use crate::framework::{Framework, Sampling};
 use crate::preemption::{Preemption, preempt};
 use crate::queue::Queue;
-use crate::snapshot::{Snapshot, bound_node, is_terminated, pod_key};
+use crate::snapshot::{Snapshot, bound_node, is_terminated, nominated_node, pod_key};
 use crate::{Config, DEFAULT_SCHEDULER_NAME, Error};
 
 /// Bindings and status patches allowed in flight at once.
@@ -316,6 +316,7 @@ impl Scheduler {
                     .snapshot
                     .pod_keys()
                     .chain(self.queue.keys())
+                    .chain(self.snapshot.nominated_keys())
                     .filter(|k| !listed.contains(*k))
                     .cloned()
                     .collect();
@@ -397,7 +398,15 @@ impl Scheduler {
                 self.next_start = sampling.start_after;
                 match preempt(&self.framework, &self.snapshot, &pod, &fit) {
                     Ok(preemption) => self.start_preemption(&pod, preemption, tasks),
-                    Err(message) => fit.post_filter_message = Some(message),
+                    Err(message) => {
+                        fit.post_filter_message = Some(message);
+                        // A nomination that preemption no longer stands behind is released,
+                        // here and in the pod's status.
+                        self.snapshot.clear_nomination(&key);
+                        if nominated_node(&pod).is_some() {
+                            self.patch_nomination(key.clone(), None, tasks);
+                        }
+                    }
                 }
                 let message = fit.to_string();
                 debug!(pod = %key, %message, "pod is unschedulable");
@@ -469,20 +478,25 @@ impl Scheduler {
             nominations.push((other, None));
         }
         for (key, node) in nominations {
-            let Some((namespace, name)) = key.split_once('/') else {
-                continue;
-            };
-            let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-            let name = name.to_owned();
-            let patch = json!({"status": {"nominatedNodeName": node}});
-            tasks.spawn(async move {
-                let result = api
-                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(drop);
-                Outcome::StatusPatched { key, result }
-            });
+            self.patch_nomination(key, node, tasks);
         }
+    }
+
+    /// Writes (or, with `None`, clears) a pod's `status.nominatedNodeName`.
+    fn patch_nomination(&self, key: String, node: Option<String>, tasks: &mut JoinSet<Outcome>) {
+        let Some((namespace, name)) = key.split_once('/') else {
+            return;
+        };
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let name = name.to_owned();
+        let patch = json!({"status": {"nominatedNodeName": node}});
+        tasks.spawn(async move {
+            let result = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map(drop);
+            Outcome::StatusPatched { key, result }
+        });
     }
 
     /// A binding or status task panicked: a binding's pod loses its assumption and retries.

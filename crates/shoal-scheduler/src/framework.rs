@@ -234,14 +234,15 @@ pub trait Plugin: Send + Sync {
 /// reversed (the lowest raw score best) when `reverse`.
 pub fn default_normalize(scores: &mut [i64], reverse: bool) {
     let max = scores.iter().copied().max().unwrap_or(0);
-    if max == 0 {
+    if max <= 0 {
         if reverse {
             scores.iter_mut().for_each(|s| *s = MAX_NODE_SCORE);
         }
         return;
     }
     for s in scores.iter_mut() {
-        *s = MAX_NODE_SCORE * *s / max;
+        *s = i64::try_from(i128::from(MAX_NODE_SCORE) * i128::from(*s) / i128::from(max))
+            .unwrap_or(0);
         if reverse {
             *s = MAX_NODE_SCORE - *s;
         }
@@ -431,8 +432,9 @@ impl Framework {
     }
 
     /// Filter on a node as it will be once pods nominated there with at least this pod's
-    /// priority arrive (kube-scheduler's `addNominatedPods`), then as it is.
-    fn filter_with_nominated(
+    /// priority arrive (kube-scheduler's `addNominatedPods`: they join the node and every
+    /// plugin's state), then as it is.
+    pub fn filter_with_nominated(
         &self,
         snapshot: &Snapshot,
         state: &CycleState,
@@ -446,14 +448,20 @@ impl Framework {
                 .collect();
             if !nominated.is_empty() {
                 let mut entry = node.entry.clone();
+                let mut with_state = state.clone();
                 for other in nominated {
                     entry.add_pod(other.clone());
+                    let with = NodeView {
+                        entry: &entry,
+                        ..*node
+                    };
+                    self.add_pod(&mut with_state, pod, other, &with);
                 }
                 let with = NodeView {
                     entry: &entry,
                     ..*node
                 };
-                let status = self.filter(state, run_filter, pod, &with);
+                let status = self.filter(&with_state, run_filter, pod, &with);
                 if !status.is_success() {
                     return status;
                 }
@@ -514,6 +522,27 @@ impl Framework {
                 });
             }
         };
+        // A pod nominated by an earlier preemption goes to its node if it fits there now,
+        // without scanning (kube-scheduler's evaluateNominatedNode).
+        if let Some(name) = crate::snapshot::nominated_node(pod)
+            && let Some((name, entry)) = snapshot.node_entry(name)
+            && let Some(node_info) = &entry.info
+        {
+            let node = NodeView {
+                name,
+                info: node_info,
+                entry,
+            };
+            if self
+                .filter_with_nominated(snapshot, &state, &run_filter, &view, &node)
+                .is_success()
+            {
+                return Ok(Placement {
+                    node: name.to_owned(),
+                    last_examined: sampling.start_after.clone(),
+                });
+            }
+        }
         let mut num_nodes = 0;
         let mut last_examined = None;
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -54,11 +54,15 @@ pub fn preempt(
         return Err("preemption: not eligible due to preemptionPolicy=Never.".into());
     }
     let info = PodInfo::from_pod(pod);
-    if let Some(node) = nominated_node(pod).and_then(|n| snapshot.node(n))
-        && node
-            .pods
-            .values()
-            .any(|p| p.terminating && p.priority < info.priority)
+    // Victims of an earlier preemption are still leaving the nominated node: wait for them
+    // rather than evicting more, unless that node cannot take the pod any more anyway.
+    if let Some(name) = nominated_node(pod)
+        && fit.preemptible_nodes.iter().any(|n| n == name)
+        && snapshot.node(name).is_some_and(|node| {
+            node.pods
+                .values()
+                .any(|p| p.preempted && p.priority < info.priority)
+        })
     {
         return Err(
             "preemption: not eligible due to a terminating pod on the nominated node.".into(),
@@ -96,12 +100,13 @@ pub fn preempt(
     let Ok((state, run_filter)) = framework.pre_filter(snapshot, &view) else {
         return Err(fail(0));
     };
-    let limit = (snapshot.node_count() / 10).max(MIN_CANDIDATES);
+    let limit = (fit.preemptible_nodes.len() / 10).max(MIN_CANDIDATES);
     let pdbs: Vec<_> = snapshot.pdbs().collect();
     let mut candidates = Vec::new();
     let mut no_victims = 0;
     for name in &fit.preemptible_nodes {
-        if candidates.len() >= limit {
+        // Enough candidates, one of which breaks no budget (else keep looking for one).
+        if candidates.len() >= limit && candidates.iter().any(|c: &Candidate| c.violations == 0) {
             break;
         }
         let Some(entry) = snapshot.node(name) else {
@@ -143,7 +148,7 @@ pub fn preempt(
             entry: &what_if,
         };
         if !framework
-            .filter(&what_if_state, &run_filter, &view, &node)
+            .filter_with_nominated(snapshot, &what_if_state, &run_filter, &view, &node)
             .is_success()
         {
             no_victims += 1;
@@ -176,7 +181,7 @@ pub fn preempt(
                 };
                 framework.add_pod(&mut what_if_state, &view, &pod_info, &node);
                 if framework
-                    .filter(&what_if_state, &run_filter, &view, &node)
+                    .filter_with_nominated(snapshot, &what_if_state, &run_filter, &view, &node)
                     .is_success()
                 {
                     continue;
@@ -191,6 +196,11 @@ pub fn preempt(
                 violations += usize::from(breaks);
                 victims.push(pod_info);
             }
+        }
+        if victims.is_empty() {
+            // It fits without evicting anyone: nothing preemption should do here.
+            no_victims += 1;
+            continue;
         }
         victims.sort_by(|a, b| {
             b.priority

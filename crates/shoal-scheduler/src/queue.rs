@@ -1,12 +1,15 @@
 //! The queue of pods waiting for a node: active (ready to try), in flight (a decision or a
-//! binding is running), and backing off after a failed attempt.
+//! binding is running), and backing off after a failed attempt. Active pods come out by
+//! priority, highest first, then in the order they became active (kube-scheduler's
+//! PrioritySort), so a high-priority pod is decided before lower ones take its room.
 //!
 //! Owns only ordering and retry timing; it never looks at nodes. A failed pod waits 1 s,
 //! doubling to 60 s, unless the cluster changes (a node appears or changes, a bound pod
 //! releases resources), which moves every waiting pod back to active, at most every
 //! [`FLUSH_INTERVAL`].
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,13 +35,17 @@ struct Entry {
     pod: Arc<Pod>,
     state: State,
     attempts: u32,
+    /// Which activation of this entry its place in `active` belongs to.
+    seq: u64,
 }
 
 /// Pending pods by `namespace/name`.
 #[derive(Debug, Default)]
 pub struct Queue {
     entries: HashMap<String, Entry>,
-    active: VecDeque<String>,
+    /// (priority, activation order, key); entries no longer active are skipped on pop.
+    active: BTreeSet<(Reverse<i32>, u64, String)>,
+    next_seq: u64,
     backoff: BTreeSet<(Instant, String)>,
     flush_requested: bool,
     last_flush: Option<Instant>,
@@ -77,11 +84,28 @@ impl Queue {
                         pod,
                         state: State::Active,
                         attempts: 0,
+                        seq: 0,
                     },
                 );
-                self.active.push_back(key);
+                self.activate(key);
             }
         }
+    }
+
+    fn activate(&mut self, key: String) {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            return;
+        };
+        self.next_seq += 1;
+        entry.state = State::Active;
+        entry.seq = self.next_seq;
+        let priority = entry
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.priority)
+            .unwrap_or(0);
+        self.active.insert((Reverse(priority), entry.seq, key));
     }
 
     /// Forgets a pod (bound, deleted, or no longer ours).
@@ -97,9 +121,10 @@ impl Queue {
 
     /// Takes the next active pod and marks it in flight.
     pub fn pop(&mut self) -> Option<(String, Arc<Pod>)> {
-        while let Some(key) = self.active.pop_front() {
+        while let Some((_, seq, key)) = self.active.pop_first() {
             if let Some(entry) = self.entries.get_mut(&key)
                 && entry.state == State::Active
+                && entry.seq == seq
             {
                 entry.state = State::InFlight;
                 let pod = Arc::clone(&entry.pod);
@@ -157,11 +182,12 @@ impl Queue {
                 break;
             }
             self.backoff.pop_first();
-            if let Some(entry) = self.entries.get_mut(&key)
-                && entry.state == State::Backoff(at)
+            if self
+                .entries
+                .get(&key)
+                .is_some_and(|entry| entry.state == State::Backoff(at))
             {
-                entry.state = State::Active;
-                self.active.push_back(key);
+                self.activate(key);
             }
         }
     }
@@ -185,6 +211,26 @@ mod tests {
         assert_eq!(q.pop().map(|(k, _)| k).as_deref(), Some("b"));
         assert!(q.pop().is_none());
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn higher_priority_first_then_in_arrival_order() {
+        let with_priority = |p: i32| {
+            Arc::new(Pod {
+                spec: Some(k8s_openapi::api::core::v1::PodSpec {
+                    priority: Some(p),
+                    ..Default::default()
+                }),
+                ..Pod::default()
+            })
+        };
+        let mut q = Queue::new();
+        q.upsert("low".into(), with_priority(0));
+        q.upsert("high".into(), with_priority(100));
+        q.upsert("low2".into(), with_priority(0));
+        q.upsert("mid".into(), with_priority(50));
+        let order: Vec<String> = std::iter::from_fn(|| q.pop().map(|(k, _)| k)).collect();
+        assert_eq!(order, ["high", "mid", "low", "low2"]);
     }
 
     #[test]

@@ -1027,4 +1027,95 @@ mod tests {
         };
         expect.assert_eq(&actual);
     }
+
+    #[test]
+    fn preemption_leaves_room_for_a_higher_nominated_pod() {
+        // x (priority 1, 2 CPUs) runs on a 4-CPU node where `high` (100, 2 CPUs) is
+        // nominated: evicting x cannot make room for `mid` (50, 3 CPUs) beside `high`.
+        let nodes = [node("a", "4", "8Gi", json!({}))];
+        let mut snapshot = snapshot_of(
+            &nodes,
+            &[bound(with_priority(requesting("x", "2", "1Gi"), 1), "a")],
+        );
+        snapshot.nominate(&with_priority(requesting("high", "2", "1Gi"), 100), "a");
+        expect!["error: 0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: 1 No preemption victims found for incoming pod."]
+            .assert_eq(&preempt_for(&snapshot, &with_priority(requesting("mid", "3", "1Gi"), 50)));
+        // With 1 CPU, mid fits beside high once x goes.
+        expect!["a <- default/x"].assert_eq(&preempt_for(
+            &snapshot,
+            &with_priority(requesting("mid", "2", "1Gi"), 50),
+        ));
+    }
+
+    #[test]
+    fn a_nominated_pod_goes_to_its_node_when_it_fits() {
+        // b would score higher (emptier), but the pod was nominated to a.
+        let nodes = [
+            node("a", "4", "8Gi", json!({})),
+            node("b", "8", "16Gi", json!({})),
+        ];
+        let snapshot = snapshot_of(&nodes, &[]);
+        let mut p = requesting("p", "1", "1Gi");
+        p.status = serde_json::from_value(json!({"nominatedNodeName": "a"})).ok();
+        check_in(&snapshot, &p, expect!["a"]);
+        p.status = serde_json::from_value(json!({"nominatedNodeName": "gone"})).ok();
+        check_in(&snapshot, &p, expect!["b"]);
+    }
+
+    #[test]
+    fn sidecars_add_to_the_pod_and_to_later_init_containers() {
+        let spec: k8s_openapi::api::core::v1::PodSpec = serde_json::from_value(json!({
+            "initContainers": [
+                {"name": "sidecar", "image": "i", "restartPolicy": "Always",
+                 "resources": {"requests": {"cpu": "300m"}}},
+                {"name": "init", "image": "i", "resources": {"requests": {"cpu": "1"}}}
+            ],
+            "containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": "500m"}}}]
+        }))
+        .expect("spec");
+        // Running: 500m + the 300m sidecar; init phase: 1 + 300m. The peak wins.
+        assert_eq!(crate::pod_requests(&spec).requests.cpu_millis, 1_300);
+    }
+
+    #[test]
+    fn hostile_quantities_do_not_overflow() {
+        let huge = |name: &str| {
+            pod(
+                name,
+                json!({"spec": {"containers": [
+                    {"name": "a", "image": "i", "resources": {"requests": {"cpu": "9223372036854775", "memory": "7Ei"}}},
+                    {"name": "b", "image": "i", "resources": {"requests": {"cpu": "9223372036854775", "memory": "7Ei"}}}
+                ]}}),
+            )
+        };
+        let nodes = [node("a", "4", "8Gi", json!({}))];
+        check(
+            &nodes,
+            &[bound(huge("old"), "a")],
+            &huge("p"),
+            expect!["error: 0/1 nodes are available: 1 Insufficient cpu, 1 Insufficient memory."],
+        );
+    }
+
+    #[test]
+    fn an_empty_spread_selector_counts_no_pod() {
+        let p = labelled(
+            "p",
+            json!({"app": "web"}),
+            json!({"spec": {"topologySpreadConstraints": [{
+                "maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+                "labelSelector": {}}]}}),
+        );
+        let nodes = [zoned("a1", "a"), zoned("b1", "b")];
+        let existing = [
+            bound(labelled("w1", json!({"app": "web"}), json!({})), "a1"),
+            bound(labelled("w2", json!({"app": "web"}), json!({})), "a1"),
+        ];
+        // Least allocated would pick b1; with the empty selector nothing is filtered out, so
+        // a1 stays feasible: pin the pod there to see it.
+        let mut pinned = p.clone();
+        pinned.spec.as_mut().expect("spec").node_selector =
+            Some([("zone".to_owned(), "a".to_owned())].into());
+        check(&nodes, &existing, &pinned, expect!["a1"]);
+    }
 }

@@ -18,15 +18,16 @@ use shoal_api::selector::LabelSelector;
 
 use crate::quantity;
 
-/// CPU in millicores, memory in bytes, and a pod count.
+/// CPU in millicores, memory in bytes, and a pod count. Wide enough that no sum of pods'
+/// requests overflows (each request is an `i64` at most).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Resources {
     /// Millicores.
-    pub cpu_millis: i64,
+    pub cpu_millis: i128,
     /// Bytes.
-    pub memory_bytes: i64,
+    pub memory_bytes: i128,
     /// Number of pods.
-    pub pods: i64,
+    pub pods: i128,
 }
 
 impl Resources {
@@ -51,9 +52,9 @@ impl Resources {
 
 /// CPU the scorer assumes for a container that requests none (as Kubernetes does), so that
 /// pods without requests still spread across nodes.
-const DEFAULT_CPU_MILLIS: i64 = 100;
+const DEFAULT_CPU_MILLIS: i128 = 100;
 /// Memory the scorer assumes for a container that requests none.
-const DEFAULT_MEMORY_BYTES: i64 = 200 * 1024 * 1024;
+const DEFAULT_MEMORY_BYTES: i128 = 200 * 1024 * 1024;
 
 /// What a pod asks of a node: `requests` for fitting and `scoring` (with defaults for
 /// unset requests) for ranking.
@@ -74,14 +75,18 @@ fn container_requests(container: &Container) -> (Resources, Resources) {
             .and_then(|r| r.requests.as_ref().and_then(|m| m.get(name)))
             .or_else(|| resources.and_then(|r| r.limits.as_ref().and_then(|m| m.get(name))))
     };
-    let cpu = lookup("cpu")
-        .and_then(|q| quantity::cpu_millis(&q.0))
-        .unwrap_or(0)
-        .max(0);
-    let memory = lookup("memory")
-        .and_then(|q| quantity::whole_units(&q.0))
-        .unwrap_or(0)
-        .max(0);
+    let cpu = i128::from(
+        lookup("cpu")
+            .and_then(|q| quantity::cpu_millis(&q.0))
+            .unwrap_or(0)
+            .max(0),
+    );
+    let memory = i128::from(
+        lookup("memory")
+            .and_then(|q| quantity::whole_units(&q.0))
+            .unwrap_or(0)
+            .max(0),
+    );
     let requests = Resources {
         cpu_millis: cpu,
         memory_bytes: memory,
@@ -99,7 +104,10 @@ fn container_requests(container: &Container) -> (Resources, Resources) {
     (requests, scoring)
 }
 
-/// Computes what a pod spec requests of a node.
+/// Computes what a pod spec requests of a node, as upstream's `PodRequests`: the
+/// containers and the sidecars (init containers with `restartPolicy: Always`, which run
+/// beside them) together, or the peak of the init phase if higher (each ordinary init
+/// container with the sidecars started before it), plus the overhead.
 pub fn pod_requests(spec: &PodSpec) -> PodRequests {
     let mut requests = Resources::default();
     let mut scoring = Resources::default();
@@ -108,21 +116,43 @@ pub fn pod_requests(spec: &PodSpec) -> PodRequests {
         requests.plus(&r);
         scoring.plus(&s);
     }
+    let (mut sidecars, mut sidecars_scoring) = (Resources::default(), Resources::default());
+    let (mut peak, mut peak_scoring) = (Resources::default(), Resources::default());
     for container in spec.init_containers.iter().flatten() {
         let (r, s) = container_requests(container);
-        requests.at_least(&r);
-        scoring.at_least(&s);
+        if container.restart_policy.as_deref() == Some("Always") {
+            sidecars.plus(&r);
+            sidecars_scoring.plus(&s);
+            peak.at_least(&sidecars);
+            peak_scoring.at_least(&sidecars_scoring);
+        } else {
+            let (mut with, mut with_scoring) = (sidecars, sidecars_scoring);
+            with.plus(&r);
+            with_scoring.plus(&s);
+            peak.at_least(&with);
+            peak_scoring.at_least(&with_scoring);
+        }
     }
+    requests.plus(&sidecars);
+    scoring.plus(&sidecars_scoring);
+    requests.at_least(&peak);
+    scoring.at_least(&peak_scoring);
     if let Some(overhead) = &spec.overhead {
         let extra = Resources {
-            cpu_millis: overhead
-                .get("cpu")
-                .and_then(|q| quantity::cpu_millis(&q.0))
-                .unwrap_or(0),
-            memory_bytes: overhead
-                .get("memory")
-                .and_then(|q| quantity::whole_units(&q.0))
-                .unwrap_or(0),
+            cpu_millis: i128::from(
+                overhead
+                    .get("cpu")
+                    .and_then(|q| quantity::cpu_millis(&q.0))
+                    .unwrap_or(0)
+                    .max(0),
+            ),
+            memory_bytes: i128::from(
+                overhead
+                    .get("memory")
+                    .and_then(|q| quantity::whole_units(&q.0))
+                    .unwrap_or(0)
+                    .max(0),
+            ),
             pods: 0,
         };
         requests.plus(&extra);
@@ -174,21 +204,24 @@ impl NodeInfo {
         let allocatable = status
             .and_then(|s| s.allocatable.as_ref().or(s.capacity.as_ref()))
             .map(|a| Resources {
-                cpu_millis: a
-                    .get("cpu")
-                    .and_then(|q| quantity::cpu_millis(&q.0))
-                    .unwrap_or(0),
-                memory_bytes: a
-                    .get("memory")
-                    .and_then(|q| quantity::whole_units(&q.0))
-                    .unwrap_or(0),
-                pods: a
-                    .get("pods")
-                    .and_then(|q| quantity::whole_units(&q.0))
-                    .unwrap_or(i64::MAX),
+                cpu_millis: i128::from(
+                    a.get("cpu")
+                        .and_then(|q| quantity::cpu_millis(&q.0))
+                        .unwrap_or(0),
+                ),
+                memory_bytes: i128::from(
+                    a.get("memory")
+                        .and_then(|q| quantity::whole_units(&q.0))
+                        .unwrap_or(0),
+                ),
+                pods: i128::from(
+                    a.get("pods")
+                        .and_then(|q| quantity::whole_units(&q.0))
+                        .unwrap_or(i64::MAX),
+                ),
             })
             .unwrap_or(Resources {
-                pods: i64::MAX,
+                pods: i128::from(i64::MAX),
                 ..Resources::default()
             });
         let taints = spec.and_then(|s| s.taints.as_deref()).unwrap_or_default();
@@ -385,6 +418,9 @@ pub struct PodInfo {
     pub affinity: PodAffinity,
     /// The pod is being deleted.
     pub terminating: bool,
+    /// It is being deleted because the scheduler preempted it (`DisruptionTarget`, reason
+    /// `PreemptionByScheduler`).
+    pub preempted: bool,
 }
 
 impl PodInfo {
@@ -480,6 +516,18 @@ impl PodInfo {
             host_ports,
             affinity,
             terminating: pod.metadata.deletion_timestamp.is_some(),
+            preempted: pod.metadata.deletion_timestamp.is_some()
+                && pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|conditions| {
+                        conditions.iter().any(|c| {
+                            c.type_ == "DisruptionTarget"
+                                && c.status == "True"
+                                && c.reason.as_deref() == Some("PreemptionByScheduler")
+                        })
+                    }),
         }
     }
 }
@@ -558,6 +606,8 @@ pub struct PdbInfo {
     pub selector: Option<LabelSelector>,
     /// `status.disruptionsAllowed`.
     pub disruptions_allowed: i32,
+    /// `status.disruptedPods`: pods whose eviction was already counted.
+    pub disrupted: HashSet<String>,
 }
 
 impl PdbInfo {
@@ -575,12 +625,21 @@ impl PdbInfo {
                 .as_ref()
                 .map(|s| s.disruptions_allowed)
                 .unwrap_or(0),
+            disrupted: pdb
+                .status
+                .as_ref()
+                .and_then(|s| s.disrupted_pods.as_ref())
+                .map(|pods| pods.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 
-    /// Whether the budget covers `pod`.
+    /// Whether evicting `pod` spends this budget: it covers the pod and has not counted its
+    /// disruption already.
     pub fn covers(&self, pod: &PodInfo) -> bool {
+        let name = pod.key.rsplit('/').next().unwrap_or_default();
         self.namespace == pod.namespace
+            && !self.disrupted.contains(name)
             && self
                 .selector
                 .as_ref()
@@ -598,6 +657,8 @@ pub struct Snapshot {
     affinity_pods: HashMap<String, String>,
     /// Unbound pods nominated to a node by preemption: key → (node, pod).
     nominated: HashMap<String, (String, Arc<PodInfo>)>,
+    /// Nominations per node, so nodes without any are skipped at once.
+    nominated_per_node: HashMap<String, usize>,
     /// How many nodes hold each image (normalized name).
     image_nodes: HashMap<String, usize>,
     runtime_classes: HashMap<String, RuntimeClassInfo>,
@@ -679,6 +740,11 @@ impl Snapshot {
     /// The entry for one node.
     pub fn node(&self, name: &str) -> Option<&NodeEntry> {
         self.nodes.get(name)
+    }
+
+    /// The entry for one node, with the name as the snapshot holds it.
+    pub fn node_entry(&self, name: &str) -> Option<(&str, &NodeEntry)> {
+        self.nodes.get_key_value(name).map(|(k, v)| (k.as_str(), v))
     }
 
     /// Keys of the pods accounted for.
@@ -816,8 +882,31 @@ impl Snapshot {
         Some(old)
     }
 
+    fn set_nomination(&mut self, key: &str, nomination: Option<(String, Arc<PodInfo>)>) {
+        let old = match nomination {
+            Some((node, pod)) => {
+                *self.nominated_per_node.entry(node.clone()).or_default() += 1;
+                self.nominated.insert(key.to_owned(), (node, pod))
+            }
+            None => self.nominated.remove(key),
+        };
+        if let Some((node, _)) = old
+            && let Some(count) = self.nominated_per_node.get_mut(&node)
+        {
+            *count -= 1;
+            if *count == 0 {
+                self.nominated_per_node.remove(&node);
+            }
+        }
+    }
+
+    /// Keys of the pods holding a nomination.
+    pub fn nominated_keys(&self) -> impl Iterator<Item = &String> {
+        self.nominated.keys()
+    }
+
     fn account(&mut self, key: String, bound: BoundPod) {
-        self.nominated.remove(&key);
+        self.set_nomination(&key, None);
         if !bound.info.affinity.is_empty() {
             self.affinity_pods.insert(key.clone(), bound.node.clone());
         }
@@ -842,13 +931,18 @@ impl Snapshot {
                             && old.info.requests == info.requests
                             && old.info.labels == info.labels
                             && old.info.terminating == info.terminating
+                            && old.info.preempted == info.preempted
+                            && old.info.start_time == info.start_time
                             && !old.assumed =>
                     {
                         return false;
                     }
+                    // A move, a change of requests or labels (spread and affinity count
+                    // labels), or a start of deletion may let a waiting pod in.
                     Some(old) => {
                         old.node != node
                             || old.info.requests != info.requests
+                            || old.info.labels != info.labels
                             || (info.terminating && !old.info.terminating)
                     }
                     None => false,
@@ -865,15 +959,10 @@ impl Snapshot {
                 freed
             }
             None => {
-                match nominated_node(pod).filter(|_| !is_terminated(pod)) {
-                    Some(node) => {
-                        let info = Arc::new(PodInfo::from_pod(pod));
-                        self.nominated.insert(key.clone(), (node.to_owned(), info));
-                    }
-                    None => {
-                        self.nominated.remove(&key);
-                    }
-                }
+                let nomination = nominated_node(pod)
+                    .filter(|_| !is_terminated(pod) && pod.metadata.deletion_timestamp.is_none())
+                    .map(|node| (node.to_owned(), Arc::new(PodInfo::from_pod(pod))));
+                self.set_nomination(&key, nomination);
                 // An unbound pod never releases an assumption here: the watch may show it
                 // before the binding lands. `forget_pod` does that.
                 match self.pods.get(&key) {
@@ -887,7 +976,7 @@ impl Snapshot {
 
     /// Forgets a deleted pod. Returns true when it held resources.
     pub fn remove_pod(&mut self, key: &str) -> bool {
-        self.nominated.remove(key);
+        self.set_nomination(key, None);
         self.unaccount(key).is_some()
     }
 
@@ -920,12 +1009,12 @@ impl Snapshot {
     /// Records that preemption nominated `pod` to `node` (before the status write is seen).
     pub fn nominate(&mut self, pod: &Pod, node: &str) {
         let info = Arc::new(PodInfo::from_pod(pod));
-        self.nominated.insert(pod_key(pod), (node.to_owned(), info));
+        self.set_nomination(&pod_key(pod), Some((node.to_owned(), info)));
     }
 
     /// Drops a nomination.
     pub fn clear_nomination(&mut self, key: &str) {
-        self.nominated.remove(key);
+        self.set_nomination(key, None);
     }
 
     /// Pods nominated to `node`, other than `except`, whose priority is at least `priority`:
@@ -936,9 +1025,13 @@ impl Snapshot {
         priority: i32,
         except: &'a str,
     ) -> impl Iterator<Item = &'a Arc<PodInfo>> + 'a {
-        self.nominated.iter().filter_map(move |(key, (n, pod))| {
-            (n == node && key != except && pod.priority >= priority).then_some(pod)
-        })
+        let any = self.nominated_per_node.contains_key(node);
+        self.nominated
+            .iter()
+            .filter(move |_| any)
+            .filter_map(move |(key, (n, pod))| {
+                (n == node && key != except && pod.priority >= priority).then_some(pod)
+            })
     }
 
     /// Whether any nomination exists (so decisions can skip looking).

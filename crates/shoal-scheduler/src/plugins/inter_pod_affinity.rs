@@ -34,7 +34,8 @@ fn matches_all(terms: &[AffinityTerm], pod: &PodInfo) -> bool {
 
 fn bump(map: &mut HashMap<Pair, i64>, key: &str, info: &NodeInfo, by: i64) {
     if let Some(value) = info.labels.get(key) {
-        *map.entry((key.to_owned(), value.clone())).or_default() += by;
+        let slot = map.entry((key.to_owned(), value.clone())).or_default();
+        *slot = slot.saturating_add(by);
     }
 }
 
@@ -236,7 +237,7 @@ impl Plugin for InterPodAffinity {
             .labels
             .iter()
             .filter_map(|(k, v)| scores.get(&(k.clone(), v.clone())))
-            .sum()
+            .fold(0i64, |sum, s| sum.saturating_add(*s))
     }
 
     fn normalize(&self, _: &CycleState, scores: &mut [i64]) {
@@ -244,7 +245,9 @@ impl Plugin for InterPodAffinity {
         let max = scores.iter().copied().max().unwrap_or(0);
         for s in scores.iter_mut() {
             *s = if max > min {
-                MAX_NODE_SCORE * (*s - min) / (max - min)
+                let scaled = i128::from(MAX_NODE_SCORE) * (i128::from(*s) - i128::from(min))
+                    / (i128::from(max) - i128::from(min));
+                i64::try_from(scaled).unwrap_or(0)
             } else {
                 0
             };

@@ -21,7 +21,7 @@ impl Plugin for NodeResourcesFit {
         let wanted = &pod.info.requests.requests;
         let allocatable = &node.info.allocatable;
         let requested = &node.entry.requested;
-        let free = |allocatable: i64, requested: i64| allocatable.saturating_sub(requested);
+        let free = |allocatable: i128, requested: i128| allocatable - requested;
         let mut reasons = Vec::new();
         if wanted.pods > free(allocatable.pods, requested.pods) {
             reasons.push("Too many pods".to_owned());
@@ -47,50 +47,42 @@ impl Plugin for NodeResourcesFit {
     }
 
     fn score(&self, _: &CycleState, pod: &PodView, node: &NodeView) -> i64 {
-        let (cpu, memory) = fractions(&pod.info.requests.scoring, node);
-        let least = (cpu.free + memory.free) / 2;
+        let shares = shares(&pod.info.requests.scoring, node);
+        if shares.is_empty() {
+            return 0;
+        }
+        let count = shares.len() as i64;
         match self.strategy {
-            ScoringStrategy::LeastAllocated => least,
-            ScoringStrategy::MostAllocated => (cpu.used + memory.used) / 2,
+            ScoringStrategy::LeastAllocated => {
+                shares.iter().map(|used| MAX_NODE_SCORE - used).sum::<i64>() / count
+            }
+            ScoringStrategy::MostAllocated => shares.iter().sum::<i64>() / count,
         }
     }
 }
 
-/// A resource's use after placing, in 0..=100, as used and free shares.
-struct Share {
-    used: i64,
-    free: i64,
-}
-
-fn share(capacity: i64, used: i64) -> Share {
-    if capacity <= 0 || used >= capacity {
-        return Share {
-            used: MAX_NODE_SCORE,
-            free: 0,
-        };
-    }
-    let used =
-        i64::try_from(i128::from(used.max(0)) * i128::from(MAX_NODE_SCORE) / i128::from(capacity))
-            .unwrap_or(MAX_NODE_SCORE);
-    Share {
-        used,
-        free: MAX_NODE_SCORE - used,
-    }
-}
-
-fn fractions(wanted: &Resources, node: &NodeView) -> (Share, Share) {
+/// The used share (0..=100) of CPU and memory after placing, for each the node has any of
+/// (a resource with nothing allocatable does not count, as upstream skips it).
+fn shares(wanted: &Resources, node: &NodeView) -> Vec<i64> {
     let allocatable = &node.info.allocatable;
     let scoring = &node.entry.scoring;
-    (
-        share(
+    [
+        (
             allocatable.cpu_millis,
-            scoring.cpu_millis.saturating_add(wanted.cpu_millis),
+            scoring.cpu_millis + wanted.cpu_millis,
         ),
-        share(
+        (
             allocatable.memory_bytes,
-            scoring.memory_bytes.saturating_add(wanted.memory_bytes),
+            scoring.memory_bytes + wanted.memory_bytes,
         ),
-    )
+    ]
+    .into_iter()
+    .filter(|(capacity, _)| *capacity > 0)
+    .map(|(capacity, used)| {
+        let used = used.clamp(0, capacity);
+        i64::try_from(used * i128::from(MAX_NODE_SCORE) / capacity).unwrap_or(MAX_NODE_SCORE)
+    })
+    .collect()
 }
 
 /// The NodeResourcesBalancedAllocation plugin: `(1 - |cpu - memory| / 2) * 100` of the
@@ -103,7 +95,9 @@ impl Plugin for BalancedAllocation {
     }
 
     fn score(&self, _: &CycleState, pod: &PodView, node: &NodeView) -> i64 {
-        let (cpu, memory) = fractions(&pod.info.requests.scoring, node);
-        MAX_NODE_SCORE - (cpu.used - memory.used).abs() / 2
+        match shares(&pod.info.requests.scoring, node).as_slice() {
+            [cpu, memory] => MAX_NODE_SCORE - (cpu - memory).abs() / 2,
+            _ => MAX_NODE_SCORE,
+        }
     }
 }

@@ -54,18 +54,21 @@ fn constraints(pod: &PodView, hard: bool) -> Vec<Constraint> {
 }
 
 fn constraint(c: &TopologySpreadConstraint, pod: &PodInfo) -> Constraint {
+    // A missing or empty selector selects nothing (upstream counts no pod for it): a
+    // requirement no label can meet.
+    let nothing = || LabelSelector {
+        requirements: vec![Requirement {
+            key: String::new(),
+            operator: Operator::In,
+            values: Vec::new(),
+        }],
+    };
     let mut selector = c
         .label_selector
         .as_ref()
         .and_then(|s| LabelSelector::from_api(s).ok())
-        // A missing selector selects nothing: a requirement no label can meet.
-        .unwrap_or_else(|| LabelSelector {
-            requirements: vec![Requirement {
-                key: String::new(),
-                operator: Operator::In,
-                values: Vec::new(),
-            }],
-        });
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(nothing);
     for key in c.match_label_keys.iter().flatten() {
         if let Some(value) = pod.labels.get(key) {
             selector.requirements.push(Requirement {
@@ -152,24 +155,33 @@ impl Spread {
         }
     }
 
+    /// Counts `other` in (`by` 1) or out (`by` -1) of `node`'s domains. The minimum is
+    /// kept without rescanning every domain unless the changed one held it and grew.
     fn add(&mut self, pod: &PodView, other: &PodInfo, node: &NodeView, by: i64) {
-        let mut changed = false;
-        for (c, counts) in self.constraints.iter().zip(self.counts.iter_mut()) {
+        for i in 0..self.constraints.len() {
+            let c = &self.constraints[i];
             if !counts_pod(c, pod.info, other) {
                 continue;
             }
-            if let Some(n) = node
+            let Some(n) = node
                 .info
                 .labels
                 .get(&c.key)
-                .and_then(|value| counts.get_mut(value))
-            {
-                *n += by;
-                changed = true;
+                .and_then(|value| self.counts[i].get_mut(value))
+            else {
+                continue;
+            };
+            let old = *n;
+            *n += by;
+            let new = *n;
+            if self.counts[i].len() < c.min_domains {
+                continue;
             }
-        }
-        if changed {
-            self.refresh_minimum();
+            if new < self.minimum[i] {
+                self.minimum[i] = new;
+            } else if old == self.minimum[i] && new > old {
+                self.minimum[i] = self.counts[i].values().copied().min().unwrap_or(0);
+            }
         }
     }
 }
@@ -232,6 +244,7 @@ impl Plugin for PodTopologySpread {
             return Status::skip();
         }
         let spread = count(soft, snapshot, pod);
+        // Each constraint weighs by how many domains it has (upstream: ln(domains + 2)).
         let weights = spread
             .counts
             .iter()
@@ -251,8 +264,9 @@ impl Plugin for PodTopologySpread {
                 // Nodes without the key rank last.
                 return i64::MIN;
             };
-            let here = spread.counts[i].get(value).copied().unwrap_or(0) + c.self_match;
-            total += here as f64 * weights[i];
+            let here = spread.counts[i].get(value).copied().unwrap_or(0);
+            // maxSkew - 1 softens the preference, as upstream scores.
+            total += here as f64 * weights[i] + (c.max_skew - 1) as f64;
         }
         (total * 1000.0).round() as i64
     }
