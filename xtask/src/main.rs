@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 mod api;
+mod scheduler;
 mod store;
 
 use shoal_e2e::{Cluster, GuestTarget, Registry, hello_guest, wait_until, workspace_root};
@@ -42,6 +43,11 @@ fn main() -> Result<()> {
             let bin = release_shoal(&root)?;
             api::run(&bin, &root.join("target/bench"), machine())
         }
+        ["bench", "scheduler", parts @ ..] => {
+            let root = workspace_root();
+            let bin = release_shoal(&root)?;
+            scheduler::run(&bin, &root.join("target/bench"), machine(), parts)
+        }
         ["bench", "store", "failover"] => {
             let root = workspace_root();
             let bin = release_shoal(&root)?;
@@ -58,7 +64,9 @@ fn main() -> Result<()> {
             let bin = release_shoal(&root)?;
             store::writes_only(&bin, &root.join("target/bench"), machine(), members)
         }
-        _ => bail!("usage: cargo xtask bench apply|api|store [failover|disk|writes MEMBERS]"),
+        _ => bail!(
+            "usage: cargo xtask bench apply|api|scheduler [core|e2e|recovery]|store [failover|disk|writes MEMBERS]"
+        ),
     }
 }
 

@@ -111,7 +111,7 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    fn start(program: &Path, args: Vec<String>, log: &Path) -> Result<Proc> {
+    pub(crate) fn start(program: &Path, args: Vec<String>, log: &Path) -> Result<Proc> {
         let mut p = Proc {
             child: None,
             args,
@@ -282,7 +282,11 @@ fn put_request(urls: Vec<String>, keys: u64) -> Request {
     })
 }
 
-fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+pub(crate) fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !check() {
         ensure!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -406,6 +410,16 @@ pub(crate) struct ShoalCluster {
 }
 
 pub(crate) fn start_shoal(bin: &Path, dir: &Path, n: usize) -> Result<ShoalCluster> {
+    start_shoal_with(bin, dir, n, &[])
+}
+
+/// [`start_shoal`] with `extra` flags for every member.
+pub(crate) fn start_shoal_with(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    extra: &[String],
+) -> Result<ShoalCluster> {
     let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
     let mut procs = Vec::new();
     let mut dirs = Vec::new();
@@ -423,6 +437,7 @@ pub(crate) fn start_shoal(bin: &Path, dir: &Path, n: usize) -> Result<ShoalClust
             "--name".into(),
             format!("s{i}"),
         ];
+        args.extend(extra.iter().cloned());
         if let Some(token) = &token {
             args.extend([
                 "--join".into(),

@@ -106,7 +106,13 @@ pub(crate) fn node_labels(facts: &NodeFacts) -> BTreeMap<String, String> {
         ("shoal.dev/wasm".to_owned(), "true".to_owned()),
     ]);
     for handler in &facts.handlers {
-        labels.insert(format!("runtime.shoal.dev/{handler}"), "true".to_owned());
+        labels.insert(
+            format!(
+                "{}{handler}",
+                shoal_api::node_selector::RUNTIME_LABEL_PREFIX
+            ),
+            "true".to_owned(),
+        );
     }
     labels.extend(facts.labels.clone());
     labels

@@ -14,6 +14,7 @@ pub mod custom;
 pub mod defaults;
 pub mod kinds;
 pub mod meta;
+pub mod node_selector;
 pub mod patch;
 pub mod quantity;
 pub mod registry;

@@ -47,26 +47,13 @@ const SKIPPED_ANNOTATIONS: [&str; 5] = [
     "kubectl.kubernetes.io/last-applied-configuration",
 ];
 
-/// A stable short lowercase alphanumeric hash of a pod template: FNV-1a (32 bit) over its
-/// JSON (plus the collision count, if any), its decimal digits spelled in Kubernetes'
-/// safe alphabet.
+/// A stable short lowercase alphanumeric hash of a pod template: [`crate::history::hash_bytes`]
+/// over its JSON (plus the collision count, if any).
 pub fn template_hash(template: &PodTemplateSpec, collision_count: Option<i32>) -> String {
-    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let mut hash: u32 = 0x811c_9dc5;
-    let mut feed = |bytes: &[u8]| {
-        for b in bytes {
-            hash ^= u32::from(*b);
-            hash = hash.wrapping_mul(0x0100_0193);
-        }
-    };
-    feed(&serde_json::to_vec(template).unwrap_or_default());
-    if let Some(count) = collision_count {
-        feed(&count.to_le_bytes());
-    }
-    hash.to_string()
-        .bytes()
-        .map(|d| char::from(ALPHABET[usize::from(d) % ALPHABET.len()]))
-        .collect()
+    crate::history::hash_bytes(
+        &serde_json::to_vec(template).unwrap_or_default(),
+        collision_count,
+    )
 }
 
 /// `maxSurge`/`maxUnavailable` as counts for `replicas`: surge rounds up, unavailable

@@ -1,4 +1,5 @@
-//! Shoal's controllers: ReplicaSet, Deployment, Job, CronJob, the garbage collector, ServiceAccount (a
+//! Shoal's controllers: ReplicaSet, Deployment, StatefulSet, DaemonSet (both with
+//! ControllerRevision history), Job, CronJob, the garbage collector, ServiceAccount (a
 //! `default` account in every namespace), namespace deletion, node lifecycle with taint eviction, pod garbage
 //! collection, and the approver and signer of node client certificates.
 //!
@@ -11,9 +12,12 @@
 
 pub mod certificates;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod event_ttl;
 pub mod garbage_collector;
+pub mod history;
 pub mod informer;
 pub mod job;
 pub mod namespace;
@@ -22,16 +26,21 @@ pub mod podgc;
 pub mod pods;
 pub mod replicaset;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod taint_eviction;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{
+    ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet,
+};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::node::v1::RuntimeClass;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +55,12 @@ pub struct Config {
     pub replicaset: bool,
     /// Run the Deployment controller.
     pub deployment: bool,
+    /// Run the StatefulSet controller.
+    pub statefulset: bool,
+    /// Run the DaemonSet controller.
+    pub daemonset: bool,
+    /// Run the disruption controller (PodDisruptionBudget status).
+    pub disruption: bool,
     /// Run the Job controller (with TTL after finished).
     pub job: bool,
     /// Run the CronJob controller.
@@ -84,6 +99,9 @@ impl Default for Config {
         Config {
             replicaset: true,
             deployment: true,
+            statefulset: true,
+            daemonset: true,
+            disruption: true,
             job: true,
             cronjob: true,
             garbage_collector: true,
@@ -208,6 +226,129 @@ pub async fn run(
             triggers,
         ));
     }
+    let mut nodes = Informer::<Node>::new(Api::all(client.clone()));
+    let mut statefulsets = Informer::<StatefulSet>::new(Api::all(client.clone()));
+    if config.statefulset || config.daemonset {
+        let revisions = Informer::<ControllerRevision>::new(Api::all(client.clone()));
+        if config.statefulset {
+            let sets = &mut statefulsets;
+            let ctx = Arc::new(statefulset::Context {
+                client: client.clone(),
+                pods: pods.store(),
+                revisions: revisions.store(),
+                expectations: replicaset::Expectations::default(),
+                events: recorder("statefulset-controller"),
+            });
+            let triggers = futures::stream::select(
+                sets.subscribe().map(informer::trigger_self),
+                pods.subscribe()
+                    .map(informer::trigger_controller::<_, StatefulSet>),
+            )
+            .flat_map(futures::stream::iter);
+            let store = sets.store();
+            tasks.spawn(applier("statefulset").start(
+                [pods.ready(), revisions.ready(), sets.ready()],
+                statefulset::reconcile,
+                statefulset::error_policy,
+                ctx,
+                store,
+                triggers,
+            ));
+        }
+        if config.daemonset {
+            let mut sets = Informer::<DaemonSet>::new(Api::all(client.clone()));
+            let classes = Informer::<RuntimeClass>::new(Api::all(client.clone()));
+            let ctx = Arc::new(daemonset::Context {
+                client: client.clone(),
+                pods: pods.store(),
+                nodes: nodes.store(),
+                revisions: revisions.store(),
+                runtime_classes: classes.store(),
+                expectations: replicaset::Expectations::default(),
+                backoff: daemonset::Backoff::default(),
+                events: recorder("daemonset-controller"),
+            });
+            // Any node change may change where daemons should run: every DaemonSet looks
+            // again (the applier folds repeated triggers of one object into one reconcile).
+            let all_sets = sets.store();
+            let node_triggers = nodes
+                .subscribe()
+                .filter(|change| future::ready(!matches!(change, informer::Change::Synced)))
+                .flat_map(move |_| {
+                    let refs: Vec<_> = all_sets
+                        .state()
+                        .iter()
+                        .map(|ds| Ok(kube::runtime::reflector::ObjectRef::from_obj(ds.as_ref())))
+                        .collect();
+                    futures::stream::iter(refs)
+                });
+            let triggers = futures::stream::select(
+                futures::stream::select(
+                    sets.subscribe().map(informer::trigger_self),
+                    pods.subscribe()
+                        .map(informer::trigger_controller::<_, DaemonSet>),
+                )
+                .flat_map(futures::stream::iter),
+                node_triggers,
+            );
+            let store = sets.store();
+            tasks.spawn(applier("daemonset").start(
+                [
+                    pods.ready(),
+                    nodes.ready(),
+                    revisions.ready(),
+                    classes.ready(),
+                    sets.ready(),
+                ],
+                daemonset::reconcile,
+                daemonset::error_policy,
+                ctx,
+                store,
+                triggers,
+            ));
+            tasks.spawn(until(shutdown.clone(), sets.run()));
+            tasks.spawn(until(shutdown.clone(), classes.run()));
+        }
+        tasks.spawn(until(shutdown.clone(), revisions.run()));
+    }
+    if config.disruption {
+        let mut budgets = Informer::<PodDisruptionBudget>::new(Api::all(client.clone()));
+        let ctx = Arc::new(disruption::Context {
+            client: client.clone(),
+            pods: pods.store(),
+            replicasets: replicasets.store(),
+            deployments: deployments.store(),
+            statefulsets: statefulsets.store(),
+        });
+        let triggers = futures::stream::select(
+            budgets
+                .subscribe()
+                .map(informer::trigger_self)
+                .flat_map(futures::stream::iter),
+            pods.subscribe()
+                .map(disruption::trigger_budgets(budgets.store()))
+                .flat_map(futures::stream::iter),
+        );
+        let store = budgets.store();
+        tasks.spawn(applier("disruption").start(
+            [
+                pods.ready(),
+                replicasets.ready(),
+                deployments.ready(),
+                statefulsets.ready(),
+                budgets.ready(),
+            ],
+            disruption::reconcile,
+            disruption::error_policy,
+            ctx,
+            store,
+            triggers,
+        ));
+        tasks.spawn(until(shutdown.clone(), budgets.run()));
+    }
+    if config.statefulset || config.disruption {
+        tasks.spawn(until(shutdown.clone(), statefulsets.run()));
+    }
     let mut jobs = Informer::<Job>::new(Api::all(client.clone()));
     if config.cronjob {
         let mut cronjobs = Informer::<CronJob>::new(Api::all(client.clone()));
@@ -319,7 +460,6 @@ pub async fn run(
         tasks.spawn(until(shutdown.clone(), accounts.run()));
     }
     if config.node_lifecycle || config.taint_eviction || config.pod_gc {
-        let nodes = Informer::<Node>::new(Api::all(client.clone()));
         if config.node_lifecycle {
             let leases = Informer::<Lease>::new(Api::namespaced(
                 client.clone(),
@@ -369,6 +509,8 @@ pub async fn run(
                 podgc::run(ctx, shutdown.clone()),
             ));
         }
+    }
+    if config.node_lifecycle || config.taint_eviction || config.pod_gc || config.daemonset {
         tasks.spawn(until(shutdown.clone(), nodes.run()));
     }
     if config.event_ttl {

@@ -1,10 +1,17 @@
 //! Facts about pods and owner references that several controllers share.
 //!
-//! Pure functions over `k8s-openapi` types; no IO and no clock (callers pass `now`).
+//! Pure functions over `k8s-openapi` types (no IO, no clock: callers pass `now`), and the two
+//! writes every pod-owning controller makes: claiming pods and deleting them.
 
+use std::sync::Arc;
+
+use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::json;
+use tracing::info;
 
 /// Not being deleted and not finished (phase Succeeded or Failed).
 pub fn is_active(pod: &Pod) -> bool {
@@ -60,6 +67,95 @@ pub fn controller_ref(api_version: &str, kind: &str, owner: &ObjectMeta) -> Owne
         controller: Some(true),
         block_owner_deletion: Some(true),
     }
+}
+
+/// Concurrent deletions within one reconcile.
+const PARALLEL_DELETES: usize = 32;
+
+/// Adopts the orphans named in `adopt` (adding `owner` to their owner references) and
+/// releases the pods named in `release` (removing references to `owner`'s uid); each patch
+/// carries the pod's resourceVersion, so a pod that changed meanwhile is left for the next
+/// pass (409).
+pub async fn claim(
+    api: &Api<Pod>,
+    pods: &[Arc<Pod>],
+    adopt: &[String],
+    release: &[String],
+    owner: &OwnerReference,
+) -> Result<(), kube::Error> {
+    let find = |name: &str| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+    };
+    for name in adopt {
+        if let Some(pod) = find(name) {
+            let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
+            refs.push(owner.clone());
+            let patch = json!({"metadata": {"ownerReferences": refs,
+                "resourceVersion": pod.metadata.resource_version}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            info!(owner = %owner.name, kind = %owner.kind, pod = %name, "adopted pod");
+        }
+    }
+    for name in release {
+        if let Some(pod) = find(name) {
+            let refs: Vec<&OwnerReference> = pod
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .filter(|r| r.uid != owner.uid)
+                .collect();
+            let patch = json!({"metadata": {"ownerReferences": refs,
+                "resourceVersion": pod.metadata.resource_version}});
+            api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
+            info!(owner = %owner.name, kind = %owner.kind, pod = %name, "released pod");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes the pods named in `names`, each guarded by the uid it has in `pods` (a pod made
+/// again under the same name is not touched); a pod already gone counts as deleted.
+pub async fn delete_pods(
+    api: &Api<Pod>,
+    pods: &[Arc<Pod>],
+    names: &[String],
+) -> Vec<(String, Result<(), kube::Error>)> {
+    let targets: Vec<(String, Option<String>)> = names
+        .iter()
+        .map(|name| {
+            let uid = pods
+                .iter()
+                .find(|p| p.metadata.name.as_deref() == Some(name.as_str()))
+                .and_then(|p| p.metadata.uid.clone());
+            (name.clone(), uid)
+        })
+        .collect();
+    stream::iter(targets)
+        .map(|(name, uid)| {
+            let api = api.clone();
+            async move {
+                let params = DeleteParams {
+                    preconditions: Some(Preconditions {
+                        uid,
+                        resource_version: None,
+                    }),
+                    ..DeleteParams::default()
+                };
+                let result = match api.delete(&name, &params).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                };
+                (name, result)
+            }
+        })
+        .buffer_unordered(PARALLEL_DELETES)
+        .collect()
+        .await
 }
 
 #[cfg(test)]

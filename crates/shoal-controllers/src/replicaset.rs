@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetStatus};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::Store;
 use serde_json::json;
@@ -24,12 +24,14 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Error;
-use crate::pods::{controller_of, controller_ref, is_active, is_available, is_ready};
+use crate::pods::{
+    claim, controller_of, controller_ref, delete_pods, is_active, is_available, is_ready,
+};
 
 /// At most this many pods are created or deleted in one reconcile (Kubernetes'
 /// `burstReplicas`).
 pub const BURST_REPLICAS: usize = 500;
-/// Concurrent API calls for pod creation and deletion within one reconcile.
+/// Concurrent API calls for pod creation within one reconcile.
 const PARALLEL_WRITES: usize = 32;
 /// How long an expectation waits for the store before it is given up.
 const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -278,45 +280,14 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     let plan = plan(&rs, &refs, Timestamp::now(), settled);
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
 
-    for pod_name in &plan.adopt {
-        if let Some(pod) = pods
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(pod_name))
-        {
-            let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-            refs.push(controller_ref("apps/v1", "ReplicaSet", &rs.metadata));
-            let patch = json!({"metadata": {
-                "ownerReferences": refs,
-                "resourceVersion": pod.metadata.resource_version,
-            }});
-            pod_api
-                .patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            info!(replicaset = %name, pod = %pod_name, "adopted pod");
-        }
-    }
-    for pod_name in &plan.release {
-        if let Some(pod) = pods
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(pod_name))
-        {
-            let refs: Vec<_> = pod
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .filter(|r| r.uid != uid)
-                .collect();
-            let patch = json!({"metadata": {
-                "ownerReferences": refs,
-                "resourceVersion": pod.metadata.resource_version,
-            }});
-            pod_api
-                .patch(pod_name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            info!(replicaset = %name, pod = %pod_name, "released pod");
-        }
-    }
+    claim(
+        &pod_api,
+        &pods,
+        &plan.adopt,
+        &plan.release,
+        &controller_ref("apps/v1", "ReplicaSet", &rs.metadata),
+    )
+    .await?;
 
     let mut first_error = None;
     if plan.create > 0 {
@@ -351,39 +322,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         ctx.expectations.expect(&uid, created, Vec::new());
     }
     if !plan.delete.is_empty() {
-        let targets: Vec<(String, Option<String>)> = plan
-            .delete
-            .iter()
-            .map(|pod_name| {
-                let uid = pods
-                    .iter()
-                    .find(|p| p.metadata.name.as_deref() == Some(pod_name.as_str()))
-                    .and_then(|p| p.metadata.uid.clone());
-                (pod_name.clone(), uid)
-            })
-            .collect();
-        let results: Vec<(String, Result<(), kube::Error>)> = stream::iter(targets)
-            .map(|(pod_name, pod_uid)| {
-                let api = pod_api.clone();
-                async move {
-                    let params = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: pod_uid,
-                            resource_version: None,
-                        }),
-                        ..DeleteParams::default()
-                    };
-                    let result = match api.delete(&pod_name, &params).await {
-                        Ok(_) => Ok(()),
-                        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-                        Err(e) => Err(e),
-                    };
-                    (pod_name, result)
-                }
-            })
-            .buffer_unordered(PARALLEL_WRITES)
-            .collect()
-            .await;
+        let results = delete_pods(&pod_api, &pods, &plan.delete).await;
         let mut deleted = Vec::new();
         let rs_ref = shoal_events::reference(rs.as_ref());
         for (pod_name, result) in results {
@@ -410,14 +349,41 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
         ctx.expectations.expect(&uid, Vec::new(), deleted);
     }
 
-    if status_changed(rs.status.as_ref(), &plan.status) {
-        let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({"status": plan.status});
+    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &namespace);
+    let status = status_changed(rs.status.as_ref(), &plan.status).then(|| json!(plan.status));
+    finish(
+        &api,
+        &name,
+        status,
+        first_error,
+        settled,
+        plan.requeue_after,
+    )
+    .await
+}
+
+/// The end of a pod-owning controller's reconcile: writes `status` if given (an object gone
+/// meanwhile is fine), then returns the first error of the pass, or looks again in 500 ms while
+/// creations and deletions are not yet in the store, or after `requeue_after`, or on the next
+/// change.
+pub(crate) async fn finish<K>(
+    api: &Api<K>,
+    name: &str,
+    status: Option<serde_json::Value>,
+    mut first_error: Option<kube::Error>,
+    settled: bool,
+    requeue_after: Option<Duration>,
+) -> Result<Action, Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if let Some(status) = status {
+        let patch = json!({ "status": status });
         match api
-            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => debug!(replicaset = %name, replicas = plan.status.replicas, "updated status"),
+            Ok(_) => debug!(%name, "updated status"),
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(error) => {
                 first_error.get_or_insert(error);
@@ -430,9 +396,7 @@ pub async fn reconcile(rs: Arc<ReplicaSet>, ctx: Arc<Context>) -> Result<Action,
     if !settled {
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    Ok(plan
-        .requeue_after
-        .map_or_else(Action::await_change, Action::requeue))
+    Ok(requeue_after.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Requeues a failed reconcile; conflicts come back quickly, other errors after a pause.

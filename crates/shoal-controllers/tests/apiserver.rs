@@ -1091,3 +1091,446 @@ async fn missed_cron_runs_are_handled_per_starting_deadline() -> anyhow::Result<
     controllers.await??;
     Ok(())
 }
+
+/// Records the names of pods in `namespace` in the order their deletions are seen.
+fn record_deletions(
+    client: &kube::Client,
+    shutdown: &CancellationToken,
+) -> std::sync::Arc<std::sync::Mutex<Vec<String>>> {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let record = std::sync::Arc::clone(&seen);
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher::watcher(pods, watcher::Config::default()));
+        loop {
+            let event = tokio::select! {
+                e = events.next() => e,
+                () = stop.cancelled() => None,
+            };
+            let Some(event) = event else { break };
+            if let Ok(Event::Delete(pod)) = event {
+                let mut names = record.lock().unwrap_or_else(|e| e.into_inner());
+                names.push(pod.metadata.name.unwrap_or_default());
+            }
+        }
+    });
+    seen
+}
+
+fn revision_label(pod: &Pod) -> String {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("controller-revision-hash"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A StatefulSet makes its pods in order, each with its name, hostname and claim; rolls a new
+/// template from the highest ordinal down; records revisions, and a rollback renumbers the
+/// old one instead of copying it; scales down from the top, keeping the claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statefulset_orders_pods_updates_from_the_top_and_keeps_history() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "default");
+    let set: StatefulSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "namespace": "default"},
+        "spec": {"replicas": 3, "serviceName": "db",
+            "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "c", "image": "db:1"}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "1Gi"}}}}]}
+    }))?;
+    sets.create(&PostParams::default(), &set).await?;
+    wait_until("db-0 and its claim", || async {
+        Ok(pods.get_opt("db-0").await?.is_some() && claims.get_opt("data-db-0").await?.is_some())
+    })
+    .await?;
+    // Nothing marks db-0 ready yet: db-1 must wait for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        pods.get_opt("db-1").await?.is_none(),
+        "db-1 made before db-0 was ready"
+    );
+    tokio::spawn(fake_agent(pods.clone(), shutdown.clone()));
+    let ready = |want: i32| {
+        let sets = sets.clone();
+        async move {
+            let s = sets.get("db").await?;
+            let status = s.status.unwrap_or_default();
+            Ok::<_, anyhow::Error>(
+                status.observed_generation >= s.metadata.generation
+                    && status.ready_replicas == Some(want)
+                    && status.replicas == want
+                    && status.updated_replicas == Some(want)
+                    && status.current_revision == status.update_revision,
+            )
+        }
+    };
+    wait_until("three ready replicas", || ready(3)).await?;
+    for ordinal in 0..3 {
+        let pod = pods.get(&format!("db-{ordinal}")).await?;
+        let spec = pod.spec.context("spec")?;
+        assert_eq!(
+            spec.hostname.as_deref(),
+            Some(format!("db-{ordinal}").as_str())
+        );
+        assert_eq!(spec.subdomain.as_deref(), Some("db"));
+        let claim = spec
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|v| v.persistent_volume_claim)
+            .context("claim volume")?;
+        assert_eq!(claim.claim_name, format!("data-db-{ordinal}"));
+        assert!(claims.get_opt(&claim.claim_name).await?.is_some());
+    }
+    let first = sets.get("db").await?.status.unwrap_or_default();
+    let first_revision = first.update_revision.clone().context("revision")?;
+
+    let deletions = record_deletions(&client, &shutdown);
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "db:2"}]}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_until("rolled to db:2", || async {
+        let s = sets.get("db").await?.status.unwrap_or_default();
+        Ok(ready(3).await? && s.update_revision.as_deref() != Some(first_revision.as_str()))
+    })
+    .await?;
+    let order = deletions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(order, ["db-2", "db-1", "db-0"]);
+    let second = sets.get("db").await?.status.unwrap_or_default();
+    for pod in pods
+        .list(&ListParams::default().labels("app=db"))
+        .await?
+        .items
+    {
+        assert_eq!(Some(revision_label(&pod)), second.update_revision);
+    }
+    let numbers = |list: Vec<ControllerRevision>| {
+        let mut v: Vec<(String, i64)> = list
+            .into_iter()
+            .map(|r| (r.metadata.name.unwrap_or_default(), r.revision))
+            .collect();
+        v.sort_by_key(|(_, n)| *n);
+        v
+    };
+    let history = numbers(revisions.list(&ListParams::default()).await?.items);
+    assert_eq!(
+        history,
+        [
+            (first_revision.clone(), 1),
+            (second.update_revision.clone().context("revision")?, 2)
+        ]
+    );
+
+    // Back to db:1: the first revision is renumbered, not copied.
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "db:1"}]}}}});
+    sets.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_until("rolled back", || async {
+        let s = sets.get("db").await?.status.unwrap_or_default();
+        Ok(ready(3).await? && s.update_revision.as_deref() == Some(first_revision.as_str()))
+    })
+    .await?;
+    let history = numbers(revisions.list(&ListParams::default()).await?.items);
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[1], (first_revision.clone(), 3));
+
+    // Scale to 1: db-2 then db-1 go; claims stay (whenScaled defaults to Retain).
+    deletions.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    sets.patch(
+        "db",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+    )
+    .await?;
+    wait_until("scaled to one", || ready(1)).await?;
+    let order = deletions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(order, ["db-2", "db-1"]);
+    assert_eq!(claims.list(&ListParams::default()).await?.items.len(), 3);
+
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
+
+/// A DaemonSet runs one pod per eligible node, follows nodes as they come and as taints
+/// change, rolls a new template with surge (new pod first, old one after), and goes with its
+/// pods and revisions when deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemonset_follows_nodes_and_rolls_with_surge() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+    use k8s_openapi::api::core::v1::Node;
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let nodes: Api<Node> = Api::all(client.clone());
+    let sets: Api<DaemonSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let revisions: Api<ControllerRevision> = Api::namespaced(client.clone(), "default");
+    let node = |name: &str| -> anyhow::Result<Node> {
+        Ok(serde_json::from_value(
+            json!({"metadata": {"name": name, "labels": {"role": "worker"}}}),
+        )?)
+    };
+    for name in ["n1", "n2"] {
+        nodes.create(&PostParams::default(), &node(name)?).await?;
+    }
+    tokio::spawn(fake_agent(pods.clone(), shutdown.clone()));
+    let ds: DaemonSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "agent", "namespace": "default"},
+        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+            "updateStrategy": {"type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": {"app": "agent"}},
+                "spec": {"nodeSelector": {"role": "worker"},
+                    "containers": [{"name": "c", "image": "agent:1"}]}}}
+    }))?;
+    sets.create(&PostParams::default(), &ds).await?;
+    // Node -> revision label of its live pods.
+    let placement = || async {
+        let mut map: Vec<(String, String)> = pods
+            .list(&ListParams::default().labels("app=agent"))
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .map(|p| {
+                let affinity = p
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.affinity.as_ref())
+                    .and_then(|a| a.node_affinity.as_ref())
+                    .and_then(|n| {
+                        n.required_during_scheduling_ignored_during_execution
+                            .as_ref()
+                    })
+                    .map(|s| {
+                        s.node_selector_terms[0]
+                            .match_fields
+                            .clone()
+                            .unwrap_or_default()
+                    })
+                    .unwrap_or_default();
+                let node = affinity
+                    .first()
+                    .and_then(|r| r.values.as_ref())
+                    .and_then(|v| v.first().cloned())
+                    .unwrap_or_default();
+                (node, revision_label(p))
+            })
+            .collect();
+        map.sort();
+        Ok::<_, anyhow::Error>(map)
+    };
+    let on_nodes = |want: &'static [&'static str]| async move {
+        let nodes: Vec<String> = placement().await?.into_iter().map(|(n, _)| n).collect();
+        Ok::<_, anyhow::Error>(nodes == want)
+    };
+    wait_until("a pod on n1 and n2", || on_nodes(&["n1", "n2"])).await?;
+    wait_until("status counts both", || async {
+        let s = sets.get("agent").await?.status.unwrap_or_default();
+        Ok(s.desired_number_scheduled == 2 && s.number_ready == 2 && s.number_available == Some(2))
+    })
+    .await?;
+
+    // A new node gets a pod; one that no longer matches, or gains a NoExecute taint, loses it.
+    nodes.create(&PostParams::default(), &node("n3")?).await?;
+    wait_until("a pod on n3", || on_nodes(&["n1", "n2", "n3"])).await?;
+    nodes
+        .patch(
+            "n2",
+            &PatchParams::default(),
+            &Patch::Merge(
+                &json!({"spec": {"taints": [{"key": "maintenance", "effect": "NoExecute"}]}}),
+            ),
+        )
+        .await?;
+    nodes
+        .patch(
+            "n3",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"role": "edge"}}})),
+        )
+        .await?;
+    wait_until("only n1 left", || on_nodes(&["n1"])).await?;
+
+    // Roll to agent:2 with surge: the new pod comes up beside the old, then the old goes.
+    nodes
+        .patch(
+            "n3",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {"role": "worker"}}})),
+        )
+        .await?;
+    wait_until("n3 back", || on_nodes(&["n1", "n3"])).await?;
+    let deletions = record_deletions(&client, &shutdown);
+    let before: Vec<String> = pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "agent:2"}]}}}});
+    sets.patch("agent", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    wait_until("rolled to agent:2", || async {
+        let s = sets.get("agent").await?;
+        let status = s.status.clone().unwrap_or_default();
+        let placed = placement().await?;
+        Ok(status.observed_generation >= s.metadata.generation
+            && status.updated_number_scheduled == Some(2)
+            && status.number_available == Some(2)
+            && placed.len() == 2
+            && placed[0].1 == placed[1].1)
+    })
+    .await?;
+    let mut gone = deletions.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    gone.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(gone, before, "exactly the old pods were deleted");
+    let history = revisions.list(&ListParams::default()).await?.items;
+    let mut numbers: Vec<i64> = history.iter().map(|r| r.revision).collect();
+    numbers.sort();
+    assert_eq!(numbers, [1, 2]);
+
+    sets.delete("agent", &DeleteParams::background()).await?;
+    wait_until("pods and revisions collected", || async {
+        Ok(pods.list(&ListParams::default()).await?.items.is_empty()
+            && revisions
+                .list(&ListParams::default())
+                .await?
+                .items
+                .is_empty())
+    })
+    .await?;
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
+
+/// PodDisruptionBudget status follows the pods and their Deployment's scale: a budget of
+/// `maxUnavailable: 1` over three ready replicas allows one disruption, and none once the
+/// Deployment wants more than are ready; a budget over pods of a controller without a scale
+/// says SyncFailed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disruption_budgets_report_what_may_go() -> anyhow::Result<()> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let agent_stop = CancellationToken::new();
+    tokio::spawn(fake_agent(pods.clone(), agent_stop.clone()));
+    deployments
+        .create(&PostParams::default(), &deployment("v1")?)
+        .await?;
+    wait_until("rollout", || rollout_done(&deployments, "1")).await?;
+    let budget = |name: &str, spec: serde_json::Value| -> anyhow::Result<PodDisruptionBudget> {
+        Ok(serde_json::from_value(json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": spec,
+        }))?)
+    };
+    budgets
+        .create(
+            &PostParams::default(),
+            &budget(
+                "web",
+                json!({"maxUnavailable": 1, "selector": {"matchLabels": {"app": "web"}}}),
+            )?,
+        )
+        .await?;
+    let status_is = |name: &'static str, want: (i32, i32, i32, i32, &'static str)| {
+        let budgets = budgets.clone();
+        async move {
+            let s = budgets.get(name).await?.status.unwrap_or_default();
+            let reason = s
+                .conditions
+                .as_ref()
+                .and_then(|c| c.first())
+                .map(|c| c.reason.clone())
+                .unwrap_or_default();
+            Ok::<_, anyhow::Error>(
+                (
+                    s.expected_pods,
+                    s.current_healthy,
+                    s.desired_healthy,
+                    s.disruptions_allowed,
+                    reason.as_str(),
+                ) == want,
+            )
+        }
+    };
+    wait_until("one disruption allowed", || {
+        status_is("web", (3, 3, 2, 1, "SufficientPods"))
+    })
+    .await?;
+    // Scale to 5 with no agent marking the new pods ready: 4 must be healthy, 3 are.
+    agent_stop.cancel();
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 5}})),
+        )
+        .await?;
+    wait_until("no disruption allowed", || {
+        status_is("web", (5, 3, 4, 0, "InsufficientPods"))
+    })
+    .await?;
+    // A pod whose controller has no scale under a percentage: the budget cannot be judged.
+    let holders: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), "default");
+    let holder = holders
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "holder"}}))?,
+        )
+        .await?;
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "held", "labels": {"app": "job"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "holder",
+                "uid": holder.metadata.uid, "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+        )?,
+    )
+    .await?;
+    budgets
+        .create(
+            &PostParams::default(),
+            &budget(
+                "job",
+                json!({"minAvailable": "50%", "selector": {"matchLabels": {"app": "job"}}}),
+            )?,
+        )
+        .await?;
+    wait_until("sync failed", || {
+        status_is("job", (0, 0, 0, 0, "SyncFailed"))
+    })
+    .await?;
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}

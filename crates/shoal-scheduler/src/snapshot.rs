@@ -187,7 +187,7 @@ pub struct NodeInfo {
 
 /// The label prefix by which a node says it offers a runtime handler:
 /// `runtime.shoal.dev/wasmtime=true`.
-pub const RUNTIME_LABEL_PREFIX: &str = "runtime.shoal.dev/";
+pub use shoal_api::node_selector::RUNTIME_LABEL_PREFIX;
 
 impl NodeInfo {
     /// Extracts the scheduling view of a Node.

@@ -433,3 +433,116 @@ fn bad_input_gets_clear_errors() -> Result<()> {
     .with_context(|| cluster.log_tail())?;
     Ok(())
 }
+
+/// A workload of `kind` (DaemonSet or StatefulSet) running the hello guest.
+fn stateful_manifest(kind: &str, name: &str, image: &str, greeting: &str) -> String {
+    let mut spec = serde_json::json!({
+        "selector": {"matchLabels": {"app": name}},
+        "template": {"metadata": {"labels": {"app": name}},
+            "spec": {"terminationGracePeriodSeconds": 2,
+                "containers": [{"name": "hello", "image": image,
+                    "env": [{"name": "GREETING", "value": greeting}],
+                    "resources": {"limits": {"memory": "64Mi", "cpu": "100m"}}}]}}
+    });
+    if kind == "StatefulSet" {
+        spec["replicas"] = 2.into();
+        spec["serviceName"] = name.into();
+    }
+    serde_json::json!({"apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name}, "spec": spec})
+    .to_string()
+}
+
+fn template_greeting(cluster: &Cluster, resource: &str) -> Result<Value> {
+    let obj: Value = serde_json::from_str(&cluster.kubectl(&["get", resource, "-o", "json"])?)?;
+    Ok(obj["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"].clone())
+}
+
+/// DaemonSets and StatefulSets through kubectl: pods Running on the node with stable names,
+/// `rollout status`, `rollout history` from ControllerRevisions, and `rollout undo` back to
+/// the first template.
+#[test]
+fn daemonsets_and_statefulsets_roll_and_undo_with_kubectl() -> Result<()> {
+    let wasm = hello_guest(GuestTarget::P2);
+    let registry = Registry::start();
+    let data = tempfile::tempdir()?;
+    let cluster = Cluster::start(data.path())?;
+    let image = registry.reference("hello", "v1");
+    cluster.push(&wasm, &image)?;
+
+    for (kind, name) in [("DaemonSet", "hello-ds"), ("StatefulSet", "hello-sts")] {
+        let resource = format!("{}/{name}", kind.to_lowercase());
+        let out = cluster.apply(&stateful_manifest(kind, name, &image, "one"))?;
+        ensure!(
+            out.status.success(),
+            "apply {kind}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster
+            .kubectl(&["rollout", "status", &resource, "--timeout=120s"])
+            .with_context(|| cluster.log_tail())?;
+        let want = if kind == "DaemonSet" { 1 } else { 2 };
+        let pods = wait_running(&cluster, &format!("app={name}"), want)?;
+        if kind == "StatefulSet" {
+            let mut names: Vec<&str> = pods
+                .iter()
+                .filter_map(|p| p["metadata"]["name"].as_str())
+                .collect();
+            names.sort_unstable();
+            ensure!(names == ["hello-sts-0", "hello-sts-1"], "pods: {names:?}");
+        } else {
+            ensure!(
+                pods[0]["spec"]["nodeName"].is_string(),
+                "daemon pod not bound: {}",
+                pods[0]
+            );
+        }
+
+        cluster.kubectl(&["set", "env", &resource, "GREETING=two"])?;
+        cluster
+            .kubectl(&["rollout", "status", &resource, "--timeout=120s"])
+            .with_context(|| cluster.log_tail())?;
+        wait_until(&format!("{name} pods on the second template"), LONG, || {
+            let pods = cluster.pods(Some(&format!("app={name}")))?;
+            let live: Vec<&Value> = pods
+                .iter()
+                .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+                .collect();
+            Ok((live.len() == want
+                && live
+                    .iter()
+                    .all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "two"))
+            .then_some(()))
+        })?;
+        let history = cluster.kubectl(&["rollout", "history", &resource])?;
+        let revisions: Vec<&str> = history
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        ensure!(revisions == ["1", "2"], "rollout history: {history}");
+
+        cluster.kubectl(&["rollout", "undo", &resource])?;
+        wait_until(&format!("{name} template back to one"), LONG, || {
+            Ok((template_greeting(&cluster, &resource)? == "one").then_some(()))
+        })?;
+        cluster
+            .kubectl(&["rollout", "status", &resource, "--timeout=120s"])
+            .with_context(|| cluster.log_tail())?;
+        let history = cluster.kubectl(&["rollout", "history", &resource])?;
+        let revisions: Vec<&str> = history
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+            .collect();
+        ensure!(revisions == ["2", "3"], "history after undo: {history}");
+        cluster.kubectl(&["delete", &resource])?;
+        wait_until(&format!("{name} pods gone"), LONG, || {
+            Ok(cluster
+                .pods(Some(&format!("app={name}")))?
+                .is_empty()
+                .then_some(()))
+        })?;
+    }
+    Ok(())
+}

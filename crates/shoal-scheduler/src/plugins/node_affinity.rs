@@ -1,7 +1,7 @@
 //! NodeAffinity: `nodeSelector` and required node affinity filter nodes; preferred terms add
 //! their weights to the score of the nodes they match.
 
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm, PodSpec};
+use k8s_openapi::api::core::v1::{NodeSelectorTerm, PodSpec};
 
 use crate::framework::{CycleState, NodeView, Plugin, PodView, Status, default_normalize};
 use crate::snapshot::NodeInfo;
@@ -85,66 +85,9 @@ fn preferred(spec: &PodSpec) -> &[k8s_openapi::api::core::v1::PreferredSchedulin
 
 /// Whether a node satisfies the pod's `nodeSelector` and required node affinity.
 pub fn matches_node_selector(spec: &PodSpec, node_name: &str, info: &NodeInfo) -> bool {
-    if let Some(selector) = &spec.node_selector
-        && !selector
-            .iter()
-            .all(|(k, v)| info.labels.get(k).is_some_and(|have| have == v))
-    {
-        return false;
-    }
-    let required = spec
-        .affinity
-        .as_ref()
-        .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| {
-            na.required_during_scheduling_ignored_during_execution
-                .as_ref()
-        });
-    match required {
-        None => true,
-        Some(selector) => selector
-            .node_selector_terms
-            .iter()
-            .any(|term| matches_term(term, node_name, info)),
-    }
+    shoal_api::node_selector::matches(spec, node_name, &info.labels)
 }
 
 fn matches_term(term: &NodeSelectorTerm, node_name: &str, info: &NodeInfo) -> bool {
-    let expressions = term.match_expressions.as_deref().unwrap_or_default();
-    let fields = term.match_fields.as_deref().unwrap_or_default();
-    if expressions.is_empty() && fields.is_empty() {
-        return false;
-    }
-    expressions
-        .iter()
-        .all(|r| matches_requirement(r, info.labels.get(&r.key).map(String::as_str)))
-        && fields.iter().all(|r| {
-            let value = (r.key == "metadata.name").then_some(node_name);
-            matches_requirement(r, value)
-        })
-}
-
-fn matches_requirement(requirement: &NodeSelectorRequirement, value: Option<&str>) -> bool {
-    let values = requirement.values.as_deref().unwrap_or_default();
-    let number = |v: &str| v.parse::<i64>().ok();
-    match requirement.operator.as_str() {
-        "In" => value.is_some_and(|v| values.iter().any(|w| w == v)),
-        "NotIn" => !value.is_some_and(|v| values.iter().any(|w| w == v)),
-        "Exists" => value.is_some(),
-        "DoesNotExist" => value.is_none(),
-        "Gt" | "Lt" => {
-            let (Some(have), Some(bound)) = (
-                value.and_then(number),
-                values.first().and_then(|v| number(v)),
-            ) else {
-                return false;
-            };
-            if requirement.operator == "Gt" {
-                have > bound
-            } else {
-                have < bound
-            }
-        }
-        _ => false,
-    }
+    shoal_api::node_selector::matches_term(term, node_name, &info.labels)
 }

@@ -1,5 +1,4 @@
-//! DaemonSet: one pod per eligible node. Accepted, defaulted and validated; no controller runs
-//! them yet (issue 7).
+//! DaemonSet: one pod per eligible node (run by `shoal_controllers::daemonset`).
 
 use k8s_openapi::api::apps::v1 as api;
 use serde_json::{Map, Value, json};

@@ -1,5 +1,4 @@
-//! StatefulSet: pods with stable names and storage. Accepted, defaulted and validated; no
-//! controller runs them yet (issue 7).
+//! StatefulSet: pods with stable names and storage (run by `shoal_controllers::statefulset`).
 
 use k8s_openapi::api::apps::v1 as api;
 use serde_json::{Map, Value, json};
