@@ -1,5 +1,6 @@
 //! Shoal's controllers: ReplicaSet, Deployment, StatefulSet, DaemonSet (both with
-//! ControllerRevision history), Job, CronJob, the garbage collector, ServiceAccount (a
+//! ControllerRevision history), PodDisruptionBudget status, Endpoints and EndpointSlices, Job,
+//! CronJob, the garbage collector, ServiceAccount (a
 //! `default` account in every namespace), namespace deletion, node lifecycle with taint eviction, pod garbage
 //! collection, and the approver and signer of node client certificates.
 //!
@@ -15,6 +16,7 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpoints;
 pub mod event_ttl;
 pub mod garbage_collector;
 pub mod history;
@@ -38,7 +40,8 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::node::v1::RuntimeClass;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -61,6 +64,8 @@ pub struct Config {
     pub daemonset: bool,
     /// Run the disruption controller (PodDisruptionBudget status).
     pub disruption: bool,
+    /// Run the Endpoints and EndpointSlice controller.
+    pub endpoints: bool,
     /// Run the Job controller (with TTL after finished).
     pub job: bool,
     /// Run the CronJob controller.
@@ -102,6 +107,7 @@ impl Default for Config {
             statefulset: true,
             daemonset: true,
             disruption: true,
+            endpoints: true,
             job: true,
             cronjob: true,
             garbage_collector: true,
@@ -346,6 +352,60 @@ pub async fn run(
         ));
         tasks.spawn(until(shutdown.clone(), budgets.run()));
     }
+    if config.endpoints {
+        let mut services = Informer::<Service>::new(Api::all(client.clone()));
+        let endpoints_informer = Informer::<Endpoints>::new(Api::all(client.clone()));
+        let slices = Informer::<EndpointSlice>::new(Api::all(client.clone()));
+        let ctx = Arc::new(endpoints::Context {
+            client: client.clone(),
+            pods: pods.store(),
+            endpoints: endpoints_informer.store(),
+            slices: slices.store(),
+            nodes: nodes.store(),
+            services: services.store(),
+        });
+        let triggers = futures::stream::select(
+            services
+                .subscribe()
+                .map(informer::trigger_self)
+                .flat_map(futures::stream::iter),
+            pods.subscribe()
+                .map(endpoints::trigger_services(services.store()))
+                .flat_map(futures::stream::iter),
+        );
+        // A deleted Service takes its Endpoints along (its slices are owned and collected).
+        let deletions = services.subscribe();
+        let forget_ctx = Arc::clone(&ctx);
+        tasks.spawn(until(
+            shutdown.clone(),
+            deletions.for_each(move |change| {
+                let ctx = Arc::clone(&forget_ctx);
+                async move {
+                    if let informer::Change::Deleted(svc) = change {
+                        endpoints::forget(&ctx, &svc).await;
+                    }
+                }
+            }),
+        ));
+        let store = services.store();
+        tasks.spawn(applier("endpoints").start(
+            [
+                pods.ready(),
+                nodes.ready(),
+                endpoints_informer.ready(),
+                slices.ready(),
+                services.ready(),
+            ],
+            endpoints::reconcile,
+            endpoints::error_policy,
+            ctx,
+            store,
+            triggers,
+        ));
+        tasks.spawn(until(shutdown.clone(), services.run()));
+        tasks.spawn(until(shutdown.clone(), endpoints_informer.run()));
+        tasks.spawn(until(shutdown.clone(), slices.run()));
+    }
     if config.statefulset || config.disruption {
         tasks.spawn(until(shutdown.clone(), statefulsets.run()));
     }
@@ -510,7 +570,12 @@ pub async fn run(
             ));
         }
     }
-    if config.node_lifecycle || config.taint_eviction || config.pod_gc || config.daemonset {
+    if config.node_lifecycle
+        || config.taint_eviction
+        || config.pod_gc
+        || config.daemonset
+        || config.endpoints
+    {
         tasks.spawn(until(shutdown.clone(), nodes.run()));
     }
     if config.event_ttl {

@@ -107,9 +107,19 @@ async fn fake_agent(pods: Api<Pod>, shutdown: CancellationToken) {
                 if ready || pod.metadata.deletion_timestamp.is_some() {
                     continue;
                 }
-                let patch = json!({"status": {"phase": "Running", "conditions": [
-                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
                 let name = pod.metadata.name.unwrap_or_default();
+                // A distinct address per pod, as a node's pod network would give.
+                let n = name
+                    .bytes()
+                    .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+                let ip = format!(
+                    "10.{}.{}.{}",
+                    (n >> 16) & 0xff,
+                    (n >> 8) & 0xff,
+                    (n & 0xfe) + 1
+                );
+                let patch = json!({"status": {"phase": "Running", "podIP": ip, "conditions": [
+                    {"type": "Ready", "status": "True", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
                 let _ = pods
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;
@@ -1528,6 +1538,97 @@ async fn disruption_budgets_report_what_may_go() -> anyhow::Result<()> {
         .await?;
     wait_until("sync failed", || {
         status_is("job", (0, 0, 0, 0, "SyncFailed"))
+    })
+    .await?;
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
+
+/// A Service's Endpoints and EndpointSlices follow its ready pods as they come and go, and
+/// go with the Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_and_slices_follow_ready_pods() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    tokio::spawn(fake_agent(pods.clone(), shutdown.clone()));
+    let svc: Service = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"selector": {"app": "web"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    }))?;
+    services.create(&PostParams::default(), &svc).await?;
+    deployments
+        .create(&PostParams::default(), &deployment("v1")?)
+        .await?;
+    let addresses = |want: usize| {
+        let endpoints = endpoints.clone();
+        let slices = slices.clone();
+        let pods = pods.clone();
+        async move {
+            let Some(ep) = endpoints.get_opt("web").await? else {
+                return Ok(false);
+            };
+            let mut ips: Vec<String> = ep
+                .subsets
+                .iter()
+                .flatten()
+                .flat_map(|s| s.addresses.iter().flatten())
+                .map(|a| a.ip.clone())
+                .collect();
+            ips.sort();
+            let ports: Vec<i32> = ep
+                .subsets
+                .iter()
+                .flatten()
+                .flat_map(|s| s.ports.iter().flatten())
+                .map(|p| p.port)
+                .collect();
+            let mut ready_ips: Vec<String> = pods
+                .list(&ListParams::default().labels("app=web"))
+                .await?
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.status.as_ref().and_then(|s| s.pod_ip.clone()))
+                .collect();
+            ready_ips.sort();
+            let mut slice_ips: Vec<String> = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await?
+                .items
+                .iter()
+                .flat_map(|s| s.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .flat_map(|e| e.addresses.clone())
+                .collect();
+            slice_ips.sort();
+            Ok::<_, anyhow::Error>(
+                ips.len() == want && ips == ready_ips && slice_ips == ips && ports == [8080],
+            )
+        }
+    };
+    wait_until("three addresses", || addresses(3)).await?;
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 1}})),
+        )
+        .await?;
+    wait_until("one address", || addresses(1)).await?;
+    services.delete("web", &DeleteParams::default()).await?;
+    wait_until("endpoints and slices gone", || async {
+        Ok(endpoints.get_opt("web").await?.is_none()
+            && slices.list(&ListParams::default()).await?.items.is_empty())
     })
     .await?;
     shutdown.cancel();
