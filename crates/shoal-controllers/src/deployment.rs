@@ -6,9 +6,14 @@
 //! replica counts and annotations to set, old ReplicaSets to delete beyond
 //! `revisionHistoryLimit`, and the status. It follows Kubernetes' rolling-update math
 //! (`maxSurge` rounds up, `maxUnavailable` down) and Recreate (old to zero, then new up).
-//! Not implemented: proportional scaling of several ReplicaSets in mid-rollout,
-//! `progressDeadlineSeconds`, rollback through the API, hash collision counting beyond
-//! what `status.collisionCount` already says.
+//! A change of `replicas` while several ReplicaSets are active is a scaling event: the sets
+//! are scaled in proportion (upstream's `scale`), nothing rolls in that pass; a paused
+//! Deployment is scaled the same way. `progressDeadlineSeconds` drives the `Progressing`
+//! condition as upstream: `ReplicaSetUpdated` with a fresh `lastUpdateTime` whenever pods
+//! progress, `ProgressDeadlineExceeded` (False) once none did for that long.
+//! Not implemented: rollback through the API (the deprecated `rollbackTo`; `kubectl rollout
+//! undo` patches the template itself), hash collision counting beyond what
+//! `status.collisionCount` already says.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -207,6 +212,8 @@ pub struct Plan {
     pub revision: String,
     /// The status the Deployment should have.
     pub status: DeploymentStatus,
+    /// When to look again although nothing changed (the progress deadline runs out).
+    pub requeue_after: Option<Duration>,
 }
 
 fn revision_of(rs: &ReplicaSet) -> i64 {
@@ -361,8 +368,42 @@ pub fn plan(
     let paused = spec.paused.unwrap_or(false);
     let mut new_name = new_rs.and_then(|rs| rs.metadata.name.clone());
     let mut created = false;
+    // Upstream's isScalingEvent: an active set was last sized for another replica count.
+    let scaling_event = owned
+        .iter()
+        .any(|rs| spec_replicas(rs) > 0 && desired_annotation(rs).is_some_and(|d| d != replicas));
 
-    if !paused {
+    if paused || scaling_event {
+        // Upstream's `sync`: scale (proportionally during a rollout), roll nothing.
+        let sizes = scale(
+            replicas,
+            max_surge,
+            !recreate,
+            new_rs,
+            &old,
+            deployment
+                .status
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(0),
+        );
+        for rs in &owned {
+            let Some(&size) = sizes.get(rs.metadata.name.as_deref().unwrap_or_default()) else {
+                continue;
+            };
+            let rs_name = rs.metadata.name.clone().unwrap_or_default();
+            planned.insert(rs_name.clone(), size);
+            // A stale annotation is rewritten too, or every pass would be a scaling event.
+            if size != spec_replicas(rs) || desired_annotation(rs).is_some_and(|d| d != replicas) {
+                out.updates.push(ReplicaSetUpdate {
+                    name: rs_name,
+                    replicas: size,
+                    annotations: annotations(revision_of(rs)),
+                    min_ready_seconds: None,
+                });
+            }
+        }
+    } else {
         let (new_current, new_available) =
             new_rs.map_or((0, 0), |rs| (spec_replicas(rs), status_of(rs).2));
         let new_target = if recreate {
@@ -509,35 +550,116 @@ pub fn plan(
     let new_display = new_name.clone().unwrap_or_default();
     let complete =
         updated == replicas && actual == replicas && available == replicas && new_rs.is_some();
+    let previous = old_conditions.iter().find(|c| c.type_ == "Progressing");
+    let previous_reason = previous.and_then(|c| c.reason.as_deref());
+    let old_status = deployment.status.clone().unwrap_or_default();
+    let num = |v: Option<i32>| v.unwrap_or(0);
+    // Upstream's DeploymentProgressing: more updated, ready or available pods, or fewer old.
+    let progressed = updated > num(old_status.updated_replicas)
+        || actual - updated < num(old_status.replicas) - num(old_status.updated_replicas)
+        || ready > num(old_status.ready_replicas)
+        || available > num(old_status.available_replicas);
+    let deadline = spec
+        .progress_deadline_seconds
+        .filter(|s| *s > 0 && *s < i32::MAX);
+    let mut touch = false;
     let progressing_condition = if paused {
-        (
+        Some((
             "Unknown",
             "DeploymentPaused",
             "Deployment is paused".to_owned(),
-        )
+        ))
+    } else if previous_reason == Some("DeploymentPaused") {
+        Some((
+            "Unknown",
+            "DeploymentResumed",
+            "Deployment is resumed".to_owned(),
+        ))
     } else if complete {
-        (
+        Some((
             "True",
             "NewReplicaSetAvailable",
             format!("ReplicaSet {new_display:?} has successfully progressed."),
-        )
+        ))
     } else if created {
-        (
+        Some((
             "True",
             "NewReplicaSetCreated",
             format!("Created new replica set {new_display:?}"),
-        )
-    } else {
-        (
+        ))
+    } else if scaling_event {
+        // Scaling is not rolling: the rollout's condition stays as it is.
+        previous.map(|c| {
+            (
+                c.status.as_str(),
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+    } else if progressed || previous.is_none() {
+        touch = true;
+        Some((
             "True",
             "ReplicaSetUpdated",
             format!("ReplicaSet {new_display:?} is progressing."),
+        ))
+    } else if let (Some(seconds), Some(cond)) = (deadline, previous)
+        && !matches!(
+            cond.reason.as_deref(),
+            Some("NewReplicaSetAvailable" | "ProgressDeadlineExceeded")
         )
+    {
+        let since = cond
+            .last_update_time
+            .as_ref()
+            .map_or(now.as_second(), |t| t.0.as_second());
+        let left = since + i64::from(seconds) - now.as_second();
+        if left < 0 {
+            Some((
+                "False",
+                "ProgressDeadlineExceeded",
+                format!("ReplicaSet {new_display:?} has timed out progressing."),
+            ))
+        } else {
+            out.requeue_after = Some(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1));
+            Some((
+                cond.status.as_str(),
+                cond.reason.as_deref().unwrap_or_default(),
+                cond.message.clone().unwrap_or_default(),
+            ))
+        }
+    } else {
+        previous.map(|c| {
+            (
+                c.status.as_str(),
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
     };
-    let conditions = vec![
-        condition(&old_conditions, "Available", available_condition, now),
-        condition(&old_conditions, "Progressing", progressing_condition, now),
-    ];
+    // A rollout still under way looks again when its deadline would run out.
+    if out.requeue_after.is_none()
+        && !complete
+        && !paused
+        && let Some(seconds) = deadline
+    {
+        out.requeue_after = Some(Duration::from_secs(
+            u64::try_from(seconds).unwrap_or(600) + 1,
+        ));
+    }
+    let mut conditions = vec![condition(
+        &old_conditions,
+        "Available",
+        available_condition,
+        now,
+    )];
+    if let Some(progressing) = progressing_condition {
+        let mut c = condition(&old_conditions, "Progressing", progressing, now);
+        if touch {
+            c.last_update_time = Some(Time(now));
+        }
+        conditions.push(c);
+    }
     out.status = DeploymentStatus {
         observed_generation: deployment.metadata.generation,
         replicas: Some(actual),
@@ -550,6 +672,132 @@ pub fn plan(
         terminating_replicas: None,
     };
     Ok(out)
+}
+
+fn desired_annotation(rs: &ReplicaSet) -> Option<i32> {
+    rs.metadata
+        .annotations
+        .as_ref()?
+        .get(DESIRED_REPLICAS)?
+        .parse()
+        .ok()
+}
+
+fn max_annotation(rs: &ReplicaSet) -> Option<i32> {
+    rs.metadata
+        .annotations
+        .as_ref()?
+        .get(MAX_REPLICAS)?
+        .parse()
+        .ok()
+}
+
+/// Upstream's `scale`: the size of each ReplicaSet (by name) when the Deployment's replica
+/// count changed or it is paused. One active set (or none: the newest) takes the whole count; a
+/// saturated new set leaves the old ones at zero; otherwise, during a rolling update, the
+/// replicas to add or remove (`replicas + max_surge` minus what the active sets have) are
+/// shared in proportion to each set's size at the last scale (`max-replicas` annotation),
+/// largest first (newer first when scaling up, older first when scaling down), the leftover
+/// to the first. Sets not named keep their size.
+pub fn scale(
+    replicas: i32,
+    max_surge: i32,
+    rolling: bool,
+    new_rs: Option<&ReplicaSet>,
+    old: &[&ReplicaSet],
+    status_replicas: i32,
+) -> BTreeMap<String, i32> {
+    let name = |rs: &ReplicaSet| rs.metadata.name.clone().unwrap_or_default();
+    let mut out = BTreeMap::new();
+    let mut all: Vec<&ReplicaSet> = old.to_vec();
+    all.extend(new_rs);
+    let active: Vec<&ReplicaSet> = all
+        .iter()
+        .copied()
+        .filter(|rs| spec_replicas(rs) > 0)
+        .collect();
+    let single = match active.len() {
+        0 => new_rs.or_else(|| old.last().copied()),
+        1 => Some(active[0]),
+        _ => None,
+    };
+    if let Some(rs) = single {
+        out.insert(name(rs), replicas);
+        return out;
+    }
+    if let Some(new) = new_rs
+        && spec_replicas(new) == replicas
+        && desired_annotation(new) == Some(replicas)
+        && status_of(new).2 == replicas
+    {
+        for rs in old.iter().filter(|rs| spec_replicas(rs) > 0) {
+            out.insert(name(rs), 0);
+        }
+        return out;
+    }
+    if !rolling {
+        return out;
+    }
+    let current: i32 = active.iter().map(|rs| spec_replicas(rs)).sum();
+    let allowed = if replicas > 0 {
+        replicas + max_surge
+    } else {
+        0
+    };
+    let to_add = allowed - current;
+    let created = |rs: &ReplicaSet| rs.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let mut sorted = active.clone();
+    if to_add > 0 {
+        // Larger first; among equals the newer first.
+        sorted.sort_by(|a, b| {
+            spec_replicas(b)
+                .cmp(&spec_replicas(a))
+                .then_with(|| created(b).cmp(&created(a)))
+                .then_with(|| name(b).cmp(&name(a)))
+        });
+    } else {
+        // Larger first; among equals the older first.
+        sorted.sort_by(|a, b| {
+            spec_replicas(b)
+                .cmp(&spec_replicas(a))
+                .then_with(|| created(a).cmp(&created(b)))
+                .then_with(|| name(a).cmp(&name(b)))
+        });
+    }
+    let mut added = 0;
+    let mut sizes: Vec<i32> = Vec::with_capacity(sorted.len());
+    for rs in &sorted {
+        let size = spec_replicas(rs);
+        let proportion = if to_add == 0 || to_add == added {
+            0
+        } else {
+            let fraction = if replicas == 0 {
+                -size
+            } else {
+                let before = max_annotation(rs)
+                    .filter(|m| *m > 0)
+                    .unwrap_or(status_replicas.max(1));
+                let scaled = f64::from(size) * f64::from(allowed) / f64::from(before);
+                // Round half away from zero, as upstream's RoundToInt32.
+                scaled.round() as i32 - size
+            };
+            let room = to_add - added;
+            if to_add > 0 {
+                fraction.min(room)
+            } else {
+                fraction.max(room)
+            }
+        };
+        added += proportion;
+        sizes.push(size + proportion);
+    }
+    if let Some(first) = sizes.first_mut() {
+        *first = (*first + to_add - added).max(0);
+    }
+    for (rs, size) in sorted.iter().zip(sizes) {
+        out.insert(name(rs), size);
+    }
+    out
 }
 
 fn condition(
@@ -787,7 +1035,9 @@ pub async fn reconcile(deployment: Arc<Deployment>, ctx: Arc<Context>) -> Result
             .await?;
         debug!(deployment = %name, "updated status");
     }
-    Ok(Action::await_change())
+    Ok(plan
+        .requeue_after
+        .map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Requeues a failed reconcile; conflicts come back quickly, other errors after a pause.

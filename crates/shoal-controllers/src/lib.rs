@@ -683,3 +683,21 @@ where
         })
         .await;
 }
+
+/// Helpers shared by the unit tests of several controllers.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use serde_json::Value;
+
+    /// Deep-merges `from` into `into`: objects key by key, anything else replaced.
+    pub fn merge(into: &mut Value, from: Value) {
+        match (into, from) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, v) in b {
+                    merge(a.entry(k).or_insert(Value::Null), v);
+                }
+            }
+            (slot, v) => *slot = v,
+        }
+    }
+}

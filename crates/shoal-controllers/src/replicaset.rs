@@ -426,6 +426,7 @@ pub(crate) fn requeue_after_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::merge;
     use serde_json::{Value, json};
 
     fn rs(replicas: i32) -> ReplicaSet {
@@ -452,17 +453,6 @@ mod tests {
         });
         merge(&mut value, extra);
         serde_json::from_value(value).expect("pod")
-    }
-
-    fn merge(into: &mut Value, from: Value) {
-        match (into, from) {
-            (Value::Object(a), Value::Object(b)) => {
-                for (k, v) in b {
-                    merge(a.entry(k).or_insert(Value::Null), v);
-                }
-            }
-            (slot, v) => *slot = v,
-        }
     }
 
     fn now() -> Timestamp {

@@ -96,9 +96,14 @@ fn spawn_controllers(
 
 /// Marks every live pod Running and Ready, as a node agent would.
 async fn fake_agent(pods: Api<Pod>, shutdown: CancellationToken) {
+    fake_agent_where(pods, shutdown, |_| true).await;
+}
+
+/// Marks the live pods `starts` accepts Running and Ready; the others stay Pending.
+async fn fake_agent_where(pods: Api<Pod>, shutdown: CancellationToken, starts: fn(&Pod) -> bool) {
     while !shutdown.is_cancelled() {
         if let Ok(list) = pods.list(&ListParams::default()).await {
-            for pod in list.items {
+            for pod in list.items.into_iter().filter(starts) {
                 let ready = pod
                     .status
                     .as_ref()
@@ -1629,6 +1634,83 @@ async fn endpoints_and_slices_follow_ready_pods() -> anyhow::Result<()> {
     wait_until("endpoints and slices gone", || async {
         Ok(endpoints.get_opt("web").await?.is_none()
             && slices.list(&ListParams::default()).await?.items.is_empty())
+    })
+    .await?;
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
+}
+
+/// A rollout whose new pods never become ready runs out of its progress deadline; scaling the
+/// Deployment in the middle of it resizes both ReplicaSets in proportion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_rollout_exceeds_its_deadline_and_scales_proportionally() -> anyhow::Result<()> {
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let replicasets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    // Only v1 pods ever start.
+    tokio::spawn(fake_agent_where(pods.clone(), shutdown.clone(), |pod| {
+        pod.spec.as_ref().is_some_and(|s| {
+            s.containers
+                .iter()
+                .all(|c| c.image.as_deref() == Some("v1"))
+        })
+    }));
+    let mut d = deployment("v1")?;
+    d.spec.as_mut().context("spec")?.progress_deadline_seconds = Some(2);
+    deployments.create(&PostParams::default(), &d).await?;
+    wait_until("rollout", || rollout_done(&deployments, "1")).await?;
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "v2"}]}}}});
+    deployments
+        .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    let progressing = || async {
+        let d = deployments.get("web").await?;
+        Ok::<_, anyhow::Error>(
+            d.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "Progressing")
+                .map(|c| (c.status, c.reason.unwrap_or_default())),
+        )
+    };
+    wait_until("deadline exceeded", || async {
+        Ok(progressing().await?
+            == Some(("False".to_owned(), "ProgressDeadlineExceeded".to_owned())))
+    })
+    .await?;
+    // 3 old (ready) + 1 new (stuck), maxSurge 1: scaling to 6 allows 7, the 3 more shared
+    // 2 to the old set and 1 to the new.
+    deployments
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"replicas": 6}})),
+        )
+        .await?;
+    wait_until("proportional sizes", || async {
+        let mut sizes: Vec<(String, i32)> = replicasets
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .map(|rs| {
+                let image = rs
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .and_then(|t| t.spec.as_ref())
+                    .and_then(|s| s.containers[0].image.clone())
+                    .unwrap_or_default();
+                (image, rs.spec.and_then(|s| s.replicas).unwrap_or(-1))
+            })
+            .collect();
+        sizes.sort();
+        Ok(sizes == [("v1".to_owned(), 5), ("v2".to_owned(), 2)])
     })
     .await?;
     shutdown.cancel();

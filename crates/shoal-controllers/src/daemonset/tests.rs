@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_support::merge;
 use serde_json::{Value, json};
 
 fn ds(strategy: Value) -> DaemonSet {
@@ -37,17 +38,6 @@ fn pod(name: &str, node: &str, hash: &str, extra: Value) -> Pod {
     });
     merge(&mut value, extra);
     serde_json::from_value(value).expect("pod")
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 fn now() -> Timestamp {

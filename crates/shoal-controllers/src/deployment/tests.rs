@@ -1,18 +1,8 @@
 //! Tests of the Deployment controller's pure planning: rollout math, template hashing, history.
 
 use super::*;
+use crate::test_support::merge;
 use serde_json::{Value, json};
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
-}
 
 fn deployment(extra: Value) -> Deployment {
     let mut value = json!({
@@ -304,4 +294,141 @@ fn adopts_orphan_replicasets_and_matches_templates_ignoring_hash() {
     assert_eq!(p.adopt, ["web-orphan"]);
     assert!(p.create.is_none());
     assert_eq!(p.revision, "5");
+}
+
+fn annotate(rs: &mut ReplicaSet, desired: i32, max: i32) {
+    let annotations = rs.metadata.annotations.get_or_insert_default();
+    annotations.insert(DESIRED_REPLICAS.to_owned(), desired.to_string());
+    annotations.insert(MAX_REPLICAS.to_owned(), max.to_string());
+}
+
+fn current_rs(d: &Deployment, replicas: i32, available: i32) -> ReplicaSet {
+    let spec = d.spec.as_ref().expect("spec");
+    let mut rs = new_replicaset(
+        d,
+        &spec.template,
+        &spec.selector,
+        replicas,
+        BTreeMap::from([(REVISION.to_owned(), "2".to_owned())]),
+    );
+    rs.metadata.creation_timestamp = Some(Time("2026-01-01T00:30:00Z".parse().expect("time")));
+    rs.status = Some(
+        serde_json::from_value(json!({"replicas": replicas, "readyReplicas": available,
+            "availableReplicas": available}))
+        .expect("status"),
+    );
+    rs
+}
+
+#[test]
+fn scaling_in_mid_rollout_is_proportional() {
+    // Upstream's example: 10 replicas, maxSurge 3, rolling with 8 old and 5 new pods; the
+    // Deployment goes to 15: 18 allowed, 5 more shared 3 to the old set and 2 to the new.
+    let d = deployment(json!({"spec": {"replicas": 15,
+        "strategy": {"rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}}}}));
+    let mut old = old_rs("web-old", "v1", "1", 8, 8);
+    annotate(&mut old, 10, 13);
+    let mut new = current_rs(&d, 5, 0);
+    annotate(&mut new, 10, 13);
+    let p = plan(&d, &[&old, &new], now()).expect("plan");
+    assert!(p.create.is_none());
+    let mut sizes: Vec<(String, i32)> = p
+        .updates
+        .iter()
+        .map(|u| (u.name.clone(), u.replicas))
+        .collect();
+    sizes.sort();
+    let new_name = new.metadata.name.clone().expect("name");
+    let mut want = vec![("web-old".to_owned(), 11), (new_name, 7)];
+    want.sort();
+    assert_eq!(sizes, want);
+    for update in &p.updates {
+        assert_eq!(update.annotations[DESIRED_REPLICAS], "15");
+        assert_eq!(update.annotations[MAX_REPLICAS], "18");
+    }
+    // Down to 5: 8 allowed, 5 fewer: the larger, older set gives more.
+    let d = deployment(json!({"spec": {"replicas": 5,
+        "strategy": {"rollingUpdate": {"maxSurge": 3, "maxUnavailable": 2}}}}));
+    let p = plan(&d, &[&old, &new], now()).expect("plan");
+    let total: i32 = p.updates.iter().map(|u| u.replicas).sum();
+    assert_eq!(total, 8);
+    let old_size = p
+        .updates
+        .iter()
+        .find(|u| u.name == "web-old")
+        .map(|u| u.replicas);
+    assert_eq!(old_size, Some(5));
+    // One active set takes the whole count.
+    let mut only = old_rs("web-only", "v2", "1", 4, 4);
+    annotate(&mut only, 4, 5);
+    let d = deployment(
+        json!({"spec": {"replicas": 6, "template": {"spec": {"containers": [{"name": "c", "image": "v9"}]}}}}),
+    );
+    let p = plan(&d, &[&only], now()).expect("plan");
+    assert!(p.create.is_none(), "a scaling event creates nothing");
+    assert_eq!(
+        p.updates
+            .iter()
+            .map(|u| (u.name.as_str(), u.replicas))
+            .collect::<Vec<_>>(),
+        [("web-only", 6)]
+    );
+}
+
+#[test]
+fn progress_deadline_runs_out_without_progress() {
+    let status = |update: &str| {
+        json!({"status": {"observedGeneration": 3, "replicas": 4, "updatedReplicas": 1,
+            "readyReplicas": 3, "availableReplicas": 3, "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated",
+             "message": "m", "lastUpdateTime": update,
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+    };
+    let mut stuck = deployment(json!({"spec": {"progressDeadlineSeconds": 60}}));
+    merge_status(&mut stuck, status("2026-01-01T00:58:00Z"));
+    let old = old_rs("web-old", "v1", "1", 3, 3);
+    let new = current_rs(&stuck, 1, 0);
+    let progressing = |p: &Plan| {
+        p.status
+            .conditions
+            .as_ref()
+            .and_then(|c| c.iter().find(|c| c.type_ == "Progressing").cloned())
+            .expect("progressing")
+    };
+    let p = plan(&stuck, &[&old, &new], now()).expect("plan");
+    let c = progressing(&p);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref()),
+        ("False", Some("ProgressDeadlineExceeded"))
+    );
+    // Within the deadline: unchanged, looked at again when it would run out.
+    let mut waiting = deployment(json!({"spec": {"progressDeadlineSeconds": 600}}));
+    merge_status(&mut waiting, status("2026-01-01T00:58:00Z"));
+    let p = plan(&waiting, &[&old, &new], now()).expect("plan");
+    let c = progressing(&p);
+    assert_eq!(c.reason.as_deref(), Some("ReplicaSetUpdated"));
+    assert_eq!(
+        c.last_update_time.map(|t| t.0.to_string()).as_deref(),
+        Some("2026-01-01T00:58:00Z")
+    );
+    assert_eq!(p.requeue_after, Some(Duration::from_secs(481)));
+    // A pod became available: progress, the update time moves, the clock starts again.
+    let moving = current_rs(&stuck, 1, 1);
+    let p = plan(&stuck, &[&old, &moving], now()).expect("plan");
+    let c = progressing(&p);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref()),
+        ("True", Some("ReplicaSetUpdated"))
+    );
+    assert_eq!(c.last_update_time, Some(Time(now())));
+    assert_eq!(
+        c.last_transition_time.map(|t| t.0.to_string()).as_deref(),
+        Some("2026-01-01T00:00:00Z")
+    );
+}
+
+fn merge_status(d: &mut Deployment, status: Value) {
+    let mut value = serde_json::to_value(&*d).expect("json");
+    merge(&mut value, status);
+    *d = serde_json::from_value(value).expect("deployment");
 }

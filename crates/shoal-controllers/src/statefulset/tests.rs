@@ -1,4 +1,5 @@
 use super::*;
+use crate::test_support::merge;
 use serde_json::{Value, json};
 
 fn set(replicas: i32, extra: Value) -> StatefulSet {
@@ -33,17 +34,6 @@ fn pod(ordinal: i32, revision: &str, extra: Value) -> Pod {
 
 fn unready() -> Value {
     json!({"status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]}})
-}
-
-fn merge(into: &mut Value, from: Value) {
-    match (into, from) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in b {
-                merge(a.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (slot, v) => *slot = v,
-    }
 }
 
 fn run(set: &StatefulSet, pods: &[&Pod]) -> Plan {
