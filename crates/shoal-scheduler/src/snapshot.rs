@@ -653,8 +653,8 @@ pub struct Snapshot {
     nodes: BTreeMap<String, NodeEntry>,
     node_count: usize,
     pods: HashMap<String, BoundPod>,
-    /// Pods with inter-pod affinity terms, bound or assumed (key → node).
-    affinity_pods: HashMap<String, String>,
+    /// Pods with inter-pod affinity terms, bound or assumed (key → node and pod).
+    affinity_pods: HashMap<String, (String, Arc<PodInfo>)>,
     /// Unbound pods nominated to a node by preemption: key → (node, pod).
     nominated: HashMap<String, (String, Arc<PodInfo>)>,
     /// Nominations per node, so nodes without any are skipped at once.
@@ -759,10 +759,9 @@ impl Snapshot {
 
     /// Bound or assumed pods that have inter-pod affinity terms, with their nodes.
     pub fn pods_with_affinity(&self) -> impl Iterator<Item = (&str, &Arc<PodInfo>)> {
-        self.affinity_pods.iter().filter_map(|(key, node)| {
-            let pod = self.nodes.get(node)?.pods.get(key)?;
-            Some((node.as_str(), pod))
-        })
+        self.affinity_pods
+            .values()
+            .map(|(node, pod)| (node.as_str(), pod))
     }
 
     /// How many nodes hold `image` (a normalized name).
@@ -908,7 +907,8 @@ impl Snapshot {
     fn account(&mut self, key: String, bound: BoundPod) {
         self.set_nomination(&key, None);
         if !bound.info.affinity.is_empty() {
-            self.affinity_pods.insert(key.clone(), bound.node.clone());
+            self.affinity_pods
+                .insert(key.clone(), (bound.node.clone(), bound.info.clone()));
         }
         let entry = self.nodes.entry(bound.node.clone()).or_default();
         entry.add_pod(bound.info.clone());

@@ -16,27 +16,44 @@ use crate::snapshot::{AffinityTerm, NodeInfo, PodInfo, Snapshot};
 /// The InterPodAffinity plugin.
 pub struct InterPodAffinity;
 
-type Pair = (String, String);
+/// Counts per topology key, then per topology value: looked up by borrowed label pairs, so
+/// filtering and scoring a node allocate nothing.
+type Pair = HashMap<String, HashMap<String, i64>>;
+
+fn get(map: &Pair, key: &str, value: &str) -> i64 {
+    map.get(key)
+        .and_then(|m| m.get(value))
+        .copied()
+        .unwrap_or(0)
+}
 
 #[derive(Clone, Default)]
 struct Counts {
     /// Existing pods' required anti-affinity terms that select the incoming pod.
-    existing_anti: HashMap<Pair, i64>,
+    existing_anti: Pair,
     /// Pods selected by every required affinity term of the incoming pod.
-    affinity: HashMap<Pair, i64>,
+    affinity: Pair,
     /// Pods selected by a required anti-affinity term of the incoming pod.
-    anti: HashMap<Pair, i64>,
+    anti: Pair,
 }
 
 fn matches_all(terms: &[AffinityTerm], pod: &PodInfo) -> bool {
     terms.iter().all(|t| t.matches(pod))
 }
 
-fn bump(map: &mut HashMap<Pair, i64>, key: &str, info: &NodeInfo, by: i64) {
-    if let Some(value) = info.labels.get(key) {
-        let slot = map.entry((key.to_owned(), value.clone())).or_default();
-        *slot = slot.saturating_add(by);
-    }
+fn bump(map: &mut Pair, key: &str, info: &NodeInfo, by: i64) {
+    let Some(value) = info.labels.get(key) else {
+        return;
+    };
+    let values = match map.get_mut(key) {
+        Some(values) => values,
+        None => map.entry(key.to_owned()).or_default(),
+    };
+    let slot = match values.get_mut(value.as_str()) {
+        Some(slot) => slot,
+        None => values.entry(value.clone()).or_default(),
+    };
+    *slot = slot.saturating_add(by);
 }
 
 impl Counts {
@@ -61,12 +78,13 @@ impl Counts {
     }
 }
 
-fn any_label_counted(map: &HashMap<Pair, i64>, info: &NodeInfo) -> bool {
-    !map.is_empty()
-        && info
-            .labels
-            .iter()
-            .any(|(k, v)| map.get(&(k.clone(), v.clone())).is_some_and(|n| *n > 0))
+fn any_label_counted(map: &Pair, info: &NodeInfo) -> bool {
+    map.iter().any(|(key, values)| {
+        info.labels
+            .get(key)
+            .and_then(|v| values.get(v.as_str()))
+            .is_some_and(|n| *n > 0)
+    })
 }
 
 impl Plugin for InterPodAffinity {
@@ -117,13 +135,16 @@ impl Plugin for InterPodAffinity {
                 let Some(value) = node.info.labels.get(&term.topology_key) else {
                     return Status::unresolvable("node(s) didn't match pod affinity rules");
                 };
-                let pair = (term.topology_key.clone(), value.clone());
-                if counts.affinity.get(&pair).copied().unwrap_or(0) <= 0 {
+                if get(&counts.affinity, &term.topology_key, value) <= 0 {
                     found = false;
                 }
             }
-            let first_of_group =
-                counts.affinity.values().all(|n| *n <= 0) && matches_all(required, pod.info);
+            let first_of_group = counts
+                .affinity
+                .values()
+                .flat_map(HashMap::values)
+                .all(|n| *n <= 0)
+                && matches_all(required, pod.info);
             if !found && !first_of_group {
                 return Status::unresolvable("node(s) didn't match pod affinity rules");
             }
@@ -160,7 +181,7 @@ impl Plugin for InterPodAffinity {
     ) -> Status {
         let own = &pod.info.affinity;
         let has_preferred = !own.preferred.is_empty() || !own.preferred_anti.is_empty();
-        let mut scores: HashMap<Pair, i64> = HashMap::new();
+        let mut scores: Pair = HashMap::new();
         let mut add = |other: &PodInfo, info: &NodeInfo| {
             for term in &own.preferred {
                 if term.matches(other) {
@@ -222,7 +243,7 @@ impl Plugin for InterPodAffinity {
                 }
             }
         }
-        if scores.values().all(|s| *s == 0) {
+        if scores.values().flat_map(HashMap::values).all(|s| *s == 0) {
             return Status::skip();
         }
         state.write(Scores(scores));
@@ -233,10 +254,9 @@ impl Plugin for InterPodAffinity {
         let Some(Scores(scores)) = state.read::<Scores>() else {
             return 0;
         };
-        node.info
-            .labels
+        scores
             .iter()
-            .filter_map(|(k, v)| scores.get(&(k.clone(), v.clone())))
+            .filter_map(|(key, values)| values.get(node.info.labels.get(key)?.as_str()))
             .fold(0i64, |sum, s| sum.saturating_add(*s))
     }
 
@@ -256,4 +276,4 @@ impl Plugin for InterPodAffinity {
 }
 
 #[derive(Clone)]
-struct Scores(HashMap<Pair, i64>);
+struct Scores(Pair);
