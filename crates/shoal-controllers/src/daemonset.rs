@@ -381,7 +381,7 @@ pub fn plan(ds: &DaemonSet, input: &Input<'_>) -> Plan {
                         }
                     }
                     if let (Some(new), Some(old)) = (oldest_new, oldest_old)
-                        && (!is_ready(old) || is_ready(new))
+                        && (!is_ready(old) || available(new))
                     {
                         out.delete.push(name_of(old));
                     }
@@ -397,7 +397,25 @@ pub fn plan(ds: &DaemonSet, input: &Input<'_>) -> Plan {
         out.create_on.truncate(BURST_REPLICAS);
         out.delete.truncate(BURST_REPLICAS);
         let quiet = out.create_on.is_empty() && out.delete.is_empty();
-        if quiet && rolling && requeue.is_none() {
+        // Pods aimed at nodes that are gone and never bound would wait forever.
+        let known: HashSet<&str> = eligible.iter().map(|(node, _, _)| *node).collect();
+        for (node, pods) in &by_node {
+            if !known.contains(node) {
+                out.delete.extend(
+                    pods.iter()
+                        .filter(|p| {
+                            p.metadata.deletion_timestamp.is_none()
+                                && p.spec
+                                    .as_ref()
+                                    .and_then(|s| s.node_name.as_deref())
+                                    .is_none_or(str::is_empty)
+                        })
+                        .map(|p| name_of(p)),
+                );
+            }
+        }
+        let quiet = quiet && out.delete.is_empty();
+        if quiet && rolling {
             rolling_update(
                 &mut out,
                 &eligible,
@@ -506,12 +524,12 @@ fn rolling_update(
     let nodes = eligible
         .iter()
         .filter(|(node, run, _)| *run || by_node.contains_key(node))
-        .map(|(node, _, _)| *node);
+        .map(|(node, run, _)| (*node, *run));
     if max_surge == 0 {
         let mut unavailable = 0;
         let mut replace = Vec::new();
         let mut candidates = Vec::new();
-        for node in nodes {
+        for (node, _) in nodes {
             let pods = by_node.get(node).map(Vec::as_slice).unwrap_or_default();
             match updated_pods_on(pods, input.hash) {
                 None | Some((None, None) | (Some(_), Some(_))) => unavailable += 1,
@@ -538,11 +556,13 @@ fn rolling_update(
         let mut surged = 0;
         let mut allowed = Vec::new();
         let mut candidates = Vec::new();
-        for node in nodes {
+        for (node, run) in nodes {
             let pods = by_node.get(node).map(Vec::as_slice).unwrap_or_default();
             match updated_pods_on(pods, input.hash) {
                 None => surged += 1,
                 Some((_, None)) => {}
+                // A node that may keep its pod but gets no new one is no surge target.
+                Some((None, Some(_))) if !run => {}
                 Some((None, Some(old))) => {
                     if !available(old) {
                         allowed.push(node.to_owned());
@@ -711,7 +731,20 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
     let all_revisions = ctx
         .revisions
         .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()));
-    let owned = history::owned(all_revisions.iter().map(AsRef::as_ref), &uid);
+    let revision_refs: Vec<&ControllerRevision> = all_revisions.iter().map(AsRef::as_ref).collect();
+    if let Some(selector) = ds.spec.as_ref().map(|s| &s.selector)
+        && history::adopt_orphans(
+            &ctx.client,
+            &namespace,
+            &revision_refs,
+            selector,
+            &controller_ref("apps/v1", "DaemonSet", &ds.metadata),
+        )
+        .await?
+    {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    let owned = history::owned(revision_refs.iter().copied(), &uid);
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = history::Owner {
         api_version: "apps/v1",

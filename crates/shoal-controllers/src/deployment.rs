@@ -563,7 +563,24 @@ pub fn plan(
         .progress_deadline_seconds
         .filter(|s| *s > 0 && *s < i32::MAX);
     let mut touch = false;
-    let progressing_condition = if paused {
+    let keep = || {
+        previous.map(|c| {
+            (
+                c.status.as_str(),
+                c.reason.as_deref().unwrap_or_default(),
+                c.message.clone().unwrap_or_default(),
+            )
+        })
+    };
+    // Upstream: a finished rollout is not estimated again (a replaced pod is no rollout).
+    let finished = actual == updated && previous_reason == Some("NewReplicaSetAvailable");
+    let progressing_condition = if deadline.is_none() {
+        // No deadline, no Progressing condition (upstream removes it).
+        None
+    } else if paused && previous_reason == Some("ProgressDeadlineExceeded") {
+        // A reported lack of progress is not hidden by a pause.
+        keep()
+    } else if paused {
         Some((
             "Unknown",
             "DeploymentPaused",
@@ -575,6 +592,8 @@ pub fn plan(
             "DeploymentResumed",
             "Deployment is resumed".to_owned(),
         ))
+    } else if finished && !created {
+        keep()
     } else if complete {
         Some((
             "True",
@@ -589,13 +608,7 @@ pub fn plan(
         ))
     } else if scaling_event {
         // Scaling is not rolling: the rollout's condition stays as it is.
-        previous.map(|c| {
-            (
-                c.status.as_str(),
-                c.reason.as_deref().unwrap_or_default(),
-                c.message.clone().unwrap_or_default(),
-            )
-        })
+        keep()
     } else if progressed || previous.is_none() {
         touch = true;
         Some((
@@ -622,20 +635,10 @@ pub fn plan(
             ))
         } else {
             out.requeue_after = Some(Duration::from_secs(u64::try_from(left).unwrap_or(0) + 1));
-            Some((
-                cond.status.as_str(),
-                cond.reason.as_deref().unwrap_or_default(),
-                cond.message.clone().unwrap_or_default(),
-            ))
+            keep()
         }
     } else {
-        previous.map(|c| {
-            (
-                c.status.as_str(),
-                c.reason.as_deref().unwrap_or_default(),
-                c.message.clone().unwrap_or_default(),
-            )
-        })
+        keep()
     };
     // A rollout still under way looks again when its deadline would run out.
     if out.requeue_after.is_none()

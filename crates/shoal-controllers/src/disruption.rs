@@ -112,7 +112,8 @@ pub fn plan(
         }
         (None, Some(min)) => expected_scale(&covered, scale_of)
             .and_then(|expected| Ok((expected, scaled(min, expected)?))),
-        (None, None) => Ok((i32::try_from(covered.len()).unwrap_or(i32::MAX), 0)),
+        // Neither: nothing expected, so nothing may be disrupted (upstream).
+        (None, None) => Ok((0, 0)),
     };
 
     // Evictions still in flight: kept while the pod is there, not deleted, and young.
@@ -159,7 +160,13 @@ pub fn plan(
             };
             (expected, desired, allowed, condition)
         }
-        Err(message) => (0, 0, 0, ("False", "SyncFailed", message)),
+        // Upstream's failSafe: the last known counts stay, nothing may be disrupted.
+        Err(message) => (
+            old.expected_pods,
+            old.desired_healthy,
+            0,
+            ("False", "SyncFailed", message),
+        ),
     };
     let (status, reason, message) = condition;
     let previous = old
@@ -278,8 +285,13 @@ pub async fn reconcile(pdb: Arc<PodDisruptionBudget>, ctx: Arc<Context>) -> Resu
     let (status, recheck) = plan(&pdb, &refs, &scale_of, Timestamp::now());
     if !same(pdb.status.as_ref(), &status) {
         let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &namespace);
+        let mut body = json!(status);
+        // An emptied map must be cleared, which a merge patch does only with null.
+        if status.disrupted_pods.is_none() {
+            body["disruptedPods"] = serde_json::Value::Null;
+        }
         let patch = json!({"metadata": {"resourceVersion": pdb.metadata.resource_version},
-            "status": status});
+            "status": body});
         match api
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await

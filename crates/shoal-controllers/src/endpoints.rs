@@ -47,6 +47,13 @@ pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 /// Endpoints per slice (upstream's default `--max-endpoints-per-slice`).
 pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
+/// Addresses an Endpoints object holds at most; beyond, it is truncated and says so.
+pub const MAX_ENDPOINTS_ADDRESSES: usize = 1000;
+/// The annotation on a truncated Endpoints object.
+pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
+/// How long slices this controller created may stay unseen in its store before it stops
+/// waiting for them.
+const CREATED_SLICE_WAIT: Duration = Duration::from_secs(30);
 
 /// A port a backend serves: the Service port's name, the resolved number, the protocol.
 pub type Port = (Option<String>, i32, String);
@@ -172,10 +179,18 @@ pub fn endpoints_for(svc: &Service, backends: &[Backend<'_>]) -> Endpoints {
     let publish = publishes_not_ready(svc);
     let mut subsets: BTreeMap<Vec<Port>, (Vec<EndpointAddress>, Vec<EndpointAddress>)> =
         BTreeMap::new();
+    let mut kept = 0;
+    let mut truncated = false;
     for backend in backends {
         if backend.terminating && !publish {
             continue;
         }
+        // Upstream keeps 1000 addresses; the slices hold every endpoint.
+        if kept == MAX_ENDPOINTS_ADDRESSES {
+            truncated = true;
+            break;
+        }
+        kept += 1;
         let address = EndpointAddress {
             ip: backend.ip.clone(),
             hostname: hostname(svc, backend.pod),
@@ -218,6 +233,8 @@ pub fn endpoints_for(svc: &Service, backends: &[Backend<'_>]) -> Endpoints {
             name: svc.metadata.name.clone(),
             namespace: svc.metadata.namespace.clone(),
             labels: (!labels.is_empty()).then_some(labels),
+            annotations: truncated
+                .then(|| BTreeMap::from([(OVER_CAPACITY.to_owned(), "truncated".to_owned())])),
             ..ObjectMeta::default()
         },
         subsets: (!subsets.is_empty()).then_some(subsets),
@@ -399,6 +416,49 @@ pub struct Context {
     pub nodes: Store<Node>,
     /// All Services (to tell a deleted Service from one not yet seen).
     pub services: Store<Service>,
+    /// Slices created per Service uid and not yet seen in `slices`, with when: a pass in
+    /// between would create them again (upstream's endpointSliceTracker).
+    pub created: std::sync::Mutex<HashMap<String, (Vec<String>, tokio::time::Instant)>>,
+}
+
+impl Context {
+    /// A context over these stores.
+    pub fn new(
+        client: kube::Client,
+        pods: Store<Pod>,
+        endpoints: Store<Endpoints>,
+        slices: Store<EndpointSlice>,
+        nodes: Store<Node>,
+        services: Store<Service>,
+    ) -> Self {
+        Context {
+            client,
+            pods,
+            endpoints,
+            slices,
+            nodes,
+            services,
+            created: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether every slice created for `uid` is in the store (or waited for long enough).
+    fn slices_seen(&self, uid: &str, namespace: &str) -> bool {
+        let mut created = self.created.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((names, since)) = created.get(uid) else {
+            return true;
+        };
+        let seen = names.iter().all(|name| {
+            self.slices
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some()
+        });
+        if seen || since.elapsed() > CREATED_SLICE_WAIT {
+            created.remove(uid);
+            return true;
+        }
+        false
+    }
 }
 
 /// Brings one Service's Endpoints and EndpointSlices in line with its pods.
@@ -419,33 +479,15 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
     let refs: Vec<&Pod> = pods.iter().map(AsRef::as_ref).collect();
     let backends = backends(&svc, &refs);
 
-    let desired = endpoints_for(&svc, &backends);
-    let endpoints_api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), &namespace);
-    match ctx.endpoints.get(&ObjectRef::new(&name).within(&namespace)) {
-        None => match endpoints_api.create(&PostParams::default(), &desired).await {
-            Ok(_) => debug!(service = %name, "created endpoints"),
-            // Our store had not seen it yet: the next pass updates it.
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                return Ok(Action::requeue(Duration::from_millis(200)));
-            }
-            Err(e) => return Err(e.into()),
-        },
-        Some(current) => {
-            if current.subsets != desired.subsets
-                || current.metadata.labels != desired.metadata.labels
-            {
-                let mut update = desired.clone();
-                update.metadata.resource_version = current.metadata.resource_version.clone();
-                update.metadata.annotations = current.metadata.annotations.clone();
-                endpoints_api
-                    .replace(&name, &PostParams::default(), &update)
-                    .await?;
-                debug!(service = %name, "updated endpoints");
-            }
-        }
-    }
+    // A failure here must not hold the slices back (the proxy reads those): it is returned
+    // after them.
+    let endpoints_result = sync_endpoints(&ctx, &svc, &backends).await;
 
     let uid = svc.metadata.uid.clone().unwrap_or_default();
+    if !ctx.slices_seen(&uid, &namespace) {
+        endpoints_result?;
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
     let existing = ctx.slices.state_filter(|s| {
         s.metadata.namespace.as_deref() == Some(namespace.as_str())
             && s.metadata.labels.as_ref().is_some_and(|l| {
@@ -469,8 +511,25 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
             .replace(&slice_name, &PostParams::default(), slice)
             .await?;
     }
+    let mut made = Vec::new();
+    let mut create_error = None;
     for slice in &plan.create {
-        slices_api.create(&PostParams::default(), slice).await?;
+        match slices_api.create(&PostParams::default(), slice).await {
+            Ok(created) => made.extend(created.metadata.name),
+            Err(e) => {
+                create_error = Some(e);
+                break;
+            }
+        }
+    }
+    if !made.is_empty() {
+        ctx.created
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid.clone(), (made, tokio::time::Instant::now()));
+    }
+    if let Some(e) = create_error {
+        return Err(e.into());
     }
     for slice_name in &plan.delete {
         match slices_api
@@ -486,7 +545,51 @@ pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, E
         debug!(service = %name, created = plan.create.len(), updated = plan.update.len(),
             deleted = plan.delete.len(), "synced endpoint slices");
     }
+    endpoints_result?;
     Ok(Action::await_change())
+}
+
+/// Creates or rewrites the Service's Endpoints when they differ from what its pods say.
+async fn sync_endpoints(
+    ctx: &Context,
+    svc: &Service,
+    backends: &[Backend<'_>],
+) -> Result<(), Error> {
+    let namespace = svc.metadata.namespace.as_deref().unwrap_or_default();
+    let name = svc.metadata.name.as_deref().unwrap_or_default();
+    let desired = endpoints_for(svc, backends);
+    let api: Api<Endpoints> = Api::namespaced(ctx.client.clone(), namespace);
+    match ctx.endpoints.get(&ObjectRef::new(name).within(namespace)) {
+        None => match api.create(&PostParams::default(), &desired).await {
+            Ok(_) => debug!(service = %name, "created endpoints"),
+            // Our store had not seen it yet: the pass its watch event triggers updates it.
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        },
+        Some(current) => {
+            let over = |e: &Endpoints| {
+                e.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(OVER_CAPACITY).cloned())
+            };
+            if current.subsets != desired.subsets
+                || current.metadata.labels != desired.metadata.labels
+                || over(&current) != over(&desired)
+            {
+                let mut update = desired.clone();
+                update.metadata.resource_version = current.metadata.resource_version.clone();
+                // Other annotations stay; ours follows the truncation.
+                let mut annotations = current.metadata.annotations.clone().unwrap_or_default();
+                annotations.remove(OVER_CAPACITY);
+                annotations.extend(desired.metadata.annotations.clone().unwrap_or_default());
+                update.metadata.annotations = (!annotations.is_empty()).then_some(annotations);
+                api.replace(name, &PostParams::default(), &update).await?;
+                debug!(service = %name, "updated endpoints");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Deletes the Endpoints of a Service that is gone (unless a Service of that name is back).
@@ -540,6 +643,24 @@ pub fn trigger_services(
             .map(|s| Ok(ObjectRef::from_obj(s.as_ref())))
             .collect()
     }
+}
+
+/// An Endpoints object (by its name) or a slice (by its `kubernetes.io/service-name` label)
+/// triggers its Service.
+pub fn trigger_owner<K>(change: Change<K>) -> Option<Result<ObjectRef<Service>, Infallible>>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let (Change::Applied(obj) | Change::Deleted(obj)) = change else {
+        return None;
+    };
+    let meta = obj.meta();
+    let name = if K::kind(&()) == "EndpointSlice" {
+        meta.labels.as_ref()?.get(SERVICE_NAME_LABEL)?.clone()
+    } else {
+        meta.name.clone()?
+    };
+    Some(Ok(ObjectRef::new(&name).within(meta.namespace.as_deref()?)))
 }
 
 #[cfg(test)]

@@ -97,6 +97,57 @@ pub fn owned<'a>(
     out
 }
 
+/// Adopts the revisions of `namespace` that have no controller and whose labels `selector`
+/// matches (upstream's `ClaimControllerRevisions`: the revisions left behind by an owner
+/// deleted with `--cascade=orphan` belong to the one that replaces it). Returns whether any
+/// was adopted; the store shows them owned on a later pass.
+pub async fn adopt_orphans(
+    client: &kube::Client,
+    namespace: &str,
+    revisions: &[&ControllerRevision],
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<bool, Error> {
+    let Some(selector) = shoal_api::selector::LabelSelector::from_api(selector)
+        .ok()
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(false);
+    };
+    let no_labels = BTreeMap::new();
+    let api: Api<ControllerRevision> = Api::namespaced(client.clone(), namespace);
+    let mut adopted = false;
+    for revision in revisions.iter().filter(|r| {
+        r.metadata.namespace.as_deref() == Some(namespace)
+            && r.metadata.deletion_timestamp.is_none()
+            && controller_of(&r.metadata).is_none()
+            && selector.matches(r.metadata.labels.as_ref().unwrap_or(&no_labels))
+    }) {
+        let mut refs = revision
+            .metadata
+            .owner_references
+            .clone()
+            .unwrap_or_default();
+        refs.push(owner.clone());
+        let name = revision.metadata.name.as_deref().unwrap_or_default();
+        let patch = json!({"metadata": {"ownerReferences": refs,
+            "resourceVersion": revision.metadata.resource_version}});
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                info!(revision = %name, owner = %owner.name, "adopted revision");
+                adopted = true;
+            }
+            // Changed or gone meanwhile: the next pass looks again.
+            Err(kube::Error::Api(s)) if matches!(s.code, 404 | 409) => adopted = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(adopted)
+}
+
 /// What to do so that the owner's current template has the newest revision.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
@@ -160,6 +211,9 @@ pub fn step(owner: &Owner<'_>, template: &PodTemplateSpec, owned: &[&ControllerR
             )),
             namespace: owner.meta.namespace.clone(),
             labels: Some(labels),
+            // The owner's annotations, as upstream (`kubectl rollout history` shows the
+            // revision's `kubernetes.io/change-cause`).
+            annotations: owner.meta.annotations.clone(),
             owner_references: Some(vec![controller_ref(
                 owner.api_version,
                 owner.kind,

@@ -354,24 +354,35 @@ pub async fn run(
     }
     if config.endpoints {
         let mut services = Informer::<Service>::new(Api::all(client.clone()));
-        let endpoints_informer = Informer::<Endpoints>::new(Api::all(client.clone()));
-        let slices = Informer::<EndpointSlice>::new(Api::all(client.clone()));
-        let ctx = Arc::new(endpoints::Context {
-            client: client.clone(),
-            pods: pods.store(),
-            endpoints: endpoints_informer.store(),
-            slices: slices.store(),
-            nodes: nodes.store(),
-            services: services.store(),
-        });
+        let mut endpoints_informer = Informer::<Endpoints>::new(Api::all(client.clone()));
+        let mut slices = Informer::<EndpointSlice>::new(Api::all(client.clone()));
+        let ctx = Arc::new(endpoints::Context::new(
+            client.clone(),
+            pods.store(),
+            endpoints_informer.store(),
+            slices.store(),
+            nodes.store(),
+            services.store(),
+        ));
         let triggers = futures::stream::select(
             services
                 .subscribe()
                 .map(informer::trigger_self)
                 .flat_map(futures::stream::iter),
-            pods.subscribe()
-                .map(endpoints::trigger_services(services.store()))
-                .flat_map(futures::stream::iter),
+            futures::stream::select(
+                pods.subscribe()
+                    .map(endpoints::trigger_services(services.store()))
+                    .flat_map(futures::stream::iter),
+                // Our objects changed or deleted by someone else are put back.
+                futures::stream::select(
+                    endpoints_informer
+                        .subscribe()
+                        .filter_map(|c| future::ready(endpoints::trigger_owner(c))),
+                    slices
+                        .subscribe()
+                        .filter_map(|c| future::ready(endpoints::trigger_owner(c))),
+                ),
+            ),
         );
         // A deleted Service takes its Endpoints along (its slices are owned and collected).
         let deletions = services.subscribe();

@@ -182,8 +182,13 @@ pub fn plan(set: &StatefulSet, input: &Input<'_>) -> Plan {
         available_replicas: Some(count(&|p| {
             phase(p) == Some("Running") && is_available(p, min_ready, input.now)
         })),
-        current_replicas: Some(count(&|p| revision_of(p) == Some(input.current))),
-        updated_replicas: Some(count(&|p| revision_of(p) == Some(input.update))),
+        // Terminating pods count in `replicas` but no longer for a revision (upstream).
+        current_replicas: Some(count(&|p| {
+            p.metadata.deletion_timestamp.is_none() && revision_of(p) == Some(input.current)
+        })),
+        updated_replicas: Some(count(&|p| {
+            p.metadata.deletion_timestamp.is_none() && revision_of(p) == Some(input.update)
+        })),
         current_revision: Some(input.current.to_owned()),
         update_revision: Some(input.update.to_owned()),
         observed_generation: set.metadata.generation,
@@ -197,9 +202,8 @@ pub fn plan(set: &StatefulSet, input: &Input<'_>) -> Plan {
         == "RollingUpdate";
     // Upstream's completeRollingUpdate.
     if rolling
-        && status.updated_replicas == Some(replicas)
-        && status.ready_replicas == Some(replicas)
-        && status.replicas == replicas
+        && status.updated_replicas == Some(status.replicas)
+        && status.ready_replicas == Some(status.replicas)
     {
         status.current_revision = status.update_revision.clone();
         status.current_replicas = status.updated_replicas;
@@ -455,7 +459,20 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
     let all_revisions = ctx
         .revisions
         .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()));
-    let owned = history::owned(all_revisions.iter().map(AsRef::as_ref), &uid);
+    let revision_refs: Vec<&ControllerRevision> = all_revisions.iter().map(AsRef::as_ref).collect();
+    if let Some(selector) = set.spec.as_ref().map(|s| &s.selector)
+        && history::adopt_orphans(
+            &ctx.client,
+            &namespace,
+            &revision_refs,
+            selector,
+            &controller_ref("apps/v1", "StatefulSet", &set.metadata),
+        )
+        .await?
+    {
+        return Ok(Action::requeue(Duration::from_millis(100)));
+    }
+    let owned = history::owned(revision_refs.iter().copied(), &uid);
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = history::Owner {
         api_version: "apps/v1",

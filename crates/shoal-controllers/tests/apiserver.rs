@@ -1279,6 +1279,41 @@ async fn statefulset_orders_pods_updates_from_the_top_and_keeps_history() -> any
     assert_eq!(order, ["db-2", "db-1"]);
     assert_eq!(claims.list(&ListParams::default()).await?.items.len(), 3);
 
+    // Deleted with --cascade=orphan and made again (how volumeClaimTemplates are changed):
+    // the new set adopts the pod and the revisions, and replaces nothing.
+    let kept = pods.get("db-0").await?.metadata.uid;
+    sets.delete("db", &DeleteParams::orphan()).await?;
+    wait_until("set gone, pod orphaned", || async {
+        let pod = pods.get("db-0").await?;
+        Ok(sets.get_opt("db").await?.is_none()
+            && pod.metadata.owner_references.unwrap_or_default().is_empty())
+    })
+    .await?;
+    let mut again = set.clone();
+    if let Some(spec) = again.spec.as_mut() {
+        spec.replicas = Some(1);
+    }
+    let again = sets.create(&PostParams::default(), &again).await?;
+    wait_until("adopted", || async {
+        let status = sets.get("db").await?.status.unwrap_or_default();
+        let history = revisions.list(&ListParams::default()).await?.items;
+        Ok(ready(1).await?
+            && status.update_revision.as_deref() == Some(first_revision.as_str())
+            && history.len() == 2
+            && history.iter().all(|r| {
+                r.metadata.owner_references.as_ref().is_some_and(|o| {
+                    o.iter()
+                        .any(|o| Some(&o.uid) == again.metadata.uid.as_ref())
+                })
+            }))
+    })
+    .await?;
+    assert_eq!(
+        pods.get("db-0").await?.metadata.uid,
+        kept,
+        "db-0 was replaced"
+    );
+
     shutdown.cancel();
     controllers.await??;
     Ok(())
@@ -1622,6 +1657,9 @@ async fn endpoints_and_slices_follow_ready_pods() -> anyhow::Result<()> {
         }
     };
     wait_until("three addresses", || addresses(3)).await?;
+    // Deleted by someone else: put back.
+    endpoints.delete("web", &DeleteParams::default()).await?;
+    wait_until("endpoints back", || addresses(3)).await?;
     deployments
         .patch(
             "web",

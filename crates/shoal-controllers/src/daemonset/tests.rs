@@ -299,3 +299,45 @@ fn daemon_pod_shape() {
     expect_test::expect![[r#"{"apiVersion":"v1","kind":"Pod","metadata":{"generateName":"agent-","labels":{"app":"agent","controller-revision-hash":"h1","pod-template-generation":"3"},"namespace":"kube-system","ownerReferences":[{"apiVersion":"apps/v1","blockOwnerDeletion":true,"controller":true,"kind":"DaemonSet","name":"agent","uid":"ds-uid"}]},"spec":{"affinity":{"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchFields":[{"key":"metadata.name","operator":"In","values":["n1"]}]}]}}},"containers":[{"image":"agent:2","name":"c"}],"tolerations":[{"effect":"NoExecute","key":"node.kubernetes.io/not-ready","operator":"Exists"},{"effect":"NoExecute","key":"node.kubernetes.io/unreachable","operator":"Exists"},{"effect":"NoSchedule","key":"node.kubernetes.io/disk-pressure","operator":"Exists"},{"effect":"NoSchedule","key":"node.kubernetes.io/memory-pressure","operator":"Exists"},{"effect":"NoSchedule","key":"node.kubernetes.io/pid-pressure","operator":"Exists"},{"effect":"NoSchedule","key":"node.kubernetes.io/unschedulable","operator":"Exists"}]}}"#]]
         .assert_eq(&serde_json::to_string(&pod).expect("json"));
 }
+
+#[test]
+fn surge_skips_nodes_that_only_keep_their_pod_and_orphans_of_gone_nodes_go() {
+    let ds = rolling(json!(0), json!(1));
+    // Node a gained a NoSchedule taint: its old pod may stay, a new one could never land.
+    let tainted = node(
+        "a",
+        json!({"spec": {"taints": [{"key": "maintenance", "effect": "NoSchedule"}]}}),
+    );
+    let b = node("b", json!({}));
+    let old_a = pod("old-a", "a", "old", json!({}));
+    let old_b = pod("old-b", "b", "old", json!({}));
+    let p = run(&ds, &[&tainted, &b], &[&old_a, &old_b]);
+    assert_eq!(p.create_on, ["b"]);
+    // An unbound daemon pod aimed at a node that no longer exists is deleted.
+    let stray = pod_for_node(&ds, "gone", "new");
+    let mut stray = stray;
+    stray.metadata.name = Some("stray".into());
+    let p = run(&ds, &[&b], &[&old_b, &stray]);
+    assert_eq!(p.delete, ["stray"]);
+}
+
+#[test]
+fn surged_old_pod_waits_for_the_new_one_to_be_available() {
+    let mut ds = rolling(json!(0), json!(1));
+    if let Some(spec) = ds.spec.as_mut() {
+        spec.min_ready_seconds = Some(60);
+    }
+    let a = node("a", json!({}));
+    let old = pod("old-a", "a", "old", json!({}));
+    let fresh = pod(
+        "new-a",
+        "a",
+        "new",
+        json!({"metadata": {"creationTimestamp": "2026-01-01T00:59:00Z"},
+            "status": {"conditions": [{"type": "Ready", "status": "True",
+            "lastTransitionTime": "2026-01-01T00:59:30Z"}]}}),
+    );
+    // Ready for 30 s of the 60 required: both stay.
+    let p = run(&ds, &[&a], &[&old, &fresh]);
+    assert!(p.delete.is_empty(), "{:?}", p.delete);
+}

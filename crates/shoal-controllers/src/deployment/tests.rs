@@ -10,6 +10,7 @@ fn deployment(extra: Value) -> Deployment {
             "annotations": {"kubernetes.io/change-cause": "v2"}},
         "spec": {
             "replicas": 4,
+            "progressDeadlineSeconds": 600,
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}},
                          "spec": {"containers": [{"name": "c", "image": "v2"}]}},
@@ -431,4 +432,37 @@ fn merge_status(d: &mut Deployment, status: Value) {
     let mut value = serde_json::to_value(&*d).expect("json");
     merge(&mut value, status);
     *d = serde_json::from_value(value).expect("deployment");
+}
+
+#[test]
+fn a_finished_rollout_is_not_estimated_again() {
+    // Complete, then a pod is replaced and stays pending: no rollout, no deadline.
+    let mut d = deployment(json!({"spec": {"progressDeadlineSeconds": 60}}));
+    merge_status(
+        &mut d,
+        json!({"status": {"observedGeneration": 3, "replicas": 4, "updatedReplicas": 4,
+            "readyReplicas": 4, "availableReplicas": 4, "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable",
+             "message": "done", "lastUpdateTime": "2026-01-01T00:00:00Z",
+             "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}),
+    );
+    let rs = current_rs(&d, 4, 3);
+    let p = plan(&d, &[&rs], now()).expect("plan");
+    let c = p
+        .status
+        .conditions
+        .as_ref()
+        .and_then(|c| c.iter().find(|c| c.type_ == "Progressing").cloned())
+        .expect("progressing");
+    assert_eq!(c.reason.as_deref(), Some("NewReplicaSetAvailable"));
+    // Without a deadline there is no Progressing condition at all.
+    let none = deployment(json!({"spec": {"progressDeadlineSeconds": null}}));
+    let p = plan(&none, &[&rs], now()).expect("plan");
+    assert!(
+        p.status
+            .conditions
+            .iter()
+            .flatten()
+            .all(|c| c.type_ != "Progressing")
+    );
 }

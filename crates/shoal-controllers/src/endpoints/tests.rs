@@ -153,3 +153,39 @@ fn terminating_endpoints_keep_serving_in_slices() {
     // Endpoints leave it out.
     assert!(endpoints_for(&svc, &found).subsets.is_none());
 }
+
+#[test]
+fn endpoints_are_truncated_at_a_thousand_and_say_so() {
+    let svc = service(json!({"spec": {"ports": [{"port": 80}]}}));
+    let pods: Vec<Pod> = (0..1001)
+        .map(|i| {
+            pod(
+                &format!("p{i}"),
+                &format!("10.1.{}.{}", i / 250, i % 250 + 1),
+                true,
+                json!({}),
+            )
+        })
+        .collect();
+    let refs: Vec<&Pod> = pods.iter().collect();
+    let found = backends(&svc, &refs);
+    let endpoints = endpoints_for(&svc, &found);
+    let addresses: usize = endpoints
+        .subsets
+        .iter()
+        .flatten()
+        .map(|s| s.addresses.as_ref().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(addresses, MAX_ENDPOINTS_ADDRESSES);
+    assert_eq!(
+        endpoints
+            .metadata
+            .annotations
+            .as_ref()
+            .map(|a| a[OVER_CAPACITY].as_str()),
+        Some("truncated")
+    );
+    let slices = slices_for(&svc, &found, &|_| None, &[]);
+    let total: usize = slices.create.iter().map(|s| s.endpoints.len()).sum();
+    assert_eq!(total, 1001);
+}
