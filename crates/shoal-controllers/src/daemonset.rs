@@ -732,19 +732,23 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         .revisions
         .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()));
     let revision_refs: Vec<&ControllerRevision> = all_revisions.iter().map(AsRef::as_ref).collect();
-    if let Some(selector) = ds.spec.as_ref().map(|s| &s.selector)
-        && history::adopt_orphans(
-            &ctx.client,
-            &namespace,
-            &revision_refs,
-            selector,
-            &controller_ref("apps/v1", "DaemonSet", &ds.metadata),
-        )
-        .await?
-    {
+    let selector = ds
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    let owner_ref = controller_ref("apps/v1", "DaemonSet", &ds.metadata);
+    let Some(owned) = history::claim(
+        &ctx.client,
+        &namespace,
+        &revision_refs,
+        &selector,
+        &owner_ref,
+    )
+    .await?
+    else {
         return Ok(Action::requeue(Duration::from_millis(100)));
-    }
-    let owned = history::owned(revision_refs.iter().copied(), &uid);
+    };
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = history::Owner {
         api_version: "apps/v1",
@@ -791,7 +795,6 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
     );
 
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let owner_ref = controller_ref("apps/v1", "DaemonSet", &ds.metadata);
     claim(&pod_api, &pods, &plan.adopt, &plan.release, &owner_ref).await?;
     let ds_ref = shoal_events::reference(ds.as_ref());
     for (pod, node) in &plan.failed {

@@ -101,7 +101,7 @@ pub fn owned<'a>(
 /// matches (upstream's `ClaimControllerRevisions`: the revisions left behind by an owner
 /// deleted with `--cascade=orphan` belong to the one that replaces it). Returns whether any
 /// was adopted; the store shows them owned on a later pass.
-pub async fn adopt_orphans(
+async fn adopt_orphans(
     client: &kube::Client,
     namespace: &str,
     revisions: &[&ControllerRevision],
@@ -146,6 +146,22 @@ pub async fn adopt_orphans(
         }
     }
     Ok(adopted)
+}
+
+/// The revisions the owner controls, oldest first, after adopting matching orphans
+/// ([`adopt_orphans`]); `None` when some were just adopted (the caller looks again once its
+/// store shows them).
+pub async fn claim<'a>(
+    client: &kube::Client,
+    namespace: &str,
+    revisions: &[&'a ControllerRevision],
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> Result<Option<Vec<&'a ControllerRevision>>, Error> {
+    if adopt_orphans(client, namespace, revisions, selector, owner).await? {
+        return Ok(None);
+    }
+    Ok(Some(owned(revisions.iter().copied(), &owner.uid)))
 }
 
 /// What to do so that the owner's current template has the newest revision.

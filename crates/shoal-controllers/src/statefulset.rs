@@ -460,19 +460,23 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
         .revisions
         .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()));
     let revision_refs: Vec<&ControllerRevision> = all_revisions.iter().map(AsRef::as_ref).collect();
-    if let Some(selector) = set.spec.as_ref().map(|s| &s.selector)
-        && history::adopt_orphans(
-            &ctx.client,
-            &namespace,
-            &revision_refs,
-            selector,
-            &controller_ref("apps/v1", "StatefulSet", &set.metadata),
-        )
-        .await?
-    {
+    let selector = set
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    let controller = controller_ref("apps/v1", "StatefulSet", &set.metadata);
+    let Some(owned) = history::claim(
+        &ctx.client,
+        &namespace,
+        &revision_refs,
+        &selector,
+        &controller,
+    )
+    .await?
+    else {
         return Ok(Action::requeue(Duration::from_millis(100)));
-    }
-    let owned = history::owned(revision_refs.iter().copied(), &uid);
+    };
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = history::Owner {
         api_version: "apps/v1",
@@ -510,14 +514,7 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
 
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let set_ref = shoal_events::reference(set.as_ref());
-    claim(
-        &pod_api,
-        &pods,
-        &plan.adopt,
-        &plan.release,
-        &controller_ref("apps/v1", "StatefulSet", &set.metadata),
-    )
-    .await?;
+    claim(&pod_api, &pods, &plan.adopt, &plan.release, &controller).await?;
     let mut deleted = Vec::new();
     let mut first_error = None;
     for pod in &plan.recreate {
