@@ -12,8 +12,10 @@
 //! (`batch.kubernetes.io/job-completion-index`, `JOB_COMPLETION_INDEX`, hostname
 //! `<job>-<index>`) and are done when every index succeeded (`status.completedIndexes`).
 //! Failed pods are replaced after an exponential back-off (10 s doubling, at most 6 min) until
-//! `backoffLimit` is exceeded (`Failed`, `BackoffLimitExceeded`); `activeDeadlineSeconds`
-//! fails it with `DeadlineExceeded`; `suspend` deletes its active pods. Upstream's terminal
+//! `backoffLimit` is exceeded (`Failed`, `BackoffLimitExceeded`); `podFailurePolicy` rules
+//! (exit codes, pod conditions) fail the Job at once (`PodFailurePolicy`), ignore a failure
+//! (not counted, the pod replaced) or count it; `activeDeadlineSeconds` fails it with
+//! `DeadlineExceeded`; `suspend` deletes its active pods. Upstream's terminal
 //! conditions come in pairs (`SuccessCriteriaMet` then `Complete`, `FailureTarget` then
 //! `Failed`). A finished Job with `ttlSecondsAfterFinished` is deleted (background) that long
 //! after it finished. [`plan`] is the decision.
@@ -188,6 +190,99 @@ fn seconds(d: SignedDuration) -> Duration {
     Duration::try_from(d).unwrap_or(Duration::ZERO)
 }
 
+/// What a Job's `podFailurePolicy` says of one failed pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyVerdict {
+    /// `FailJob`: the Job fails now, with this message.
+    FailJob(String),
+    /// `Ignore`: the failure does not count towards `backoffLimit`; the pod is replaced.
+    Ignore,
+    /// `Count` (or no rule matched, or no policy): the default handling.
+    Count,
+}
+
+/// Upstream's pod failure policy: the first rule whose `onExitCodes` (a terminated container,
+/// `containerName` if set, exit code `In` the values, or non-zero and `NotIn` them) or
+/// `onPodConditions` (a condition of that type and status) matches the pod decides.
+/// `FailIndex` counts as `Count` here (no `backoffLimitPerIndex` yet).
+pub fn pod_failure_verdict(job: &Job, pod: &Pod) -> PolicyVerdict {
+    let Some(policy) = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_failure_policy.as_ref())
+    else {
+        return PolicyVerdict::Count;
+    };
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pod.metadata.name.as_deref().unwrap_or_default();
+    let status = pod.status.as_ref();
+    for (i, rule) in policy.rules.iter().enumerate() {
+        let mut message = None;
+        if let Some(on) = &rule.on_exit_codes {
+            let containers = status
+                .into_iter()
+                .flat_map(|s| {
+                    s.init_container_statuses
+                        .iter()
+                        .flatten()
+                        .chain(s.container_statuses.iter().flatten())
+                })
+                .filter(|c| on.container_name.as_ref().is_none_or(|n| *n == c.name));
+            for container in containers {
+                let Some(code) = container
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .map(|t| t.exit_code)
+                else {
+                    continue;
+                };
+                let listed = on.values.contains(&code);
+                let matched = match on.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => code != 0 && !listed,
+                    _ => false,
+                };
+                if matched {
+                    message = Some(format!(
+                        "Container {} for pod {namespace}/{name} failed with exit code {code} matching {} rule at index {i}",
+                        container.name, rule.action
+                    ));
+                    break;
+                }
+            }
+        }
+        if message.is_none() {
+            for pattern in rule.on_pod_conditions.iter().flatten() {
+                let want = pattern
+                    .status
+                    .as_deref()
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("True");
+                let has = status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == pattern.type_ && c.status == want)
+                });
+                if has {
+                    message = Some(format!(
+                        "Pod {namespace}/{name} has condition {} matching {} rule at index {i}",
+                        pattern.type_, rule.action
+                    ));
+                    break;
+                }
+            }
+        }
+        if let Some(message) = message {
+            return match rule.action.as_str() {
+                "FailJob" => PolicyVerdict::FailJob(message),
+                "Ignore" => PolicyVerdict::Ignore,
+                _ => PolicyVerdict::Count,
+            };
+        }
+    }
+    PolicyVerdict::Count
+}
+
 /// Computes what to do for `job` given its pods (those it controls) at `now`; with `manage`
 /// false (pod writes not yet visible) it only does the bookkeeping.
 pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
@@ -219,6 +314,21 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
     uncounted_failed.retain(|uid| !settled(uid));
     failed += i32::try_from(before - uncounted_failed.len()).unwrap_or(i32::MAX);
     let mut completed = parse_indexes(status.completed_indexes.as_deref().unwrap_or_default());
+    let mut policy_failure: Option<String> = None;
+    // A failed pod is recorded unless the pod failure policy ignores it.
+    let mut record_failure =
+        |pod: &Pod, uid: String, uncounted: &mut BTreeSet<String>| match pod_failure_verdict(
+            job, pod,
+        ) {
+            PolicyVerdict::Ignore => {}
+            PolicyVerdict::FailJob(message) => {
+                policy_failure.get_or_insert(message);
+                uncounted.insert(uid);
+            }
+            PolicyVerdict::Count => {
+                uncounted.insert(uid);
+            }
+        };
     for pod in pods.iter().filter(|p| tracked(p)) {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let unscheduled = pod
@@ -233,12 +343,10 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
                 }
                 uncounted_ok.insert(uid);
             }
-            Some("Failed") => {
-                uncounted_failed.insert(uid);
-            }
+            Some("Failed") => record_failure(pod, uid, &mut uncounted_failed),
             // Deleted before any node ran it: it will never finish.
             _ if pod.metadata.deletion_timestamp.is_some() && unscheduled => {
-                uncounted_failed.insert(uid);
+                record_failure(pod, uid, &mut uncounted_failed);
             }
             _ => continue,
         }
@@ -319,15 +427,17 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
             let start = status.start_time.as_ref()?.0;
             Some(start + SignedDuration::from_secs(s))
         });
-    let failure = if failed_total > backoff_limit {
+    let failure = if let Some(message) = policy_failure {
+        Some(("PodFailurePolicy", message))
+    } else if failed_total > backoff_limit {
         Some((
             "BackoffLimitExceeded",
-            "Job has reached the specified backoff limit",
+            "Job has reached the specified backoff limit".to_owned(),
         ))
     } else if deadline.is_some_and(|d| now >= d) {
         Some((
             "DeadlineExceeded",
-            "Job was active longer than specified deadline",
+            "Job was active longer than specified deadline".to_owned(),
         ))
     } else {
         None
@@ -341,13 +451,13 @@ pub fn plan(job: &Job, pods: &[&Pod], now: Timestamp, manage: bool) -> Plan {
         out.delete = names(&active);
         set_condition(
             &mut status,
-            condition("FailureTarget", "True", reason, message, now),
+            condition("FailureTarget", "True", reason, &message, now),
         );
         set_condition(
             &mut status,
-            condition("Failed", "True", reason, message, now),
+            condition("Failed", "True", reason, &message, now),
         );
-        out.finished = Some((true, reason.to_owned(), message.to_owned()));
+        out.finished = Some((true, reason.to_owned(), message));
         out.status = status;
         return out;
     }
@@ -850,6 +960,66 @@ mod tests {
         assert!(p.finished.is_none());
         assert_eq!(p.status.start_time.map(|t| t.0), Some(now()));
         assert_eq!(p.create, [None]);
+    }
+
+    #[test]
+    fn pod_failure_policy_fails_ignores_or_counts() {
+        let spec = json!({"completions": 1, "parallelism": 1, "backoffLimit": 3,
+            "podFailurePolicy": {"rules": [
+                {"action": "FailJob", "onExitCodes": {"containerName": "main", "operator": "In", "values": [42]}},
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Count", "onExitCodes": {"operator": "NotIn", "values": [1]}}]}});
+        let failed = |name: &str, code: i32, disrupted: bool| -> Pod {
+            let mut conditions = vec![json!({"type": "Ready", "status": "False"})];
+            if disrupted {
+                conditions.push(json!({"type": "DisruptionTarget", "status": "True"}));
+            }
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "ns", "uid": format!("uid-{name}"),
+                    "finalizers": [TRACKING_FINALIZER]},
+                "spec": {"containers": []},
+                "status": {"phase": "Failed", "conditions": conditions,
+                    "containerStatuses": [{"name": "main", "image": "i", "imageID": "",
+                        "ready": false, "restartCount": 0,
+                        "state": {"terminated": {"exitCode": code,
+                            "finishedAt": "2026-01-01T00:09:55Z"}}}]}
+            }))
+            .expect("pod")
+        };
+        let j = job(spec.clone(), json!({"startTime": "2026-01-01T00:00:00Z"}));
+        // Exit code 42: the Job fails at once, whatever the backoff limit.
+        let p = plan(&j, &[&failed("a", 42, false)], now(), true);
+        assert!(has_condition(&p.status, "Failed") && has_condition(&p.status, "FailureTarget"));
+        let (warning, reason, message) = p.finished.clone().expect("finished");
+        assert!(warning);
+        assert_eq!(reason, "PodFailurePolicy");
+        assert_eq!(
+            message,
+            "Container main for pod ns/a failed with exit code 42 matching FailJob rule at index 0"
+        );
+        assert_eq!(
+            p.status.uncounted_terminated_pods.and_then(|u| u.failed),
+            Some(vec!["uid-a".to_owned()])
+        );
+        // A disrupted pod is not counted, but released and replaced.
+        let p = plan(&j, &[&failed("b", 1, true)], now(), true);
+        assert!(p.finished.is_none());
+        assert_eq!(p.release, ["b"]);
+        assert_eq!(
+            p.status.uncounted_terminated_pods.and_then(|u| u.failed),
+            Some(vec![])
+        );
+        assert_eq!(p.create, [None]);
+        // Anything else counts.
+        let p = plan(&j, &[&failed("c", 1, false)], now(), true);
+        assert_eq!(
+            p.status.uncounted_terminated_pods.and_then(|u| u.failed),
+            Some(vec!["uid-c".to_owned()])
+        );
+        assert_eq!(
+            pod_failure_verdict(&j, &failed("d", 7, false)),
+            PolicyVerdict::Count
+        );
     }
 
     #[test]

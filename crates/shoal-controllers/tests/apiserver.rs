@@ -897,7 +897,15 @@ async fn finishing_agent(pods: Api<Pod>, shutdown: CancellationToken) {
                 if phase == Some(outcome) {
                     continue;
                 }
-                let patch = json!({"status": {"phase": outcome}});
+                // Pods of `fatal-` Jobs exit with 42, the others with 1 or 0.
+                let code = match outcome {
+                    "Succeeded" => 0,
+                    _ if name.starts_with("fatal-") => 42,
+                    _ => 1,
+                };
+                let patch = json!({"status": {"phase": outcome, "containerStatuses": [
+                    {"name": "c", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                     "state": {"terminated": {"exitCode": code}}}]}});
                 let _ = pods
                     .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await;
@@ -905,6 +913,40 @@ async fn finishing_agent(pods: Api<Pod>, shutdown: CancellationToken) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A pod failure policy fails its Job at the first pod exiting with a listed code, without
+/// waiting for the backoff limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_failure_policy_fails_the_job_at_once() -> anyhow::Result<()> {
+    use k8s_openapi::api::batch::v1::Job;
+    let (_server, client, shutdown) = start().await?;
+    let controllers = spawn_controllers(&client, &shutdown);
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    tokio::spawn(finishing_agent(pods.clone(), shutdown.clone()));
+    let job: Job = serde_json::from_value(json!({
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "fatal", "namespace": "default"},
+        "spec": {"backoffLimit": 6,
+            "podFailurePolicy": {"rules": [{"action": "FailJob",
+                "onExitCodes": {"operator": "In", "values": [42]}}]},
+            "template": {"spec": {"restartPolicy": "Never",
+                "containers": [{"name": "c", "image": "i"}]}}}
+    }))?;
+    jobs.create(&PostParams::default(), &job).await?;
+    wait_until("failed by the policy", || async {
+        let status = jobs.get("fatal").await?.status.unwrap_or_default();
+        Ok(status.conditions.unwrap_or_default().iter().any(|c| {
+            c.type_ == "Failed"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("PodFailurePolicy")
+        }) && status.failed == Some(1))
+    })
+    .await?;
+    shutdown.cancel();
+    controllers.await??;
+    Ok(())
 }
 
 /// Jobs run their pods to completion with durable counts (every tracking finalizer released),
