@@ -55,8 +55,9 @@ pub const OVER_CAPACITY: &str = "endpoints.kubernetes.io/over-capacity";
 /// waiting for them.
 const CREATED_SLICE_WAIT: Duration = Duration::from_secs(30);
 
-/// A port a backend serves: the Service port's name, the resolved number, the protocol.
-pub type Port = (Option<String>, i32, String);
+/// A port a backend serves: the Service port's name, the resolved number, the protocol, the
+/// application protocol.
+pub type Port = (Option<String>, i32, String, Option<String>);
 
 /// One pod backing a Service.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,6 +132,7 @@ pub fn backends<'a>(svc: &Service, pods: &[&'a Pod]) -> Vec<Backend<'a>> {
                             p.name.clone(),
                             number,
                             p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                            p.app_protocol.clone(),
                         )
                     })
                 })
@@ -165,6 +167,13 @@ fn hostname(svc: &Service, pod: &Pod) -> Option<String> {
     (spec.subdomain.is_some() && spec.subdomain == svc.metadata.name)
         .then(|| spec.hostname.clone())
         .flatten()
+}
+
+/// The label on the Endpoints and slices of a headless Service.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+fn is_headless(svc: &Service) -> bool {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None")
 }
 
 fn publishes_not_ready(svc: &Service) -> bool {
@@ -214,19 +223,19 @@ pub fn endpoints_for(svc: &Service, backends: &[Backend<'_>]) -> Endpoints {
             ports: (!ports.is_empty()).then(|| {
                 ports
                     .into_iter()
-                    .map(|(name, port, protocol)| EndpointPort {
+                    .map(|(name, port, protocol, app_protocol)| EndpointPort {
                         name,
                         port,
                         protocol: Some(protocol),
-                        app_protocol: None,
+                        app_protocol,
                     })
                     .collect()
             }),
         })
         .collect();
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
-    if svc.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()) == Some("None") {
-        labels.insert("service.kubernetes.io/headless".into(), String::new());
+    if is_headless(svc) {
+        labels.insert(HEADLESS_LABEL.into(), String::new());
     }
     Endpoints {
         metadata: ObjectMeta {
@@ -262,6 +271,7 @@ fn slice_key(slice: &EndpointSlice) -> (String, Vec<Port>) {
                 p.name.clone(),
                 p.port.unwrap_or(0),
                 p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.app_protocol.clone(),
             )
         })
         .collect();
@@ -305,6 +315,9 @@ pub fn slices_for(
             });
     }
     let mut labels = svc.metadata.labels.clone().unwrap_or_default();
+    if is_headless(svc) {
+        labels.insert(HEADLESS_LABEL.into(), String::new());
+    }
     labels.insert(SERVICE_NAME_LABEL.into(), svc_name.clone());
     labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
     let mut existing_by_key: HashMap<(String, Vec<Port>), Vec<&EndpointSlice>> = HashMap::new();
@@ -334,6 +347,7 @@ pub fn slices_for(
                         _ => p.port,
                     },
                     p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    p.app_protocol.clone(),
                 )
             })
             .collect();
@@ -357,11 +371,11 @@ pub fn slices_for(
         for chunk in chunks {
             let slice_ports: Vec<SlicePort> = ports
                 .iter()
-                .map(|(name, port, protocol)| SlicePort {
+                .map(|(name, port, protocol, app_protocol)| SlicePort {
                     name: name.clone(),
                     port: Some(*port),
                     protocol: Some(protocol.clone()),
-                    app_protocol: None,
+                    app_protocol: app_protocol.clone(),
                 })
                 .collect();
             let mut desired = EndpointSlice {
@@ -465,11 +479,11 @@ impl Context {
 pub async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = svc.metadata.namespace.clone().unwrap_or_default();
     let name = svc.metadata.name.clone().unwrap_or_default();
-    let managed = svc
-        .spec
-        .as_ref()
-        .and_then(|s| s.selector.as_ref())
-        .is_some_and(|s| !s.is_empty());
+    // ExternalName Services have no endpoints, whatever their selector says.
+    let managed = svc.spec.as_ref().is_some_and(|s| {
+        s.type_.as_deref() != Some("ExternalName")
+            && s.selector.as_ref().is_some_and(|s| !s.is_empty())
+    });
     if !managed || svc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }

@@ -189,3 +189,41 @@ fn endpoints_are_truncated_at_a_thousand_and_say_so() {
     let total: usize = slices.create.iter().map(|s| s.endpoints.len()).sum();
     assert_eq!(total, 1001);
 }
+
+#[test]
+fn app_protocol_and_headless_label_are_carried() {
+    let svc = service(json!({"spec": {"clusterIP": "None",
+        "ports": [{"name": "grpc", "port": 80, "targetPort": 8080, "appProtocol": "kubernetes.io/h2c"}]}}));
+    let a = pod("a", "10.0.0.2", true, json!({}));
+    let found = backends(&svc, &[&a]);
+    let endpoints = endpoints_for(&svc, &found);
+    let port = &endpoints.subsets.as_ref().expect("subsets")[0]
+        .ports
+        .as_ref()
+        .expect("ports")[0];
+    assert_eq!(port.app_protocol.as_deref(), Some("kubernetes.io/h2c"));
+    assert!(
+        endpoints
+            .metadata
+            .labels
+            .as_ref()
+            .expect("labels")
+            .contains_key(HEADLESS_LABEL)
+    );
+    let plan = slices_for(&svc, &found, &|_| None, &[]);
+    let slice = &plan.create[0];
+    assert_eq!(
+        slice.ports.as_ref().expect("ports")[0]
+            .app_protocol
+            .as_deref(),
+        Some("kubernetes.io/h2c")
+    );
+    assert!(
+        slice
+            .metadata
+            .labels
+            .as_ref()
+            .expect("labels")
+            .contains_key(HEADLESS_LABEL)
+    );
+}
