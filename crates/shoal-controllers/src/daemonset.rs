@@ -184,6 +184,38 @@ pub fn target_node(pod: &Pod) -> Option<&str> {
         .map(|v| v[0].as_str())
 }
 
+/// What of each node decides where daemons run (name, labels, taints, runtime handlers), so
+/// that a node change that moves none of it (a heartbeat, a status update) does not wake every
+/// DaemonSet.
+#[derive(Debug, Default)]
+pub struct NodePlacement {
+    seen: HashMap<String, String>,
+}
+
+impl NodePlacement {
+    /// Whether `change` may change where daemons run.
+    pub fn changed(&mut self, change: &crate::informer::Change<Node>) -> bool {
+        match change {
+            crate::informer::Change::Synced => false,
+            crate::informer::Change::Deleted(node) => {
+                self.seen
+                    .remove(node.metadata.name.as_deref().unwrap_or_default());
+                true
+            }
+            crate::informer::Change::Applied(node) => {
+                let print = serde_json::to_string(&(
+                    &node.metadata.labels,
+                    node.spec.as_ref().map(|s| (&s.taints, s.unschedulable)),
+                    node.status.as_ref().map(|s| &s.runtime_handlers),
+                ))
+                .unwrap_or_default();
+                let name = node.metadata.name.clone().unwrap_or_default();
+                self.seen.insert(name, print.clone()).as_ref() != Some(&print)
+            }
+        }
+    }
+}
+
 /// What one reconcile should do for a DaemonSet.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Plan {

@@ -635,24 +635,58 @@ pub fn error_policy(svc: Arc<Service>, error: &Error, _: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(5))
 }
 
-/// A pod change triggers every Service with a selector in the pod's namespace (a pod whose
-/// labels changed may have left a Service it no longer matches).
+/// Whether `svc`'s Endpoints (in `endpoints`) list `pod`, or were truncated (then they may).
+fn lists(endpoints: &Store<Endpoints>, svc: &Service, pod: &Pod) -> bool {
+    let (Some(name), Some(namespace)) = (&svc.metadata.name, &svc.metadata.namespace) else {
+        return false;
+    };
+    let Some(current) = endpoints.get(&ObjectRef::new(name).within(namespace)) else {
+        return false;
+    };
+    let truncated = current
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(OVER_CAPACITY));
+    truncated
+        || current.subsets.iter().flatten().any(|s| {
+            s.addresses
+                .iter()
+                .flatten()
+                .chain(s.not_ready_addresses.iter().flatten())
+                .any(|a| {
+                    a.target_ref.as_ref().and_then(|r| r.name.as_ref())
+                        == pod.metadata.name.as_ref()
+                })
+        })
+}
+
+/// A pod change triggers the Services of its namespace whose selector matches the pod, and
+/// those whose Endpoints still list it (its labels may have changed: the informer gives no
+/// old object).
 pub fn trigger_services(
     services: Store<Service>,
+    endpoints: Store<Endpoints>,
 ) -> impl FnMut(Change<Pod>) -> Vec<Result<ObjectRef<Service>, Infallible>> {
     move |change| {
         let (Change::Applied(pod) | Change::Deleted(pod)) = change else {
             return Vec::new();
         };
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
         services
             .state()
             .iter()
             .filter(|s| s.metadata.namespace == pod.metadata.namespace)
             .filter(|s| {
-                s.spec
+                let Some(selector) = s
+                    .spec
                     .as_ref()
                     .and_then(|s| s.selector.as_ref())
-                    .is_some_and(|s| !s.is_empty())
+                    .filter(|s| !s.is_empty())
+                else {
+                    return false;
+                };
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v)) || lists(&endpoints, s, &pod)
             })
             .map(|s| Ok(ObjectRef::from_obj(s.as_ref())))
             .collect()

@@ -277,9 +277,10 @@ pub async fn run(
             // Any node change may change where daemons should run: every DaemonSet looks
             // again (the applier folds repeated triggers of one object into one reconcile).
             let all_sets = sets.store();
+            let mut placement = daemonset::NodePlacement::default();
             let node_triggers = nodes
                 .subscribe()
-                .filter(|change| future::ready(!matches!(change, informer::Change::Synced)))
+                .filter(move |change| future::ready(placement.changed(change)))
                 .flat_map(move |_| {
                     let refs: Vec<_> = all_sets
                         .state()
@@ -371,7 +372,10 @@ pub async fn run(
                 .flat_map(futures::stream::iter),
             futures::stream::select(
                 pods.subscribe()
-                    .map(endpoints::trigger_services(services.store()))
+                    .map(endpoints::trigger_services(
+                        services.store(),
+                        endpoints_informer.store(),
+                    ))
                     .flat_map(futures::stream::iter),
                 // Our objects changed or deleted by someone else are put back.
                 futures::stream::select(

@@ -1710,6 +1710,41 @@ async fn endpoints_and_slices_follow_ready_pods() -> anyhow::Result<()> {
         )
         .await?;
     wait_until("one address", || addresses(1)).await?;
+    // A pod whose labels leave the selector leaves the Endpoints. A bare pod: no ReplicaSet
+    // makes a replacement whose own event would refresh the Service anyway.
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value(
+            json!({"metadata": {"name": "bare", "labels": {"app": "web"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+        )?,
+    )
+    .await?;
+    wait_until("the bare pod listed", || addresses(2)).await?;
+    let leaver_ip = pods
+        .get("bare")
+        .await?
+        .status
+        .and_then(|s| s.pod_ip)
+        .context("ip")?;
+    pods.patch(
+        "bare",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"metadata": {"labels": {"app": "elsewhere"}}})),
+    )
+    .await?;
+    wait_until("the relabelled pod gone from the endpoints", || async {
+        let listed = endpoints
+            .get("web")
+            .await?
+            .subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| s.addresses.iter().flatten())
+            .any(|a| a.ip == leaver_ip);
+        Ok(!listed && addresses(1).await?)
+    })
+    .await?;
     services.delete("web", &DeleteParams::default()).await?;
     wait_until("endpoints and slices gone", || async {
         Ok(endpoints.get_opt("web").await?.is_none()

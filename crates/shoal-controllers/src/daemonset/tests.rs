@@ -341,3 +341,24 @@ fn surged_old_pod_waits_for_the_new_one_to_be_available() {
     let p = run(&ds, &[&a], &[&old, &fresh]);
     assert!(p.delete.is_empty(), "{:?}", p.delete);
 }
+
+#[test]
+fn only_placement_changes_of_nodes_wake_daemonsets() {
+    use crate::informer::Change;
+    let mut placement = NodePlacement::default();
+    let a = Arc::new(node("a", json!({})));
+    assert!(placement.changed(&Change::Applied(Arc::clone(&a))));
+    // A status heartbeat: nothing that decides placement moved.
+    let beat = Arc::new(node(
+        "a",
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}}),
+    ));
+    assert!(!placement.changed(&Change::Applied(beat)));
+    let tainted = Arc::new(node(
+        "a",
+        json!({"spec": {"taints": [{"key": "x", "effect": "NoSchedule"}]}}),
+    ));
+    assert!(placement.changed(&Change::Applied(tainted)));
+    assert!(placement.changed(&Change::Deleted(a)));
+    assert!(!placement.changed(&Change::Synced));
+}
