@@ -467,7 +467,13 @@ pub fn plan(ds: &DaemonSet, input: &Input<'_>) -> Plan {
     // Status.
     let mut status = DaemonSetStatus {
         desired_number_scheduled: desired,
-        observed_generation: ds.metadata.generation,
+        // Upstream raises it only once expectations are met: a status of a generation not yet
+        // acted on must not look observed to `kubectl rollout status`.
+        observed_generation: if input.manage {
+            ds.metadata.generation
+        } else {
+            ds.status.as_ref().and_then(|s| s.observed_generation)
+        },
         collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
         conditions: ds.status.as_ref().and_then(|s| s.conditions.clone()),
         ..DaemonSetStatus::default()
@@ -717,7 +723,8 @@ impl Backoff {
         entry.0 = now;
     }
 
-    fn forget(&self, uid: &str) {
+    /// Drops every entry of DaemonSet `uid`.
+    pub fn forget(&self, uid: &str) {
         let prefix = format!("{uid}/");
         self.entries
             .lock()
@@ -940,6 +947,15 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         plan.requeue_after,
     )
     .await
+}
+
+/// Drops what the controller remembers of a deleted DaemonSet (its reconcile never runs again
+/// to do it).
+pub fn forget(ctx: &Context, ds: &DaemonSet) {
+    if let Some(uid) = ds.metadata.uid.as_deref() {
+        ctx.backoff.forget(uid);
+        ctx.expectations.forget(uid);
+    }
 }
 
 /// Requeues a failed reconcile.

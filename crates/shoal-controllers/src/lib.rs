@@ -298,6 +298,17 @@ pub async fn run(
                 .flat_map(futures::stream::iter),
                 node_triggers,
             );
+            // A deleted DaemonSet's back-off and expectations go with it.
+            let forget_ctx = Arc::clone(&ctx);
+            tasks.spawn(until(
+                shutdown.clone(),
+                sets.subscribe().for_each(move |change| {
+                    if let informer::Change::Deleted(ds) = change {
+                        daemonset::forget(&forget_ctx, &ds);
+                    }
+                    future::ready(())
+                }),
+            ));
             let store = sets.store();
             tasks.spawn(applier("daemonset").start(
                 [

@@ -247,7 +247,8 @@ impl Expectations {
         exp.deadline = Some(Instant::now() + EXPECTATION_TIMEOUT);
     }
 
-    pub(crate) fn forget(&self, uid: &str) {
+    /// Drops the expectations of owner `uid`.
+    pub fn forget(&self, uid: &str) {
         self.by_uid
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -362,3 +362,30 @@ fn only_placement_changes_of_nodes_wake_daemonsets() {
     assert!(placement.changed(&Change::Deleted(a)));
     assert!(!placement.changed(&Change::Synced));
 }
+
+#[test]
+fn observed_generation_waits_for_expectations() {
+    let mut ds = rolling(json!(1), json!(0));
+    ds.status = Some(
+        serde_json::from_value(json!({"currentNumberScheduled": 0,
+        "desiredNumberScheduled": 0, "numberMisscheduled": 0, "numberReady": 0,
+        "observedGeneration": 2}))
+        .expect("status"),
+    );
+    let a = node("a", json!({}));
+    let pending = plan(
+        &ds,
+        &Input {
+            nodes: &[&a],
+            pods: &[],
+            hash: "new",
+            runtime: None,
+            now: now(),
+            manage: false,
+            backoff: &|_| None,
+        },
+    );
+    assert!(pending.create_on.is_empty());
+    assert_eq!(pending.status.observed_generation, Some(2));
+    assert_eq!(run(&ds, &[&a], &[]).status.observed_generation, Some(3));
+}
