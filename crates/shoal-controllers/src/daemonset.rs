@@ -767,27 +767,6 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
-    let all_revisions = ctx
-        .revisions
-        .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()));
-    let revision_refs: Vec<&ControllerRevision> = all_revisions.iter().map(AsRef::as_ref).collect();
-    let selector = ds
-        .spec
-        .as_ref()
-        .map(|s| s.selector.clone())
-        .unwrap_or_default();
-    let owner_ref = controller_ref("apps/v1", "DaemonSet", &ds.metadata);
-    let Some(owned) = history::claim(
-        &ctx.client,
-        &namespace,
-        &revision_refs,
-        &selector,
-        &owner_ref,
-    )
-    .await?
-    else {
-        return Ok(Action::requeue(Duration::from_millis(100)));
-    };
     let api: Api<DaemonSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = history::Owner {
         api_version: "apps/v1",
@@ -795,10 +774,25 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
         meta: &ds.metadata,
         collision_count: ds.status.as_ref().and_then(|s| s.collision_count),
     };
-    let Some(revision) = history::ensure(&ctx.client, &api, &owner, &template, &owned).await?
+    let selector = ds
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    let Some(history) = history::sync_owner(
+        &ctx.client,
+        &ctx.revisions,
+        &api,
+        &owner,
+        &selector,
+        &template,
+    )
+    .await?
     else {
         return Ok(Action::requeue(Duration::from_millis(100)));
     };
+    let owned = history.owned();
+    let revision = &history.update;
     let hash = revision
         .metadata
         .labels
@@ -834,7 +828,14 @@ pub async fn reconcile(ds: Arc<DaemonSet>, ctx: Arc<Context>) -> Result<Action, 
     );
 
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    claim(&pod_api, &pods, &plan.adopt, &plan.release, &owner_ref).await?;
+    claim(
+        &pod_api,
+        &pods,
+        &plan.adopt,
+        &plan.release,
+        &controller_ref("apps/v1", "DaemonSet", &ds.metadata),
+    )
+    .await?;
     let ds_ref = shoal_events::reference(ds.as_ref());
     for (pod, node) in &plan.failed {
         ctx.backoff.next(&uid, node);

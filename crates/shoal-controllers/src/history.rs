@@ -11,12 +11,14 @@
 //! [`step`] and [`prune`] are the decisions as plain functions; [`sync`] carries them out.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::reflector::Store;
 use serde_json::{Value, json};
 use tracing::info;
 
@@ -148,20 +150,53 @@ async fn adopt_orphans(
     Ok(adopted)
 }
 
-/// The revisions the owner controls, oldest first, after adopting matching orphans
-/// ([`adopt_orphans`]); `None` when some were just adopted (the caller looks again once its
-/// store shows them).
-pub async fn claim<'a>(
+/// An owner's history once [`sync_owner`] has run.
+pub struct History {
+    /// The revisions of the owner's namespace, from the store.
+    revisions: Vec<Arc<ControllerRevision>>,
+    uid: String,
+    /// The revision holding the owner's template now.
+    pub update: ControllerRevision,
+}
+
+impl History {
+    /// The revisions the owner controls, oldest first (see [`owned`]).
+    pub fn owned(&self) -> Vec<&ControllerRevision> {
+        owned(self.revisions.iter().map(AsRef::as_ref), &self.uid)
+    }
+}
+
+/// What a StatefulSet or DaemonSet does with its history each pass: adopt the orphaned
+/// revisions its `selector` matches ([`adopt_orphans`]), then make sure its template has the
+/// newest revision ([`ensure`]). `None` when the pass should look again shortly (revisions
+/// were just adopted, or a hash collision was counted).
+pub async fn sync_owner<K>(
     client: &kube::Client,
-    namespace: &str,
-    revisions: &[&'a ControllerRevision],
+    store: &Store<ControllerRevision>,
+    owners: &Api<K>,
+    owner: &Owner<'_>,
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
-    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
-) -> Result<Option<Vec<&'a ControllerRevision>>, Error> {
-    if adopt_orphans(client, namespace, revisions, selector, owner).await? {
+    template: &PodTemplateSpec,
+) -> Result<Option<History>, Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let namespace = owner.meta.namespace.as_deref().unwrap_or_default();
+    let revisions = store.state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace));
+    let refs: Vec<&ControllerRevision> = revisions.iter().map(AsRef::as_ref).collect();
+    let controller = controller_ref(owner.api_version, owner.kind, owner.meta);
+    if adopt_orphans(client, namespace, &refs, selector, &controller).await? {
         return Ok(None);
     }
-    Ok(Some(owned(revisions.iter().copied(), &owner.uid)))
+    let mine = owned(refs.iter().copied(), &controller.uid);
+    let Some(update) = ensure(client, owners, owner, template, &mine).await? else {
+        return Ok(None);
+    };
+    Ok(Some(History {
+        revisions,
+        uid: controller.uid,
+        update,
+    }))
 }
 
 /// What to do so that the owner's current template has the newest revision.
@@ -272,7 +307,7 @@ enum Synced {
 /// Makes sure the owner's template has the newest revision ([`step`], then create or
 /// renumber) and returns that revision; `None` after a hash collision, once the owner's
 /// `status.collisionCount` (through `owners`) is one higher: the caller tries again.
-pub async fn ensure<K>(
+async fn ensure<K>(
     client: &kube::Client,
     owners: &Api<K>,
     owner: &Owner<'_>,

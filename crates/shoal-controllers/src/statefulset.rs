@@ -456,27 +456,6 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
         .as_ref()
         .map(|s| s.template.clone())
         .unwrap_or_default();
-    let all_revisions = ctx
-        .revisions
-        .state_filter(|r| r.metadata.namespace.as_deref() == Some(namespace.as_str()));
-    let revision_refs: Vec<&ControllerRevision> = all_revisions.iter().map(AsRef::as_ref).collect();
-    let selector = set
-        .spec
-        .as_ref()
-        .map(|s| s.selector.clone())
-        .unwrap_or_default();
-    let controller = controller_ref("apps/v1", "StatefulSet", &set.metadata);
-    let Some(owned) = history::claim(
-        &ctx.client,
-        &namespace,
-        &revision_refs,
-        &selector,
-        &controller,
-    )
-    .await?
-    else {
-        return Ok(Action::requeue(Duration::from_millis(100)));
-    };
     let api: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &namespace);
     let owner = history::Owner {
         api_version: "apps/v1",
@@ -484,9 +463,25 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
         meta: &set.metadata,
         collision_count: set.status.as_ref().and_then(|s| s.collision_count),
     };
-    let Some(update) = history::ensure(&ctx.client, &api, &owner, &template, &owned).await? else {
+    let selector = set
+        .spec
+        .as_ref()
+        .map(|s| s.selector.clone())
+        .unwrap_or_default();
+    let Some(history) = history::sync_owner(
+        &ctx.client,
+        &ctx.revisions,
+        &api,
+        &owner,
+        &selector,
+        &template,
+    )
+    .await?
+    else {
         return Ok(Action::requeue(Duration::from_millis(100)));
     };
+    let owned = history.owned();
+    let update = &history.update;
     let update_name = update.metadata.name.clone().unwrap_or_default();
     let current = set
         .status
@@ -514,7 +509,14 @@ pub async fn reconcile(set: Arc<StatefulSet>, ctx: Arc<Context>) -> Result<Actio
 
     let pod_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
     let set_ref = shoal_events::reference(set.as_ref());
-    claim(&pod_api, &pods, &plan.adopt, &plan.release, &controller).await?;
+    claim(
+        &pod_api,
+        &pods,
+        &plan.adopt,
+        &plan.release,
+        &controller_ref("apps/v1", "StatefulSet", &set.metadata),
+    )
+    .await?;
     let mut deleted = Vec::new();
     let mut first_error = None;
     for pod in &plan.recreate {

@@ -226,6 +226,18 @@ impl Cluster {
         Ok(String::from_utf8(out.stdout)?)
     }
 
+    /// The revision numbers `kubectl rollout history RESOURCE` lists, with its whole output.
+    pub fn rollout_history(&self, resource: &str) -> Result<(Vec<String>, String)> {
+        let history = self.kubectl(&["rollout", "history", resource])?;
+        let revisions = history
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
+            .map(str::to_owned)
+            .collect();
+        Ok((revisions, history))
+    }
+
     /// Runs kubectl and returns its whole output, success or not.
     pub fn kubectl_output(&self, args: &[&str]) -> Result<Output> {
         Command::new("kubectl")

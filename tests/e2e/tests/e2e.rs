@@ -514,12 +514,7 @@ fn daemonsets_and_statefulsets_roll_and_undo_with_kubectl() -> Result<()> {
                     .all(|p| p["spec"]["containers"][0]["env"][0]["value"] == "two"))
             .then_some(()))
         })?;
-        let history = cluster.kubectl(&["rollout", "history", &resource])?;
-        let revisions: Vec<&str> = history
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
-            .collect();
+        let (revisions, history) = cluster.rollout_history(&resource)?;
         ensure!(revisions == ["1", "2"], "rollout history: {history}");
 
         cluster.kubectl(&["rollout", "undo", &resource])?;
@@ -529,12 +524,7 @@ fn daemonsets_and_statefulsets_roll_and_undo_with_kubectl() -> Result<()> {
         cluster
             .kubectl(&["rollout", "status", &resource, "--timeout=120s"])
             .with_context(|| cluster.log_tail())?;
-        let history = cluster.kubectl(&["rollout", "history", &resource])?;
-        let revisions: Vec<&str> = history
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .filter(|w| w.chars().all(|c| c.is_ascii_digit()))
-            .collect();
+        let (revisions, history) = cluster.rollout_history(&resource)?;
         ensure!(revisions == ["2", "3"], "history after undo: {history}");
         cluster.kubectl(&["delete", &resource])?;
         wait_until(&format!("{name} pods gone"), LONG, || {

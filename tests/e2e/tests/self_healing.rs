@@ -355,12 +355,7 @@ fn a_rollout_cut_by_a_crash_completes_within_max_surge() -> Result<()> {
         most <= 5,
         "{most} pods were live at once (replicas 4 + maxSurge 1)"
     );
-    let history = cluster.kubectl(&["rollout", "history", "deployment/roll"])?;
-    let revisions: Vec<&str> = history
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_whitespace().next())
-        .collect();
+    let (revisions, history) = cluster.rollout_history("deployment/roll")?;
     ensure!(revisions == ["1", "2"], "rollout history: {history}");
     Ok(())
 }
