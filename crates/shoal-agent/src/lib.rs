@@ -1,10 +1,12 @@
 //! `shoal-agent`, the node agent (kubelet) of Shoal.
 //!
 //! [`run`] registers the Node and keeps its status fresh (`node.rs`), renews the node Lease
-//! (`lease.rs`), runs the pods bound to the node through a [`shoal_runtime::Runtime`]
-//! (`pods.rs`, with the pure parts in `spec.rs`, `status.rs` and `backoff.rs`, and volumes
-//! opened in `volumes.rs`), and serves
-//! container logs over HTTP for the API server's `pods/log` proxy (`logs.rs`).
+//! (`lease.rs`), runs the pods bound to the node through the CRI-shaped
+//! [`shoal_runtime::Runtime`] (`pods.rs`: one sandbox per pod, containers created, started,
+//! waited on through the runtime's events (`runtime.rs`) and restarted; the pure parts in
+//! `spec.rs`, `status.rs` and `backoff.rs`, volumes opened in `volumes.rs`), and serves the
+//! container logs the runtime writes over HTTP for the API server's `pods/log` proxy
+//! (`logs.rs`).
 //!
 //! The agent reaches the cluster only through the Kubernetes API and runtimes only through the
 //! trait. It keeps its pods running while the API server is away and resumes the pods bound to
@@ -17,9 +19,12 @@ mod lease;
 pub mod logs;
 mod node;
 mod pods;
+mod runtime;
 pub mod simulated;
 pub mod spec;
 pub mod status;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod volumes;
 
 use std::collections::BTreeMap;
@@ -218,7 +223,10 @@ pub(crate) async fn run_with(
         client,
         node_name: config.node_name.clone(),
         host_ip,
-        runtimes,
+        runtimes: runtimes
+            .into_iter()
+            .map(|r| runtime::NodeRuntime::start(r, tasks_shutdown.clone()))
+            .collect(),
         logs,
         data_dir,
         pods_dir,

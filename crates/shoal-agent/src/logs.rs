@@ -1,15 +1,15 @@
-//! Container logs: writing the runtime's output to files in the CRI log format, reading them back
-//! (tail, since, timestamps, previous, limit, follow), and the agent's HTTP endpoint that serves
-//! them to the API server's `pods/log` proxy.
+//! Container logs: reading the CRI log files the runtimes write (tail, since, timestamps,
+//! previous, limit, follow), and the agent's HTTP endpoint that serves them to the API server's
+//! `pods/log` proxy.
 //!
-//! Files live at `<root>/<namespace>_<pod>_<uid>/<container>/<restartCount>.log`, one line per
-//! log record: `2026-11-23T19:00:00.123456789Z stdout F text`. Output without a newline is
-//! buffered until one arrives, flushed as a `P` (partial) record when it grows past
-//! [`MAX_LINE`], and flushed as a final `F` record when the container ends. This module does not
-//! rotate files nor delete them: they go with the pod's directory.
+//! Files live at `<root>/<namespace>_<pod>_<uid>/<container>/<restartCount>.log` (the agent
+//! names the path, the runtime writes it; see `shoal_runtime::cri_log`), one line per log record:
+//! `2026-11-23T19:00:00.123456789Z stdout F text`. A follower polls the file for growth while
+//! the pod worker marks the run as live ([`LogStore::live`]), and ends once the run has ended and
+//! everything is read. This module does not rotate files nor delete them: they go with the pod's
+//! directory.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,76 +22,9 @@ use axum::routing::get;
 use bytes::Bytes;
 use jiff::Timestamp;
 use serde::Deserialize;
-use shoal_runtime::{LogSink, LogStream};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::watch;
 use tracing::warn;
-
-/// Output longer than this without a newline is written as a partial (`P`) record.
-pub const MAX_LINE: usize = 16 * 1024;
-
-/// RFC 3339 with nanoseconds, always nine digits, as CRI log files have them.
-pub fn format_timestamp(ts: Timestamp) -> String {
-    ts.strftime("%Y-%m-%dT%H:%M:%S.%9fZ").to_string()
-}
-
-/// Splits a runtime's raw output chunks into CRI log records.
-#[derive(Debug, Default)]
-pub struct LineFramer {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-}
-
-impl LineFramer {
-    /// Frames `chunk` and returns the complete records to append (possibly none).
-    pub fn push(&mut self, stream: LogStream, chunk: &[u8], timestamp: &str) -> Vec<u8> {
-        let buffer = match stream {
-            LogStream::Stdout => &mut self.stdout,
-            LogStream::Stderr => &mut self.stderr,
-        };
-        let mut out = Vec::new();
-        let mut rest = chunk;
-        while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
-            buffer.extend_from_slice(&rest[..pos]);
-            write_record(&mut out, timestamp, stream, 'F', buffer);
-            buffer.clear();
-            rest = &rest[pos + 1..];
-        }
-        buffer.extend_from_slice(rest);
-        while buffer.len() >= MAX_LINE {
-            let tail = buffer.split_off(MAX_LINE);
-            write_record(&mut out, timestamp, stream, 'P', buffer);
-            *buffer = tail;
-        }
-        out
-    }
-
-    /// Flushes what is buffered without a newline as final records (the container ended).
-    pub fn finish(&mut self, timestamp: &str) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (stream, buffer) in [
-            (LogStream::Stdout, &mut self.stdout),
-            (LogStream::Stderr, &mut self.stderr),
-        ] {
-            if !buffer.is_empty() {
-                write_record(&mut out, timestamp, stream, 'F', buffer);
-                buffer.clear();
-            }
-        }
-        out
-    }
-}
-
-fn write_record(out: &mut Vec<u8>, timestamp: &str, stream: LogStream, tag: char, content: &[u8]) {
-    out.extend_from_slice(timestamp.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(stream.as_str().as_bytes());
-    out.push(b' ');
-    out.push(tag as u8);
-    out.push(b' ');
-    out.extend_from_slice(content);
-    out.push(b'\n');
-}
 
 /// One record of a CRI log file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,23 +170,41 @@ fn limit(mut out: Vec<u8>, limit_bytes: Option<u64>) -> (Vec<u8>, bool) {
     }
 }
 
-/// Progress of a log file being written: bytes appended so far and whether the container ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Progress {
-    written: u64,
-    closed: bool,
-}
+/// How often a follower looks for new output.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The log files of this node: where they live and which are being written.
 #[derive(Debug)]
 pub struct LogStore {
     root: PathBuf,
-    live: Mutex<HashMap<PathBuf, watch::Receiver<Progress>>>,
+    /// Files of running containers; the value turns true when the run ends.
+    live: Mutex<HashMap<PathBuf, watch::Receiver<bool>>>,
 }
 
 /// The directory of one pod's logs.
 pub fn pod_log_dir(root: &Path, namespace: &str, pod: &str, uid: &str) -> PathBuf {
     root.join(format!("{namespace}_{pod}_{uid}"))
+}
+
+/// Marks a log file as written by a running container until dropped.
+#[derive(Debug)]
+pub struct LiveLog {
+    path: PathBuf,
+    ended: watch::Sender<bool>,
+    store: Arc<LogStore>,
+}
+
+impl Drop for LiveLog {
+    fn drop(&mut self) {
+        self.ended.send_replace(true);
+        let mut live = self.store.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live
+            .get(&self.path)
+            .is_some_and(|rx| rx.same_channel(&self.ended.subscribe()))
+        {
+            live.remove(&self.path);
+        }
+    }
 }
 
 impl LogStore {
@@ -269,46 +220,22 @@ impl LogStore {
         &self.root
     }
 
-    /// Opens (appending) the log file of one run of a container.
-    pub fn open(
-        self: &Arc<Self>,
-        namespace: &str,
-        pod: &str,
-        uid: &str,
-        container: &str,
-        restart_count: i32,
-    ) -> std::io::Result<LogWriter> {
-        let dir = pod_log_dir(&self.root, namespace, pod, uid).join(container);
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{restart_count}.log"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)?;
-        let written = file.metadata()?.len();
-        let (tx, rx) = watch::channel(Progress {
-            written,
-            closed: false,
-        });
+    /// Followers of `path` keep reading until the returned guard is dropped (the run ended and
+    /// the runtime flushed its output).
+    pub fn live(self: &Arc<Self>, path: &Path) -> LiveLog {
+        let (ended, rx) = watch::channel(false);
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(path.clone(), rx);
-        Ok(LogWriter {
-            inner: Arc::new(WriterInner {
-                state: Mutex::new(WriterState {
-                    file,
-                    framer: LineFramer::default(),
-                    failed: false,
-                }),
-                progress: tx,
-                path,
-            }),
+            .insert(path.to_path_buf(), rx);
+        LiveLog {
+            path: path.to_path_buf(),
+            ended,
             store: Arc::clone(self),
-        })
+        }
     }
 
-    fn subscribe(&self, path: &Path) -> Option<watch::Receiver<Progress>> {
+    fn subscribe(&self, path: &Path) -> Option<watch::Receiver<bool>> {
         self.live
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -397,7 +324,7 @@ impl LogStore {
     ) -> Result<impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static, LogError>
     {
         // Subscribe before reading so that nothing written in between is missed.
-        let progress = if options.follow {
+        let ended = if options.follow {
             self.subscribe(&path)
         } else {
             None
@@ -418,11 +345,11 @@ impl LogStore {
         let remaining = options
             .limit_bytes
             .map(|l| l.saturating_sub(first.len() as u64));
-        let follower = match progress {
-            Some(progress) if !limit_reached => Some(Follower {
+        let follower = match ended {
+            Some(ended) if !limit_reached => Some(Follower {
                 file,
                 offset: complete as u64,
-                progress,
+                ended,
                 assembler: Assembler::default(),
                 carry: Vec::new(),
                 since: options.since(now),
@@ -447,7 +374,7 @@ impl LogStore {
 struct Follower {
     file: tokio::fs::File,
     offset: u64,
-    progress: watch::Receiver<Progress>,
+    ended: watch::Receiver<bool>,
     assembler: Assembler,
     carry: Vec<u8>,
     since: Option<Timestamp>,
@@ -462,16 +389,16 @@ impl Follower {
             if self.remaining == Some(0) {
                 return Ok(None);
             }
-            let progress = *self.progress.borrow_and_update();
-            if progress.written > self.offset {
-                self.file
-                    .seek(std::io::SeekFrom::Start(self.offset))
-                    .await?;
-                let mut buf = Vec::new();
-                (&mut self.file)
-                    .take(progress.written - self.offset)
-                    .read_to_end(&mut buf)
-                    .await?;
+            // Read before looking at the end mark: output written before the run ended is
+            // on disk by the time the mark is set.
+            let marked = *self.ended.borrow_and_update();
+            let ended = marked || self.ended.has_changed().is_err();
+            self.file
+                .seek(std::io::SeekFrom::Start(self.offset))
+                .await?;
+            let mut buf = Vec::new();
+            self.file.read_to_end(&mut buf).await?;
+            if !buf.is_empty() {
                 self.offset += buf.len() as u64;
                 self.carry.extend_from_slice(&buf);
                 let mut messages = Vec::new();
@@ -491,94 +418,14 @@ impl Follower {
                 }
                 continue;
             }
-            if progress.closed {
+            if ended {
                 return Ok(None);
             }
-            if self.progress.changed().await.is_err() {
-                // The writer is gone without marking the end: read what is left, then stop.
-                let last = *self.progress.borrow();
-                if last.written <= self.offset {
-                    return Ok(None);
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                _ = self.ended.changed() => {}
             }
         }
-    }
-}
-
-struct WriterState {
-    file: std::fs::File,
-    framer: LineFramer,
-    failed: bool,
-}
-
-struct WriterInner {
-    state: Mutex<WriterState>,
-    progress: watch::Sender<Progress>,
-    path: PathBuf,
-}
-
-impl WriterInner {
-    fn append(&self, bytes: &[u8], state: &mut WriterState) {
-        if bytes.is_empty() || state.failed {
-            return;
-        }
-        match state.file.write_all(bytes) {
-            Ok(()) => self
-                .progress
-                .send_modify(|p| p.written += bytes.len() as u64),
-            Err(error) => {
-                state.failed = true;
-                warn!(path = %self.path.display(), %error, "cannot write container log");
-            }
-        }
-    }
-}
-
-/// The writing end of one container run's log file. Dropping it marks the run as ended (after
-/// flushing buffered output), which ends the followers.
-pub struct LogWriter {
-    inner: Arc<WriterInner>,
-    store: Arc<LogStore>,
-}
-
-impl std::fmt::Debug for LogWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogWriter")
-            .field("path", &self.inner.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl LogWriter {
-    /// The sink to hand the runtime.
-    pub fn sink(&self) -> LogSink {
-        let inner = Arc::clone(&self.inner);
-        Arc::new(move |stream: LogStream, chunk: Bytes| {
-            let timestamp = format_timestamp(Timestamp::now());
-            let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            let framed = state.framer.push(stream, &chunk, &timestamp);
-            inner.append(&framed, &mut state);
-        })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-}
-
-impl Drop for LogWriter {
-    fn drop(&mut self) {
-        {
-            let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
-            let framed = state.framer.finish(&format_timestamp(Timestamp::now()));
-            self.inner.append(&framed, &mut state);
-        }
-        self.inner.progress.send_modify(|p| p.closed = true);
-        self.store
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.inner.path);
     }
 }
 
@@ -729,27 +576,10 @@ mod tests {
     use super::*;
     use expect_test::expect;
     use futures::StreamExt;
+    use shoal_runtime::cri_log::{LineFramer, LogFile, LogStream, MAX_LINE};
     use std::time::Duration;
 
     const TS: &str = "2026-11-23T19:00:00.000000001Z";
-
-    #[test]
-    fn framing_buffers_partial_lines() {
-        let mut framer = LineFramer::default();
-        let mut out = Vec::new();
-        out.extend(framer.push(LogStream::Stdout, b"hel", TS));
-        out.extend(framer.push(LogStream::Stderr, b"oops\n", TS));
-        out.extend(framer.push(LogStream::Stdout, b"lo\nworld\n\nnext", TS));
-        out.extend(framer.finish(TS));
-        expect![[r#"
-            2026-11-23T19:00:00.000000001Z stderr F oops
-            2026-11-23T19:00:00.000000001Z stdout F hello
-            2026-11-23T19:00:00.000000001Z stdout F world
-            2026-11-23T19:00:00.000000001Z stdout F 
-            2026-11-23T19:00:00.000000001Z stdout F next
-        "#]]
-        .assert_eq(&String::from_utf8_lossy(&out));
-    }
 
     #[test]
     fn long_lines_become_partial_records_and_reassemble() {
@@ -765,12 +595,6 @@ mod tests {
         assert_eq!(tags, [true, false]);
         let (out, _) = render_log(&file, &LogOptions::default(), Timestamp::UNIX_EPOCH);
         assert_eq!(out.len(), MAX_LINE + 11);
-    }
-
-    #[test]
-    fn timestamps_have_nine_digits() {
-        let ts: Timestamp = "2026-11-23T19:00:00.5Z".parse().expect("ts");
-        assert_eq!(format_timestamp(ts), "2026-11-23T19:00:00.500000000Z");
     }
 
     fn sample_file() -> Vec<u8> {
@@ -828,6 +652,21 @@ mod tests {
         }));
     }
 
+    /// The log file of one run, as a runtime opens it where the agent says.
+    fn open(
+        store: &LogStore,
+        namespace: &str,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        run: u32,
+    ) -> LogFile {
+        let path = pod_log_dir(store.root(), namespace, pod, uid)
+            .join(container)
+            .join(format!("{run}.log"));
+        LogFile::open(&path).expect("open")
+    }
+
     async fn collect(stream: impl futures::Stream<Item = std::io::Result<Bytes>>) -> String {
         let chunks: Vec<_> = stream.collect().await;
         let mut out = Vec::new();
@@ -842,12 +681,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LogStore::new(dir.path().to_path_buf());
         for run in 0..2 {
-            let writer = store.open("ns", "web", "uid-1", "main", run).expect("open");
-            let sink = writer.sink();
-            sink(
-                LogStream::Stdout,
-                Bytes::from(format!("run {run}\npartial")),
-            );
+            let log = open(&store, "ns", "web", "uid-1", "main", run);
+            log.write(LogStream::Stdout, format!("run {run}\npartial").as_bytes());
         }
         let current = store.find("ns", "web", "main", false).expect("current");
         assert!(current.ends_with("ns_web_uid-1/main/1.log"), "{current:?}");
@@ -877,7 +712,7 @@ mod tests {
             .find("ns", "nope", "main", false)
             .expect_err("missing");
         expect!["pod ns/nope has no logs on this node"].assert_eq(&err.to_string());
-        store.open("ns", "solo", "uid-2", "c", 0).expect("open");
+        open(&store, "ns", "solo", "uid-2", "c", 0);
         let err = store
             .find("ns", "solo", "c", true)
             .expect_err("no previous");
@@ -889,9 +724,9 @@ mod tests {
     async fn follow_streams_until_the_run_ends() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LogStore::new(dir.path().to_path_buf());
-        let writer = store.open("ns", "web", "uid-1", "main", 0).expect("open");
-        let sink = writer.sink();
-        sink(LogStream::Stdout, Bytes::from_static(b"before\n"));
+        let log = open(&store, "ns", "web", "uid-1", "main", 0);
+        let live = store.live(log.path());
+        log.write(LogStream::Stdout, b"before\n");
         let path = store.find("ns", "web", "main", false).expect("find");
         let mut stream = Box::pin(
             store
@@ -908,17 +743,18 @@ mod tests {
         );
         let first = stream.next().await.expect("first").expect("ok");
         assert_eq!(&first[..], b"before\n");
-        sink(LogStream::Stdout, Bytes::from_static(b"after"));
-        sink(LogStream::Stdout, Bytes::from_static(b" one\n"));
+        log.write(LogStream::Stdout, b"after");
+        log.write(LogStream::Stdout, b" one\n");
         let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
             .await
             .expect("in time")
             .expect("item")
             .expect("ok");
         assert_eq!(&next[..], b"after one\n");
-        sink(LogStream::Stderr, Bytes::from_static(b"last words"));
-        drop(sink);
-        drop(writer);
+        log.write(LogStream::Stderr, b"last words");
+        // As a runtime does: the log is flushed before the run is known to have ended.
+        drop(log);
+        drop(live);
         let rest = tokio::time::timeout(Duration::from_secs(10), collect(stream))
             .await
             .expect("stream ends");
@@ -930,10 +766,7 @@ mod tests {
         use tower::ServiceExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let store = LogStore::new(dir.path().to_path_buf());
-        {
-            let writer = store.open("ns", "web", "uid-1", "main", 0).expect("open");
-            (writer.sink())(LogStream::Stdout, Bytes::from_static(b"a\nb\nc\n"));
-        }
+        open(&store, "ns", "web", "uid-1", "main", 0).write(LogStream::Stdout, b"a\nb\nc\n");
         let app = router(store);
         let get = |uri: &str| {
             axum::http::Request::builder()

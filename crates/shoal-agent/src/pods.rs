@@ -2,11 +2,14 @@
 //! worker task per pod uid that pulls, starts, restarts and stops its containers through the
 //! [`Runtime`] trait and writes the pod's status through `pods/status`.
 //!
-//! A worker owns its container tasks (a `JoinSet`); the watch loop owns the workers. On agent
-//! shutdown the workers are dropped, which drops (and so kills) the containers, without any API
-//! write: the next agent resumes the pods from their recorded status. ConfigMaps and Secrets a
-//! container refers to are read when it (re)starts; their volume files are not refreshed later.
-//! Probes and init containers are not handled yet.
+//! A worker runs its pod in one sandbox of the runtime and owns its container tasks (a
+//! `JoinSet`); the watch loop owns the workers. On agent shutdown the workers are dropped without
+//! touching the runtime or the API: what the runtime keeps running (a runtime outliving the
+//! agent, as containerd does) is adopted by the next agent, which otherwise resumes the pods
+//! from their recorded status (`resume`, corrected by what the runtime still knows: `adopt`).
+//! Sandboxes of pods deleted while the agent was away are removed at its start. ConfigMaps and
+//! Secrets a container refers to are read when it (re)starts; their volume files are not
+//! refreshed later. Probes and init containers are not handled yet.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
@@ -15,12 +18,17 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::api::core::v1::{ConfigMap, ContainerState, ContainerStatus, Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use shoal_events::EventType::{Normal, Warning};
-use shoal_runtime::{ContainerSpec, LogSink, Runtime, RuntimeError};
+use shoal_runtime::{
+    ContainerConfig, ContainerFilter, ContainerMetadata, ContainerState as RuntimeState,
+    ContainerStatus as RuntimeContainer, PodSandboxConfig, PodSandboxFilter, PodSandboxMetadata,
+    RuntimeError, SandboxState, labels,
+};
 use tokio::sync::watch;
 use tokio::task::{self, JoinError, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -28,7 +36,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::{BackoffPolicy, format_go_duration};
 use crate::logs::{LogStore, pod_log_dir};
-use crate::spec::{self, ConfigError, DownwardValues, SourceKind, Sources};
+use crate::runtime::NodeRuntime;
+use crate::spec::{self, ConfigError, DownwardValues, PullPolicy, SourceKind, Sources};
 use crate::status::{self, StatusInput};
 use crate::volumes::{self, ResolvedMounts};
 
@@ -62,7 +71,7 @@ pub(crate) struct PodsContext {
     pub client: kube::Client,
     pub node_name: String,
     pub host_ip: String,
-    pub runtimes: Vec<Arc<dyn Runtime>>,
+    pub runtimes: Vec<Arc<NodeRuntime>>,
     pub logs: Arc<LogStore>,
     /// The agent's data directory, canonical: hostPath volumes must stay out of it.
     pub data_dir: PathBuf,
@@ -90,6 +99,8 @@ pub(crate) async fn run(ctx: Arc<PodsContext>, shutdown: CancellationToken) {
     let mut finished: HashSet<String> = HashSet::new();
     let mut tasks = WorkerTasks::default();
     let workers_shutdown = shutdown.child_token();
+    let started = std::time::SystemTime::now();
+    let mut orphans_removed = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -109,6 +120,16 @@ pub(crate) async fn run(ctx: Arc<PodsContext>, shutdown: CancellationToken) {
                 Some(Ok(watcher::Event::InitDone)) => {
                     // After a (re)list the store is complete: pods missing from it are gone.
                     let pods = reader.state();
+                    if !orphans_removed {
+                        // Once per agent start: sandboxes the runtimes kept for pods deleted
+                        // while the agent was away.
+                        orphans_removed = true;
+                        let live: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+                        for runtime in &ctx.runtimes {
+                            let (runtime, live) = (Arc::clone(runtime), live.clone());
+                            tokio::spawn(async move { runtime.remove_orphans(&live, started).await });
+                        }
+                    }
                     let mut workers = Workers { ctx: &ctx, workers: &mut workers, finished: &mut finished, tasks: &mut tasks, shutdown: &workers_shutdown };
                     workers.sync(&pods);
                 }
@@ -253,6 +274,55 @@ pub(crate) enum Resume {
     Start(ContainerStatus),
     /// The container is done and will not restart.
     Done(ContainerStatus),
+    /// The runtime still runs the container (id): wait on it rather than start another.
+    Adopt(ContainerStatus, String),
+}
+
+/// Corrects the recorded status of a container with what the runtime still knows of it after an
+/// agent restart: a container it still runs is adopted; one that exited while the agent was
+/// away reports its real exit rather than `ContainerStatusUnknown`. `observed` is the runtime's
+/// newest container of that name in the pod's sandbox.
+pub(crate) fn adopt(
+    handler: &str,
+    recorded: Option<&ContainerStatus>,
+    observed: Option<&RuntimeContainer>,
+    pod_terminal: bool,
+) -> Option<Result<Resume, ContainerStatus>> {
+    let (recorded, observed) = (recorded?, observed?);
+    let id = format!("{handler}://{}", observed.id);
+    if pod_terminal || recorded.container_id.as_deref() != Some(id.as_str()) {
+        return None;
+    }
+    let started_at = observed
+        .started_at
+        .and_then(|t| Timestamp::try_from(t).ok());
+    match observed.state {
+        RuntimeState::Running => Some(Ok(Resume::Adopt(
+            ContainerStatus {
+                state: Some(status::running(started_at.unwrap_or_else(Timestamp::now))),
+                ..recorded.clone()
+            },
+            observed.id.clone(),
+        ))),
+        RuntimeState::Exited if recorded.state.as_ref().is_some_and(|s| s.running.is_some()) => {
+            let finished_at = observed
+                .finished_at
+                .and_then(|t| Timestamp::try_from(t).ok())
+                .unwrap_or_else(Timestamp::now);
+            Some(Err(ContainerStatus {
+                state: Some(status::terminated(
+                    observed.exit_code,
+                    &observed.reason,
+                    Some(observed.message.clone()).filter(|m| !m.is_empty()),
+                    started_at,
+                    finished_at,
+                    Some(id),
+                )),
+                ..recorded.clone()
+            }))
+        }
+        _ => None,
+    }
 }
 
 /// Decides how a container resumes from its recorded status. A container recorded as running
@@ -336,6 +406,14 @@ pub(crate) fn should_restart(restart_policy: &str, exit_code: i32) -> bool {
     }
 }
 
+/// The sandbox a worker runs its pod's containers in.
+struct Sandbox {
+    id: String,
+    ips: Vec<std::net::IpAddr>,
+    /// The containers the runtime already had in it (adopted after an agent restart).
+    containers: Vec<RuntimeContainer>,
+}
+
 struct PodWorker {
     ctx: Arc<PodsContext>,
     pod: watch::Receiver<Arc<Pod>>,
@@ -372,12 +450,7 @@ impl PodWorker {
     async fn run(mut self) {
         let pod = self.current();
         let meta = &pod.metadata;
-        let namespace = meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
-        let name = meta.name.clone().unwrap_or_default();
-        let uid = meta.uid.clone().unwrap_or_default();
+        let (namespace, name, uid) = spec::pod_identity(&pod);
         let key = format!("{namespace}/{name}");
         info!(pod = %key, %uid, "pod worker started");
         let spec = pod.spec.clone().unwrap_or_default();
@@ -392,18 +465,60 @@ impl PodWorker {
             .as_ref()
             .and_then(|s| s.container_statuses.clone())
             .unwrap_or_default();
+        let volumes_dir = self.ctx.pods_dir.join(&uid).join("volumes");
         let now = Timestamp::now();
         // A pod deleted before this worker started (its node was away while it was evicted
         // and replaced elsewhere) is never started again: it only gets its final status.
         let deleting = meta.deletion_timestamp.is_some();
+        let runtime = self
+            .select_runtime(spec.runtime_class_name.as_deref())
+            .await;
+        let volumes_ready = if pod_terminal || deleting {
+            Ok(())
+        } else {
+            create_volumes(&volumes_dir, &spec::empty_dir_volumes(&pod))
+        };
+        let mut start_error = match (&runtime, &volumes_ready) {
+            (Err(message), _) => Some(message.clone()),
+            (_, Err(error)) => Some(format!("cannot create volumes: {error}")),
+            _ => None,
+        };
+        // The pod's sandbox: the one the runtime still has (an agent restart), else a new one.
+        let mut sandbox = None;
+        if let (Ok(runtime), None, false) = (&runtime, &start_error, pod_terminal || deleting) {
+            match self.sandbox(runtime, &pod).await {
+                Ok(found) => sandbox = Some(found),
+                Err(error) => start_error = Some(error.to_string()),
+            }
+        }
+        let observed = |name: &str| {
+            sandbox.as_ref().and_then(|s: &Sandbox| {
+                s.containers
+                    .iter()
+                    .filter(|c| c.metadata.name == name)
+                    .max_by_key(|c| (c.metadata.attempt, c.created_at))
+            })
+        };
+        let handler = runtime.as_ref().map_or("", |r| r.runtime.handler());
         let plans: Vec<Resume> = spec
             .containers
             .iter()
             .map(|c| {
+                let recorded = recorded.iter().find(|r| r.name == c.name);
+                let corrected = match adopt(
+                    handler,
+                    recorded,
+                    observed(&c.name),
+                    pod_terminal || deleting,
+                ) {
+                    Some(Ok(adopted)) => return adopted,
+                    Some(Err(exited)) => Some(exited),
+                    None => None,
+                };
                 let plan = resume(
                     &c.name,
                     c.image.as_deref().unwrap_or_default(),
-                    recorded.iter().find(|r| r.name == c.name),
+                    corrected.as_ref().or(recorded),
                     if deleting { "Never" } else { &policy },
                     pod_terminal,
                     now,
@@ -417,36 +532,34 @@ impl PodWorker {
         let initial: Vec<ContainerStatus> = plans
             .iter()
             .map(|p| match p {
-                Resume::Start(s) | Resume::Done(s) => s.clone(),
+                Resume::Start(s) | Resume::Done(s) | Resume::Adopt(s, _) => s.clone(),
             })
             .collect();
         let (states_tx, mut states_rx) = watch::channel(initial);
         let (stop_tx, stop_rx) = watch::channel(None::<Duration>);
-        let volumes_dir = self.ctx.pods_dir.join(&uid).join("volumes");
         let mut containers: JoinSet<()> = JoinSet::new();
 
-        let runtime = self
-            .select_runtime(spec.runtime_class_name.as_deref())
-            .await;
-        let volumes_ready = if pod_terminal || deleting {
-            Ok(())
-        } else {
-            create_volumes(&volumes_dir, &spec::empty_dir_volumes(&pod))
-        };
-        let start_error = match (&runtime, &volumes_ready) {
-            (Err(message), _) => Some(message.clone()),
-            (_, Err(error)) => Some(format!("cannot create volumes: {error}")),
-            _ => None,
-        };
-        match (runtime, start_error) {
-            (Ok(runtime), None) => {
+        let node_runtime = runtime.as_ref().ok().cloned();
+        let pod_ip = sandbox
+            .as_ref()
+            .and_then(|s| s.ips.first())
+            .map_or_else(|| self.ctx.host_ip.clone(), |ip| ip.to_string());
+        match (runtime, start_error, &sandbox) {
+            (Ok(runtime), None, Some(sandbox)) => {
                 for (index, plan) in plans.into_iter().enumerate() {
-                    let Resume::Start(_) = plan else { continue };
+                    let adopted = match plan {
+                        Resume::Done(_) => continue,
+                        Resume::Start(_) => None,
+                        Resume::Adopt(_, id) => Some(id),
+                    };
                     let run = ContainerRun {
                         ctx: Arc::clone(&self.ctx),
                         pod: Arc::clone(&pod),
                         index,
                         runtime: Arc::clone(&runtime),
+                        sandbox_id: sandbox.id.clone(),
+                        pod_ip: pod_ip.clone(),
+                        adopted,
                         states: states_tx.clone(),
                         stop: stop_rx.clone(),
                         volumes_dir: volumes_dir.clone(),
@@ -454,8 +567,7 @@ impl PodWorker {
                     containers.spawn(run.run());
                 }
             }
-            (_, message) => {
-                let message = message.unwrap_or_default();
+            (_, Some(message), _) => {
                 warn!(pod = %key, %message, "cannot start pod");
                 states_tx.send_modify(|states| {
                     for s in states.iter_mut() {
@@ -468,6 +580,8 @@ impl PodWorker {
                     }
                 });
             }
+            // Nothing to start: the pod is done or being deleted.
+            _ => {}
         }
         drop(states_tx);
 
@@ -515,7 +629,7 @@ impl PodWorker {
                         containers: &statuses,
                         terminal: terminating && containers.is_empty(),
                         host_ip: &self.ctx.host_ip,
-                        pod_ip: &self.ctx.host_ip,
+                        pod_ip: &pod_ip,
                         start_time,
                         now: Timestamp::now(),
                     });
@@ -559,6 +673,7 @@ impl PodWorker {
                     _ = async { while containers.join_next().await.is_some() {} } => {}
                     _ = self.shutdown.cancelled() => containers.shutdown().await,
                 }
+                self.remove_sandboxes(node_runtime.as_deref(), &uid).await;
                 self.remove_pod_dirs(&namespace, &name, &uid);
                 info!(pod = %key, %uid, "pod removed from node");
             }
@@ -569,7 +684,7 @@ impl PodWorker {
                     containers: &statuses,
                     terminal: true,
                     host_ip: &self.ctx.host_ip,
-                    pod_ip: &self.ctx.host_ip,
+                    pod_ip: &pod_ip,
                     start_time,
                     now: Timestamp::now(),
                 });
@@ -578,6 +693,7 @@ impl PodWorker {
                         .retry(|| self.write_status(&namespace, &name, &final_status))
                         .await;
                 }
+                self.remove_sandboxes(node_runtime.as_deref(), &uid).await;
                 self.remove_pod_dirs(&namespace, &name, &uid);
                 let deleted = self
                     .retry(|| self.delete_pod(&namespace, &name, &uid))
@@ -585,6 +701,77 @@ impl PodWorker {
                 if deleted.is_some() {
                     info!(pod = %key, %uid, "pod deleted");
                 }
+            }
+        }
+    }
+
+    /// The pod's Ready sandbox in the runtime, adopted with its containers (an agent restart), or
+    /// a new one. Sandboxes of the pod that are not Ready are removed.
+    async fn sandbox(&self, runtime: &NodeRuntime, pod: &Pod) -> Result<Sandbox, RuntimeError> {
+        let rt = &runtime.runtime;
+        let config = spec::sandbox_config(pod, self.ctx.logs.root());
+        let uid = config.metadata.uid.clone();
+        let mine = PodSandboxFilter {
+            label_selector: [(labels::POD_UID.to_owned(), uid)].into(),
+            ..PodSandboxFilter::default()
+        };
+        let mut found = rt.list_pod_sandboxes(&mine).await?;
+        found.sort_by_key(|s| (s.metadata.attempt, s.created_at));
+        let ready = found
+            .iter()
+            .rposition(|s| s.state == SandboxState::Ready)
+            .map(|i| found.remove(i));
+        for stale in &found {
+            rt.remove_pod_sandbox(&stale.id).await?;
+        }
+        if let Some(ready) = ready {
+            let containers = rt
+                .list_containers(&ContainerFilter {
+                    sandbox_id: Some(ready.id.clone()),
+                    ..ContainerFilter::default()
+                })
+                .await?;
+            info!(pod = %format!("{}/{}", config.metadata.namespace, config.metadata.name), sandbox = %ready.id, containers = containers.len(), "adopted the pod's sandbox");
+            return Ok(Sandbox {
+                id: ready.id,
+                ips: ready.ips,
+                containers,
+            });
+        }
+        let attempt = found.last().map_or(0, |s| s.metadata.attempt + 1);
+        let config = PodSandboxConfig {
+            metadata: PodSandboxMetadata {
+                attempt,
+                ..config.metadata
+            },
+            ..config
+        };
+        let id = rt.run_pod_sandbox(&config).await?;
+        let status = rt.pod_sandbox_status(&id).await?;
+        Ok(Sandbox {
+            id,
+            ips: status.ips,
+            containers: Vec::new(),
+        })
+    }
+
+    /// Removes every sandbox of the pod (stopping what still runs in them).
+    async fn remove_sandboxes(&self, runtime: Option<&NodeRuntime>, uid: &str) {
+        let Some(runtime) = runtime else { return };
+        let mine = PodSandboxFilter {
+            label_selector: [(labels::POD_UID.to_owned(), uid.to_owned())].into(),
+            ..PodSandboxFilter::default()
+        };
+        let found = match runtime.runtime.list_pod_sandboxes(&mine).await {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%uid, %error, "cannot list the pod's sandboxes");
+                return;
+            }
+        };
+        for sandbox in found {
+            if let Err(error) = runtime.runtime.remove_pod_sandbox(&sandbox.id).await {
+                warn!(%uid, sandbox = %sandbox.id, %error, "cannot remove the pod's sandbox");
             }
         }
     }
@@ -666,12 +853,12 @@ impl PodWorker {
 
     /// The runtime for `runtimeClassName`: a runtime whose handler has that name, else the
     /// handler of the RuntimeClass of that name. No class: the first runtime.
-    async fn select_runtime(&self, class: Option<&str>) -> Result<Arc<dyn Runtime>, String> {
+    async fn select_runtime(&self, class: Option<&str>) -> Result<Arc<NodeRuntime>, String> {
         let by_handler = |handler: &str| {
             self.ctx
                 .runtimes
                 .iter()
-                .find(|r| r.handler() == handler)
+                .find(|r| r.runtime.handler() == handler)
                 .cloned()
         };
         let Some(class) = class else {
@@ -784,7 +971,11 @@ struct ContainerRun {
     ctx: Arc<PodsContext>,
     pod: Arc<Pod>,
     index: usize,
-    runtime: Arc<dyn Runtime>,
+    runtime: Arc<NodeRuntime>,
+    sandbox_id: String,
+    pod_ip: String,
+    /// A container of this run the runtime already runs (after an agent restart).
+    adopted: Option<String>,
     states: watch::Sender<Vec<ContainerStatus>>,
     stop: watch::Receiver<Option<Duration>>,
     volumes_dir: PathBuf,
@@ -844,19 +1035,12 @@ impl ContainerRun {
     }
 
     async fn run(mut self) {
-        let meta = &self.pod.metadata;
-        let namespace = meta
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
-        let pod_name = meta.name.clone().unwrap_or_default();
-        let uid = meta.uid.clone().unwrap_or_default();
+        let (namespace, pod_name, uid) = spec::pod_identity(&self.pod);
         let spec = self.pod.spec.clone().unwrap_or_default();
         let Some(container) = spec.containers.get(self.index).cloned() else {
             return;
         };
         let name = container.name.clone();
-        let image = container.image.clone().unwrap_or_default();
         let policy = spec
             .restart_policy
             .clone()
@@ -866,216 +1050,98 @@ impl ContainerRun {
         let mut crash_delay: Option<Duration> = None;
         let mut config_delay: Option<Duration> = None;
         loop {
-            // Pull.
-            let image_ref = loop {
-                self.event(Normal, "Pulling", format!("Pulling image {image:?}"));
-                let pull_started = Instant::now();
-                let pulled = tokio::select! {
-                    r = self.runtime.pull(&image, spec::pull_policy(&container)) => r,
-                    _ = stop_requested(&mut self.stop) => return,
-                };
-                match pulled {
-                    Ok(image_ref) => {
-                        pull_delay = None;
-                        let took = pull_started.elapsed().as_secs_f64();
-                        let message = format!("Successfully pulled image {image:?} in {took:.3}s");
-                        self.event(Normal, "Pulled", message);
-                        break image_ref;
-                    }
-                    Err(error) => {
-                        self.event(
-                            Warning,
-                            "Failed",
-                            format!("Failed to pull image {image:?}: {error}"),
-                        );
-                        self.event(Warning, "Failed", format!("Error: {}", error.reason()));
-                        let delay = self.ctx.timing.pull.next(pull_delay);
-                        pull_delay = Some(delay);
-                        warn!(container = %key, %error, retry_in = ?delay, "cannot pull image");
-                        let message = error.to_string();
-                        self.update(|s| {
-                            s.state = Some(status::waiting(error.reason(), Some(message.clone())))
-                        });
-                        if matches!(error, RuntimeError::InvalidImageName { .. }) {
-                            // Retrying cannot help; wait for the pod to go away.
-                            stop_requested(&mut self.stop).await;
-                            return;
-                        }
-                        let first = (delay / 2).min(Duration::from_secs(2));
-                        if !self.pause(first).await {
-                            return;
-                        }
-                        if matches!(error, RuntimeError::ImagePull { .. }) {
-                            self.event(
-                                Normal,
-                                "BackOff",
-                                format!("Back-off pulling image {image:?}"),
-                            );
-                            let message = format!("Back-off pulling image {image:?}: {message}");
-                            self.update(|s| {
-                                s.state = Some(status::waiting("ImagePullBackOff", Some(message)))
-                            });
-                        }
-                        if !self.pause(delay.saturating_sub(first)).await {
-                            return;
-                        }
-                    }
+            let (container_id, started_at, ran_since, mount_fds) = match self.adopted.take() {
+                Some(id) => {
+                    // A container the runtime kept running across an agent restart.
+                    let started_at = self
+                        .runtime
+                        .runtime
+                        .container_status(&id)
+                        .await
+                        .ok()
+                        .and_then(|s| s.started_at)
+                        .and_then(|t| Timestamp::try_from(t).ok())
+                        .unwrap_or_else(Timestamp::now);
+                    info!(container = %key, %id, "adopted running container");
+                    (id, started_at, Instant::now(), Vec::new())
                 }
-            };
-            self.update(|s| s.image_id.clone_from(&image_ref.image_id));
-
-            // Configuration.
-            let downward = DownwardValues {
-                pod_ip: self.ctx.host_ip.clone(),
-                host_ip: self.ctx.host_ip.clone(),
-            };
-            let refs = spec::referenced_sources(&self.pod, &container);
-            let sources = if refs.is_empty() {
-                Ok(Sources::default())
-            } else {
-                tokio::select! {
-                    r = fetch_sources(&self.ctx.client, &namespace, &refs) => r,
-                    _ = stop_requested(&mut self.stop) => return,
-                }
-            };
-            let config = sources.and_then(|sources| {
-                let env = spec::container_env(&self.pod, &container, &downward, &sources)?;
-                let args = spec::container_argv(&container, &env);
-                let planned = spec::container_mounts(&self.pod, &container, &self.volumes_dir)?;
-                let limits = spec::container_limits(&container)?;
-                let files = spec::projected_files(&self.pod, &container, &sources)?;
-                volumes::write_projected(&self.volumes_dir, &files).map_err(|e| {
-                    ConfigError::Unsupported(format!("cannot write volume files: {e}"))
-                })?;
-                // After the files: a subPath may name a directory of a ConfigMap volume.
-                let mounts = volumes::resolve_mounts(&planned, &self.ctx.data_dir)?;
-                Ok((env, args, mounts, limits))
-            });
-            // `mount_fds` keep the mounts' `/proc/self/fd` paths valid: the runtime may open
-            // them again after `start` returns, so they live as long as the container.
-            let (
-                env,
-                args,
-                ResolvedMounts {
-                    mounts,
-                    fds: mount_fds,
-                },
-                limits,
-            ) = match config {
-                Ok(config) => config,
-                Err(error) => {
-                    let delay = self.ctx.timing.pull.next(config_delay);
-                    config_delay = Some(delay);
-                    warn!(container = %key, %error, "invalid container configuration");
-                    self.event(Warning, "Failed", format!("Error: {error}"));
-                    self.update(|s| {
-                        s.state = Some(status::waiting(
-                            "CreateContainerConfigError",
-                            Some(error.to_string()),
-                        ))
-                    });
-                    if !self.pause(delay).await {
+                None => {
+                    let Some(launched) = self
+                        .launch(
+                            &container,
+                            &key,
+                            &mut pull_delay,
+                            &mut config_delay,
+                            &mut crash_delay,
+                        )
+                        .await
+                    else {
                         return;
+                    };
+                    match launched {
+                        Launched::Started { id, fds } => {
+                            let started_at = Timestamp::now();
+                            self.event(Normal, "Started", format!("Started container {name}"));
+                            (id, started_at, Instant::now(), fds)
+                        }
+                        Launched::Retry => continue,
+                        Launched::Failed => return,
                     }
-                    continue;
-                }
-            };
-
-            // Start.
-            let restart_count = self.current().restart_count;
-            let writer = self
-                .ctx
-                .logs
-                .open(&namespace, &pod_name, &uid, &name, restart_count);
-            let logs: LogSink = match &writer {
-                Ok(writer) => writer.sink(),
-                Err(error) => {
-                    warn!(container = %key, %error, "cannot open container log, output is dropped");
-                    Arc::new(|_, _| {})
-                }
-            };
-            let container_id = format!("{}://{uid}-{name}-{restart_count}", self.runtime.handler());
-            let container_spec = ContainerSpec {
-                id: key.clone(),
-                image: image_ref,
-                args,
-                env,
-                mounts,
-                limits,
-                logs,
-            };
-            let started = tokio::select! {
-                r = self.runtime.start(container_spec) => r,
-                _ = stop_requested(&mut self.stop) => return,
-            };
-            let mut handle = match started {
-                Ok(handle) => handle,
-                Err(error) => {
-                    drop(writer);
-                    warn!(container = %key, %error, "cannot start container");
-                    let message = error.to_string();
-                    self.event(Warning, "Failed", format!("Error: {message}"));
-                    if matches!(error, RuntimeError::StartContainer { .. })
-                        && !should_restart(&policy, 128)
-                    {
-                        let now = Timestamp::now();
-                        self.update(|s| {
-                            s.state = Some(status::terminated(
-                                128,
-                                "StartError",
-                                Some(message),
-                                None,
-                                now,
-                                Some(container_id.clone()),
-                            ));
-                            s.container_id = Some(container_id);
-                        });
-                        return;
-                    }
-                    let delay = self.ctx.timing.crash.next(crash_delay);
-                    crash_delay = Some(delay);
-                    self.update(|s| s.state = Some(status::waiting(error.reason(), Some(message))));
-                    if !self.pause(delay).await {
-                        return;
-                    }
-                    continue;
                 }
             };
             config_delay = None;
-            let started_at = Timestamp::now();
-            let ran_since = Instant::now();
-            info!(container = %key, %container_id, "container started");
-            self.event(Normal, "Created", format!("Created container {name}"));
-            self.event(Normal, "Started", format!("Started container {name}"));
+            let status_id = format!("{}://{container_id}", self.runtime.runtime.handler());
             self.update(|s| {
                 s.state = Some(status::running(started_at));
                 s.ready = true;
                 s.started = Some(true);
-                s.container_id = Some(container_id.clone());
+                s.container_id = Some(status_id.clone());
             });
+            let log_path = self.log_path(&container_id).await;
+            let _live = log_path.as_ref().map(|p| self.ctx.logs.live(p));
 
             // Wait.
+            let rt = Arc::clone(&self.runtime);
             let (exit, stopping) = tokio::select! {
-                exit = handle.wait() => (exit, false),
+                exit = rt.wait_exited(&container_id) => (exit, false),
                 grace = stop_requested(&mut self.stop) => {
                     self.event(Normal, "Killing", format!("Stopping container {name}"));
-                    (handle.stop(grace).await, true)
+                    let stopped = rt.runtime.stop_container(&container_id, grace).await;
+                    let exit = match stopped {
+                        Ok(()) => rt.runtime.container_status(&container_id).await,
+                        Err(e) => Err(e),
+                    };
+                    (exit, true)
                 }
             };
-            drop(handle);
             drop(mount_fds);
-            drop(writer);
             let finished_at = Timestamp::now();
-            info!(container = %key, exit_code = exit.exit_code, reason = %exit.reason, "container exited");
+            let (exit_code, reason, message, finished_at) = match exit {
+                Ok(exit) => (
+                    exit.exit_code,
+                    exit.reason,
+                    Some(exit.message).filter(|m| !m.is_empty()),
+                    exit.finished_at
+                        .and_then(|t| Timestamp::try_from(t).ok())
+                        .unwrap_or(finished_at),
+                ),
+                Err(error) => (
+                    137,
+                    "ContainerStatusUnknown".to_owned(),
+                    Some(format!("the runtime lost the container: {error}")),
+                    finished_at,
+                ),
+            };
+            info!(container = %key, exit_code, %reason, "container exited");
             let ended = status::terminated(
-                exit.exit_code,
-                &exit.reason,
-                exit.message.clone(),
+                exit_code,
+                &reason,
+                message,
                 Some(started_at),
                 finished_at,
-                Some(container_id.clone()),
+                Some(status_id.clone()),
             );
-            if stopping || !should_restart(&policy, exit.exit_code) {
+            if stopping || !should_restart(&policy, exit_code) {
                 self.update(|s| {
                     s.state = Some(ended);
                     s.ready = false;
@@ -1110,6 +1176,291 @@ impl ContainerRun {
             }
         }
     }
+
+    /// The absolute path of a container's log file, as the runtime reports it.
+    async fn log_path(&self, id: &str) -> Option<PathBuf> {
+        self.runtime
+            .runtime
+            .container_status(id)
+            .await
+            .ok()
+            .map(|s| s.log_path)
+    }
+
+    /// Makes the image present per the pull policy; `None` when the pod stops first.
+    async fn ensure_image(
+        &mut self,
+        container: &Container,
+        key: &str,
+        pull_delay: &mut Option<Duration>,
+    ) -> Option<String> {
+        let image = container.image.clone().unwrap_or_default();
+        let policy = spec::pull_policy(container);
+        loop {
+            let rt = Arc::clone(&self.runtime.runtime);
+            if policy != PullPolicy::Always {
+                let present = tokio::select! {
+                    r = rt.image_status(&image) => r,
+                    _ = stop_requested(&mut self.stop) => return None,
+                };
+                if let Ok(Some(found)) = present {
+                    *pull_delay = None;
+                    self.event(
+                        Normal,
+                        "Pulled",
+                        format!("Container image {image:?} already present on machine"),
+                    );
+                    return Some(found.id);
+                }
+            }
+            let delay = self.ctx.timing.pull.next(*pull_delay);
+            *pull_delay = Some(delay);
+            if policy == PullPolicy::Never {
+                let message =
+                    format!("Container image {image:?} is not present with pull policy of Never");
+                self.event(Warning, "ErrImageNeverPull", message.clone());
+                self.update(|s| {
+                    s.state = Some(status::waiting("ErrImageNeverPull", Some(message)))
+                });
+                if !self.pause(delay).await {
+                    return None;
+                }
+                continue;
+            }
+            self.event(Normal, "Pulling", format!("Pulling image {image:?}"));
+            let pull_started = Instant::now();
+            let pulled = tokio::select! {
+                r = rt.pull_image(&image, None) => r,
+                _ = stop_requested(&mut self.stop) => return None,
+            };
+            let error = match pulled {
+                Ok(image_id) => {
+                    *pull_delay = None;
+                    let took = pull_started.elapsed().as_secs_f64();
+                    let message = format!("Successfully pulled image {image:?} in {took:.3}s");
+                    self.event(Normal, "Pulled", message);
+                    return Some(image_id);
+                }
+                Err(error) => error,
+            };
+            self.event(
+                Warning,
+                "Failed",
+                format!("Failed to pull image {image:?}: {error}"),
+            );
+            self.event(Warning, "Failed", format!("Error: {}", error.reason()));
+            warn!(container = %key, %error, retry_in = ?delay, "cannot pull image");
+            let message = error.to_string();
+            self.update(|s| s.state = Some(status::waiting(error.reason(), Some(message.clone()))));
+            if matches!(error, RuntimeError::InvalidImageName { .. }) {
+                // Retrying cannot help; wait for the pod to go away.
+                stop_requested(&mut self.stop).await;
+                return None;
+            }
+            let first = (delay / 2).min(Duration::from_secs(2));
+            if !self.pause(first).await {
+                return None;
+            }
+            if matches!(error, RuntimeError::ImagePull { .. }) {
+                self.event(
+                    Normal,
+                    "BackOff",
+                    format!("Back-off pulling image {image:?}"),
+                );
+                let message = format!("Back-off pulling image {image:?}: {message}");
+                self.update(|s| s.state = Some(status::waiting("ImagePullBackOff", Some(message))));
+            }
+            if !self.pause(delay.saturating_sub(first)).await {
+                return None;
+            }
+        }
+    }
+
+    /// Pulls, configures, creates and starts one run of the container. `None` when the pod
+    /// stops first.
+    async fn launch(
+        &mut self,
+        container: &Container,
+        key: &str,
+        pull_delay: &mut Option<Duration>,
+        config_delay: &mut Option<Duration>,
+        crash_delay: &mut Option<Duration>,
+    ) -> Option<Launched> {
+        let name = container.name.clone();
+        let (namespace, pod_name, uid) = spec::pod_identity(&self.pod);
+        let policy = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".to_owned());
+        let image_id = self.ensure_image(container, key, pull_delay).await?;
+        self.update(|s| s.image_id.clone_from(&image_id));
+
+        // Configuration.
+        let downward = DownwardValues {
+            pod_ip: self.pod_ip.clone(),
+            host_ip: self.ctx.host_ip.clone(),
+        };
+        let refs = spec::referenced_sources(&self.pod, container);
+        let sources = if refs.is_empty() {
+            Ok(Sources::default())
+        } else {
+            tokio::select! {
+                r = fetch_sources(&self.ctx.client, &namespace, &refs) => r,
+                _ = stop_requested(&mut self.stop) => return None,
+            }
+        };
+        let config = sources.and_then(|sources| {
+            let env = spec::container_env(&self.pod, container, &downward, &sources)?;
+            let (command, args) = spec::container_command(container, &env);
+            let planned = spec::container_mounts(&self.pod, container, &self.volumes_dir)?;
+            let limits = spec::container_limits(container)?;
+            let files = spec::projected_files(&self.pod, container, &sources)?;
+            volumes::write_projected(&self.volumes_dir, &files)
+                .map_err(|e| ConfigError::Unsupported(format!("cannot write volume files: {e}")))?;
+            // After the files: a subPath may name a directory of a ConfigMap volume.
+            let mounts = volumes::resolve_mounts(&planned, &self.ctx.data_dir)?;
+            Ok((env, command, args, mounts, limits))
+        });
+        // `fds` keep the mounts' `/proc/self/fd` paths valid: the runtime may open them again
+        // after `start` returns, so they live as long as the container.
+        let (envs, command, args, ResolvedMounts { mounts, fds }, resources) = match config {
+            Ok(config) => config,
+            Err(error) => {
+                let delay = self.ctx.timing.pull.next(*config_delay);
+                *config_delay = Some(delay);
+                warn!(container = %key, %error, "invalid container configuration");
+                self.event(Warning, "Failed", format!("Error: {error}"));
+                self.update(|s| {
+                    s.state = Some(status::waiting(
+                        "CreateContainerConfigError",
+                        Some(error.to_string()),
+                    ))
+                });
+                return self.pause(delay).await.then_some(Launched::Retry);
+            }
+        };
+
+        // Create and start.
+        let restart_count = self.current().restart_count;
+        let attempt = u32::try_from(restart_count).unwrap_or(0);
+        let container_labels: BTreeMap<String, String> = [
+            (labels::POD_NAME, pod_name),
+            (labels::POD_NAMESPACE, namespace.clone()),
+            (labels::POD_UID, uid),
+            (labels::CONTAINER_NAME, name.clone()),
+        ]
+        .into_iter()
+        .map(|(label, value)| (label.to_owned(), value))
+        .collect();
+        let config = ContainerConfig {
+            metadata: ContainerMetadata {
+                name: name.clone(),
+                attempt,
+            },
+            image: image_id,
+            command,
+            args,
+            working_dir: container.working_dir.clone(),
+            envs,
+            mounts,
+            labels: container_labels,
+            annotations: BTreeMap::new(),
+            log_path: PathBuf::from(&name).join(format!("{restart_count}.log")),
+            resources,
+        };
+        let rt = Arc::clone(&self.runtime.runtime);
+        let sandbox_id = self.sandbox_id.clone();
+        let created = tokio::select! {
+            r = rt.create_container(&sandbox_id, &config) => r,
+            _ = stop_requested(&mut self.stop) => return None,
+        };
+        let started = match created {
+            Ok(id) => {
+                self.event(Normal, "Created", format!("Created container {name}"));
+                self.remove_previous(&id).await;
+                match rt.start_container(&id).await {
+                    Ok(()) => Ok(id),
+                    Err(error) => {
+                        let _ = rt.remove_container(&id).await;
+                        Err(error)
+                    }
+                }
+            }
+            Err(error) => Err(error),
+        };
+        let error = match started {
+            Ok(id) => {
+                info!(container = %key, %id, "container started");
+                return Some(Launched::Started { id, fds });
+            }
+            Err(error) => error,
+        };
+        warn!(container = %key, %error, "cannot start container");
+        let message = error.to_string();
+        self.event(Warning, "Failed", format!("Error: {message}"));
+        if matches!(error, RuntimeError::StartContainer { .. }) && !should_restart(&policy, 128) {
+            let now = Timestamp::now();
+            self.update(|s| {
+                s.state = Some(status::terminated(
+                    128,
+                    "StartError",
+                    Some(message),
+                    None,
+                    now,
+                    None,
+                ));
+            });
+            return Some(Launched::Failed);
+        }
+        let delay = self.ctx.timing.crash.next(*crash_delay);
+        *crash_delay = Some(delay);
+        self.update(|s| s.state = Some(status::waiting(error.reason(), Some(message))));
+        self.pause(delay).await.then_some(Launched::Retry)
+    }
+
+    /// Removes this container's earlier runs from the runtime, keeping the newest exited one
+    /// besides `current` (as the kubelet keeps one dead container for `--previous`; the log
+    /// files stay either way).
+    async fn remove_previous(&self, current: &str) {
+        let Some(name) = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.get(self.index))
+            .map(|c| c.name.clone())
+        else {
+            return;
+        };
+        let filter = ContainerFilter {
+            sandbox_id: Some(self.sandbox_id.clone()),
+            label_selector: [(labels::CONTAINER_NAME.to_owned(), name)].into(),
+            ..ContainerFilter::default()
+        };
+        let Ok(mut earlier) = self.runtime.runtime.list_containers(&filter).await else {
+            return;
+        };
+        earlier.retain(|c| c.id != current && c.state == RuntimeState::Exited);
+        earlier.sort_by_key(|c| std::cmp::Reverse((c.metadata.attempt, c.created_at)));
+        for old in earlier.iter().skip(1) {
+            if let Err(error) = self.runtime.runtime.remove_container(&old.id).await {
+                warn!(container = %old.id, %error, "cannot remove an earlier run of a container");
+            }
+        }
+    }
+}
+
+/// How one attempt to launch a container ended.
+enum Launched {
+    Started {
+        id: String,
+        fds: Vec<std::os::fd::OwnedFd>,
+    },
+    /// Waited out a back-off after a failure: try again.
+    Retry,
+    /// Failed for good (terminated status recorded).
+    Failed,
 }
 
 #[cfg(test)]
@@ -1135,6 +1486,7 @@ mod tests {
         let (kind, s) = match r {
             Resume::Start(s) => ("start", s),
             Resume::Done(s) => ("done", s),
+            Resume::Adopt(s, _) => ("adopt", s),
         };
         let state = s.state.clone().unwrap_or_default();
         let state = if let Some(w) = state.waiting {
@@ -1238,6 +1590,67 @@ mod tests {
             ]
         );
         assert!(tasks.pods.is_empty());
+    }
+
+    fn observed(id: &str, state: RuntimeState, exit_code: i32) -> RuntimeContainer {
+        RuntimeContainer {
+            id: id.to_owned(),
+            sandbox_id: "s".to_owned(),
+            metadata: shoal_runtime::ContainerMetadata {
+                name: "c".to_owned(),
+                attempt: 2,
+            },
+            state,
+            created_at: std::time::SystemTime::UNIX_EPOCH,
+            started_at: Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(100)),
+            finished_at: Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(200)),
+            exit_code,
+            image: "i".to_owned(),
+            reason: "Error".to_owned(),
+            message: "it broke".to_owned(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            log_path: PathBuf::from("/logs/c/2.log"),
+        }
+    }
+
+    #[test]
+    fn runtime_state_corrects_the_recorded_one() {
+        let mut running = recorded(status::running(ts("2026-01-01T00:00:00Z")), 2);
+        running.container_id = Some("wasmtime://c2".to_owned());
+        // Still running in the runtime: adopted, with the runtime's start time.
+        let Some(Ok(Resume::Adopt(adopted, id))) = adopt(
+            "wasmtime",
+            Some(&running),
+            Some(&observed("c2", RuntimeState::Running, 0)),
+            false,
+        ) else {
+            panic!("not adopted");
+        };
+        assert_eq!(id, "c2");
+        assert_eq!(adopted.restart_count, 2);
+        assert_eq!(
+            summary(&Resume::Adopt(adopted, id)),
+            "adopt running restarts=2"
+        );
+        // Exited while the agent was away: its real exit, not ContainerStatusUnknown.
+        let Some(Err(exited)) = adopt(
+            "wasmtime",
+            Some(&running),
+            Some(&observed("c2", RuntimeState::Exited, 3)),
+            false,
+        ) else {
+            panic!("not corrected");
+        };
+        let t = exited.state.and_then(|s| s.terminated).expect("terminated");
+        assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
+        assert_eq!(t.message.as_deref(), Some("it broke"));
+        // Another run than the recorded one, or a finished pod: the record stands.
+        let other = observed("c1", RuntimeState::Running, 0);
+        assert!(adopt("wasmtime", Some(&running), Some(&other), false).is_none());
+        let same = observed("c2", RuntimeState::Running, 0);
+        assert!(adopt("wasmtime", Some(&running), Some(&same), true).is_none());
+        assert!(adopt("wasmtime", None, Some(&same), false).is_none());
     }
 
     #[test]

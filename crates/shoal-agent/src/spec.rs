@@ -11,7 +11,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use shoal_runtime::{Limits, PullPolicy};
+use shoal_runtime::{Limits, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol, labels};
+
+/// `imagePullPolicy` of a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
 
 /// Why a container's configuration cannot be built (becomes `CreateContainerConfigError`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -63,21 +71,80 @@ pub fn expand(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> String {
     out
 }
 
-/// The guest's argv: `command[0]` (or the container name) as argv[0], the rest of `command`,
-/// then `args`, each with `$(VAR)` expanded from `env`.
-pub fn container_argv(container: &Container, env: &[(String, String)]) -> Vec<String> {
+/// The container's `command` and `args`, each with `$(VAR)` expanded from `env`; the runtime
+/// joins them (and for a Wasm guest takes the container's name as argv[0] without a command).
+pub fn container_command(
+    container: &Container,
+    env: &[(String, String)],
+) -> (Vec<String>, Vec<String>) {
     let vars: HashMap<&str, &str> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let lookup = |name: &str| vars.get(name).map(|v| (*v).to_owned());
-    let command = container.command.as_deref().unwrap_or_default();
-    let args = container.args.as_deref().unwrap_or_default();
-    let mut argv = Vec::with_capacity(1 + command.len() + args.len());
-    match command.first() {
-        Some(first) => argv.push(expand(first, &lookup)),
-        None => argv.push(container.name.clone()),
+    let expand_all = |words: Option<&Vec<String>>| -> Vec<String> {
+        words
+            .map(|w| w.iter().map(|a| expand(a, &lookup)).collect())
+            .unwrap_or_default()
+    };
+    (
+        expand_all(container.command.as_ref()),
+        expand_all(container.args.as_ref()),
+    )
+}
+
+/// A pod's namespace (`default` when unset), name and uid.
+pub fn pod_identity(pod: &Pod) -> (String, String, String) {
+    let meta = &pod.metadata;
+    (
+        meta.namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        meta.name.clone().unwrap_or_default(),
+        meta.uid.clone().unwrap_or_default(),
+    )
+}
+
+/// The sandbox of a pod: its identity, labels that let a restarted agent find it again, its log
+/// directory under `logs_root`, and the host ports its containers publish.
+pub fn sandbox_config(pod: &Pod, logs_root: &Path) -> PodSandboxConfig {
+    let meta = &pod.metadata;
+    let (namespace, name, uid) = pod_identity(pod);
+    let spec = pod.spec.as_ref();
+    let mut sandbox_labels: BTreeMap<String, String> = meta.labels.clone().unwrap_or_default();
+    sandbox_labels.insert(labels::POD_NAME.to_owned(), name.clone());
+    sandbox_labels.insert(labels::POD_NAMESPACE.to_owned(), namespace.clone());
+    sandbox_labels.insert(labels::POD_UID.to_owned(), uid.clone());
+    let port_mappings = spec
+        .into_iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let host_port = u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?;
+            Some(PortMapping {
+                protocol: match p.protocol.as_deref() {
+                    Some("UDP") => Protocol::Udp,
+                    Some("SCTP") => Protocol::Sctp,
+                    _ => Protocol::Tcp,
+                },
+                container_port: u16::try_from(p.container_port).ok()?,
+                host_port,
+                host_ip: p.host_ip.as_deref().and_then(|ip| ip.parse().ok()),
+            })
+        })
+        .collect();
+    PodSandboxConfig {
+        hostname: spec
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.clone()),
+        log_directory: crate::logs::pod_log_dir(logs_root, &namespace, &name, &uid),
+        labels: sandbox_labels,
+        annotations: meta.annotations.clone().unwrap_or_default(),
+        port_mappings,
+        metadata: PodSandboxMetadata {
+            name,
+            namespace,
+            uid,
+            attempt: 0,
+        },
     }
-    argv.extend(command.iter().skip(1).map(|a| expand(a, &lookup)));
-    argv.extend(args.iter().map(|a| expand(a, &lookup)));
-    argv
 }
 
 /// Values the downward API can give (`valueFrom.fieldRef`).
@@ -635,7 +702,7 @@ mod tests {
             host_ip: "127.0.0.1".into(),
         };
         let env = container_env(&p, container, &downward, &Sources::default()).expect("env");
-        let argv = container_argv(container, &env);
+        let argv = container_command(container, &env);
         expect![[r#"
             (
                 [
@@ -668,26 +735,61 @@ mod tests {
                         "1048576",
                     ),
                 ],
-                [
-                    "/bin/app",
-                    "--name=web",
-                    "hello world",
-                    "$(NOPE)",
-                    "$(POD)",
-                ],
+                (
+                    [
+                        "/bin/app",
+                        "--name=web",
+                    ],
+                    [
+                        "hello world",
+                        "$(NOPE)",
+                        "$(POD)",
+                    ],
+                ),
             )
         "#]]
         .assert_debug_eq(&(env, argv));
     }
 
     #[test]
-    fn argv0_defaults_to_container_name() {
+    fn command_and_args_stay_apart() {
         let p = pod(serde_json::json!({
             "metadata": {"name": "p"},
-            "spec": {"containers": [{"name": "hello", "args": ["a", "b"]}]}
+            "spec": {"containers": [{"name": "hello", "args": ["a", "$(X)"]}]}
         }));
         let c = &p.spec.as_ref().expect("spec").containers[0];
-        assert_eq!(container_argv(c, &[]), ["hello", "a", "b"]);
+        let env = [("X".to_owned(), "x".to_owned())];
+        let (command, args) = container_command(c, &env);
+        assert!(command.is_empty());
+        assert_eq!(args, ["a", "x"]);
+    }
+
+    #[test]
+    fn sandbox_config_names_the_pod_and_its_host_ports() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "ns", "uid": "u1", "labels": {"app": "a"}},
+            "spec": {"containers": [{"name": "c", "ports": [
+                {"containerPort": 8080, "hostPort": 80},
+                {"containerPort": 53, "protocol": "UDP"}
+            ]}]}
+        }));
+        let config = sandbox_config(&p, Path::new("/logs"));
+        assert_eq!(config.log_directory, Path::new("/logs/ns_p_u1"));
+        assert_eq!(config.hostname, "p");
+        assert_eq!(
+            config.labels.get(labels::POD_UID).map(String::as_str),
+            Some("u1")
+        );
+        assert_eq!(config.labels.get("app").map(String::as_str), Some("a"));
+        assert_eq!(
+            config.port_mappings,
+            [PortMapping {
+                protocol: Protocol::Tcp,
+                container_port: 8080,
+                host_port: 80,
+                host_ip: None,
+            }]
+        );
     }
 
     #[test]

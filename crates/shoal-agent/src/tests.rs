@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -14,136 +13,14 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
-use shoal_runtime::{
-    Container, ContainerSpec, ExitStatus, ImageRef, LogStream, PullPolicy, Runtime, RuntimeError,
-};
+use shoal_runtime::Runtime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::BackoffPolicy;
 use crate::pods::Timing;
+use crate::testing::FakeRuntime;
 use crate::{Config, NodeResources};
-
-// ---------------------------------------------------------------- fake runtime
-
-/// Images: `fake/exitN` exits with N at once, `fake/run` runs until stopped, `fake/stuck`
-/// ignores the stop request until the grace period is over, `fake/missing` cannot be pulled.
-#[derive(Default)]
-struct FakeRuntime {
-    events: Arc<Mutex<Vec<String>>>,
-}
-
-impl FakeRuntime {
-    fn events(&self) -> Vec<String> {
-        self.events.lock().expect("events").clone()
-    }
-}
-
-fn record(events: &Mutex<Vec<String>>, event: String) {
-    events.lock().expect("events").push(event);
-}
-
-#[async_trait]
-impl Runtime for FakeRuntime {
-    fn handler(&self) -> &'static str {
-        "wasmtime"
-    }
-
-    async fn pull(&self, image: &str, _policy: PullPolicy) -> Result<ImageRef, RuntimeError> {
-        if image.contains("missing") {
-            return Err(RuntimeError::ImagePull {
-                image: image.to_owned(),
-                message: "manifest unknown".to_owned(),
-            });
-        }
-        Ok(ImageRef {
-            image: image.to_owned(),
-            image_id: format!("{image}@sha256:feed"),
-        })
-    }
-
-    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, RuntimeError> {
-        record(&self.events, format!("start {} {:?}", spec.id, spec.args));
-        (spec.logs)(
-            LogStream::Stdout,
-            Bytes::from(format!("argv={:?}\nenv=", spec.args)),
-        );
-        (spec.logs)(LogStream::Stdout, Bytes::from(format!("{:?}\n", spec.env)));
-        (spec.logs)(
-            LogStream::Stderr,
-            Bytes::from(format!("mounts={}\n", spec.mounts.len())),
-        );
-        let image = spec.image.image.as_str();
-        let behaviour = if let Some(code) = image.strip_prefix("fake/exit") {
-            Behaviour::Exit(code.parse().unwrap_or(1))
-        } else if image == "fake/stuck" {
-            Behaviour::Stuck
-        } else {
-            Behaviour::Run
-        };
-        Ok(Box::new(FakeContainer {
-            behaviour,
-            id: spec.id,
-            events: Arc::clone(&self.events),
-        }))
-    }
-}
-
-#[derive(Clone, Copy)]
-enum Behaviour {
-    Exit(i32),
-    Run,
-    Stuck,
-}
-
-struct FakeContainer {
-    behaviour: Behaviour,
-    id: String,
-    events: Arc<Mutex<Vec<String>>>,
-}
-
-fn exit(code: i32) -> ExitStatus {
-    ExitStatus {
-        exit_code: code,
-        reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
-        message: None,
-    }
-}
-
-#[async_trait]
-impl Container for FakeContainer {
-    async fn wait(&mut self) -> ExitStatus {
-        match self.behaviour {
-            Behaviour::Exit(code) => exit(code),
-            Behaviour::Run | Behaviour::Stuck => std::future::pending().await,
-        }
-    }
-
-    async fn stop(&mut self, grace: Duration) -> ExitStatus {
-        record(
-            &self.events,
-            format!("stop {} grace={}s", self.id, grace.as_secs()),
-        );
-        match self.behaviour {
-            Behaviour::Exit(code) => exit(code),
-            Behaviour::Run => exit(0),
-            Behaviour::Stuck => {
-                tokio::time::sleep(grace).await;
-                ExitStatus {
-                    exit_code: 137,
-                    reason: "Error".to_owned(),
-                    message: Some("killed after the grace period".to_owned()),
-                }
-            }
-        }
-    }
-}
-
-impl Drop for FakeContainer {
-    fn drop(&mut self) {
-        record(&self.events, format!("dropped {}", self.id));
-    }
-}
 
 // ---------------------------------------------------------------- fake API server
 
@@ -605,6 +482,15 @@ impl Harness {
     }
 
     async fn start_agent_with(&self, tls: Option<Arc<rustls::ServerConfig>>) -> RunningAgent {
+        self.start_agent_on(self.runtime.clone(), tls).await
+    }
+
+    /// An agent driving `runtime` (a fresh one stands for a runtime that died with the agent).
+    async fn start_agent_on(
+        &self,
+        runtime: Arc<FakeRuntime>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> RunningAgent {
         let config = Config {
             node_name: "n1".to_owned(),
             data_dir: self.data.path().to_path_buf(),
@@ -621,7 +507,7 @@ impl Harness {
         };
         let shutdown = CancellationToken::new();
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let runtime: Arc<dyn Runtime> = self.runtime.clone();
+        let runtime: Arc<dyn Runtime> = runtime;
         let task = tokio::spawn(crate::run_with(
             config,
             self.client.clone(),
@@ -816,6 +702,7 @@ async fn pod_runs_to_completion_and_logs_are_served() {
     expect_test::expect![[r#"
         argv=["main", "hi", "world"]
         env=[("WHO", "world"), ("POD", "hello")]
+        /scratch: 
         mounts=1
     "#]]
     .assert_eq(&body);
@@ -1083,7 +970,76 @@ async fn vanished_pod_is_stopped_and_cleaned_up() {
 }
 
 #[tokio::test]
-async fn agent_restart_resumes_running_pods() {
+async fn agent_restart_adopts_what_the_runtime_still_runs() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "svc"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    h.api.create_pod(json!({
+        "metadata": {"name": "doomed"},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    for name in ["svc", "doomed"] {
+        eventually("running", || {
+            h.api
+                .pod(name)
+                .filter(|p| p["status"]["phase"] == "Running")
+        })
+        .await;
+    }
+    let doomed_uid = h.api.pod("doomed").expect("pod")["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_owned();
+    agent.stop().await;
+    // The agent's stop leaves the runtime's containers alone, as the kubelet's does.
+    assert!(
+        !h.runtime.events().iter().any(|e| e.starts_with("stop ")),
+        "{:?}",
+        h.runtime.events()
+    );
+    // Deleted while the agent is away: its sandbox is an orphan.
+    h.api.remove_pod("doomed");
+    let agent = h.start_agent().await;
+    eventually("orphaned sandbox removed", || {
+        h.runtime
+            .events()
+            .contains(&format!("remove sandbox {doomed_uid}-sandbox-0"))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        h.runtime
+            .events()
+            .contains(&"stop default/doomed/c grace=0s".to_owned())
+    );
+    // The running container is adopted: no second start, no restart counted.
+    let pod = h.api.pod("svc").expect("pod");
+    let cs = container_status(&pod);
+    assert_eq!(cs["restartCount"], 0);
+    assert!(cs["state"]["running"].is_object(), "{cs}");
+    let starts = |events: Vec<String>| {
+        events
+            .iter()
+            .filter(|e| e.starts_with("start default/svc/c"))
+            .count()
+    };
+    assert_eq!(starts(h.runtime.events()), 1);
+    // ... and still stopped on deletion by the new agent.
+    h.api.mark_deleted("svc", 0);
+    eventually("pod deleted", || h.api.pod("svc").is_none().then_some(())).await;
+    assert!(
+        h.runtime
+            .events()
+            .contains(&"stop default/svc/c grace=0s".to_owned())
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
+async fn agent_restart_with_a_lost_runtime_resumes_from_recorded_status() {
     let h = Harness::new().await;
     let agent = h.start_agent().await;
     h.api.create_pod(json!({
@@ -1097,13 +1053,9 @@ async fn agent_restart_resumes_running_pods() {
     })
     .await;
     agent.stop().await;
-    assert!(
-        h.runtime
-            .events()
-            .contains(&"dropped default/svc/c".to_owned()),
-        "containers are dropped on shutdown"
-    );
-    let agent = h.start_agent().await;
+    // As after a restart of the process that held an in-process runtime: nothing left to adopt.
+    let fresh = Arc::new(FakeRuntime::default());
+    let agent = h.start_agent_on(Arc::clone(&fresh), None).await;
     let pod = eventually("running again", || {
         h.api.pod("svc").filter(|p| {
             let cs = container_status(p);
@@ -1115,13 +1067,15 @@ async fn agent_restart_resumes_running_pods() {
         container_status(&pod)["lastState"]["terminated"]["reason"],
         "ContainerStatusUnknown"
     );
-    let starts = h
-        .runtime
+    let starts = fresh
         .events()
         .iter()
         .filter(|e| e.starts_with("start default/svc/c"))
         .count();
-    assert_eq!(starts, 2);
+    assert_eq!(starts, 1);
+    // The second run logs to its own file; the first run's log is `--previous`.
+    let (code, _) = http_get(agent.addr, "/containerLogs/default/svc/c?previous=true").await;
+    assert_eq!(code, 200);
     agent.stop().await;
 }
 

@@ -1,112 +1,19 @@
 //! The agent against the real `shoal-apiserver` (over a real `shoal-store` in a temp dir), with
-//! a fake runtime: registration, a pod run to completion, logs through the `pods/log` proxy,
-//! graceful deletion.
+//! the agent's fake runtime (`shoal_agent::testing`): registration, a pod run to completion,
+//! logs through the `pods/log` proxy, graceful deletion. The real Wasm runtime behind the real
+//! apiserver is covered by the end-to-end tests of `shoal-cli`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::{Api, DeleteParams, LogParams, PostParams};
+use shoal_agent::testing::FakeRuntime;
 use shoal_apiserver::testing::TestApiServer;
-use shoal_runtime::{
-    Container, ContainerSpec, ExitStatus, ImageRef, LogStream, PullPolicy, Runtime, RuntimeError,
-};
+use shoal_runtime::Runtime;
 use tokio_util::sync::CancellationToken;
-
-/// `fake/exitN` exits with N; anything else runs until stopped.
-#[derive(Default)]
-struct FakeRuntime {
-    starts: Arc<Mutex<Vec<String>>>,
-    stops: Arc<Mutex<Vec<String>>>,
-}
-
-#[async_trait]
-impl Runtime for FakeRuntime {
-    fn handler(&self) -> &'static str {
-        "wasmtime"
-    }
-
-    async fn pull(&self, image: &str, _policy: PullPolicy) -> Result<ImageRef, RuntimeError> {
-        Ok(ImageRef {
-            image: image.to_owned(),
-            image_id: format!("{image}@sha256:feed"),
-        })
-    }
-
-    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, RuntimeError> {
-        self.starts.lock().expect("starts").push(spec.id.clone());
-        (spec.logs)(
-            LogStream::Stdout,
-            Bytes::from(format!("hello from {}\n", spec.args.join(" "))),
-        );
-        for (k, v) in &spec.env {
-            (spec.logs)(LogStream::Stdout, Bytes::from(format!("{k}={v}\n")));
-        }
-        for mount in &spec.mounts {
-            let mut files: Vec<String> = std::fs::read_dir(&mount.host_path)
-                .map(|d| {
-                    d.flatten()
-                        .map(|e| {
-                            let content = std::fs::read_to_string(e.path()).unwrap_or_default();
-                            format!("{}={content}", e.file_name().to_string_lossy())
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            files.sort();
-            (spec.logs)(
-                LogStream::Stdout,
-                Bytes::from(format!("{}: {}\n", mount.container_path, files.join(","))),
-            );
-        }
-        let code = spec
-            .image
-            .image
-            .strip_prefix("fake/exit")
-            .and_then(|c| c.parse().ok());
-        Ok(Box::new(FakeContainer {
-            code,
-            id: spec.id,
-            stops: Arc::clone(&self.stops),
-        }))
-    }
-}
-
-struct FakeContainer {
-    code: Option<i32>,
-    id: String,
-    stops: Arc<Mutex<Vec<String>>>,
-}
-
-#[async_trait]
-impl Container for FakeContainer {
-    async fn wait(&mut self) -> ExitStatus {
-        match self.code {
-            Some(code) => ExitStatus {
-                exit_code: code,
-                reason: if code == 0 { "Completed" } else { "Error" }.to_owned(),
-                message: None,
-            },
-            None => std::future::pending().await,
-        }
-    }
-
-    async fn stop(&mut self, grace: Duration) -> ExitStatus {
-        self.stops
-            .lock()
-            .expect("stops")
-            .push(format!("{} {}s", self.id, grace.as_secs()));
-        ExitStatus {
-            exit_code: 143,
-            reason: "Error".to_owned(),
-            message: None,
-        }
-    }
-}
 
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
@@ -154,12 +61,11 @@ async fn agent_runs_pods_against_the_real_apiserver() {
     let client = apiserver.client();
 
     let runtime = Arc::new(FakeRuntime::default());
-    let stops = Arc::clone(&runtime.stops);
     let agent_shutdown = CancellationToken::new();
     let agent = tokio::spawn(shoal_agent::run(
         agent_config(&apiserver),
         client.clone(),
-        vec![runtime as Arc<dyn Runtime>],
+        vec![Arc::clone(&runtime) as Arc<dyn Runtime>],
         agent_shutdown.clone(),
     ));
 
@@ -219,7 +125,8 @@ async fn agent_runs_pods_against_the_real_apiserver() {
         .expect("logs through the apiserver");
     assert_eq!(
         logs,
-        "hello from main a b\nGREETING=hi\n/etc/cfg: color=blue,greeting=hi\n"
+        "argv=[\"main\", \"a\", \"b\"]\nenv=[(\"GREETING\", \"hi\")]\n\
+         /etc/cfg: color=blue,greeting=hi\nmounts=1\n"
     );
 
     let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -245,10 +152,12 @@ async fn agent_runs_pods_against_the_real_apiserver() {
         matches!(pods.get_opt("server").await, Ok(None)).then_some(())
     })
     .await;
-    assert_eq!(
-        stops.lock().expect("stops").as_slice(),
-        ["default/server/main 2s"]
-    );
+    let stops: Vec<String> = runtime
+        .events()
+        .into_iter()
+        .filter(|e| e.starts_with("stop "))
+        .collect();
+    assert_eq!(stops, ["stop default/server/main grace=2s"]);
 
     agent_shutdown.cancel();
     agent
@@ -287,12 +196,11 @@ async fn a_pod_deleted_while_its_agent_was_away_is_not_started_again() {
     }
 
     let runtime = Arc::new(FakeRuntime::default());
-    let starts = Arc::clone(&runtime.starts);
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(shoal_agent::run(
         agent_config(&apiserver),
         client.clone(),
-        vec![runtime as Arc<dyn Runtime>],
+        vec![Arc::clone(&runtime) as Arc<dyn Runtime>],
         shutdown.clone(),
     ));
     eventually("the agent to remove the pods", || async {
@@ -302,10 +210,10 @@ async fn a_pod_deleted_while_its_agent_was_away_is_not_started_again() {
             .filter(|l| l.items.is_empty())
     })
     .await;
+    let events = runtime.events();
     assert!(
-        starts.lock().expect("starts").is_empty(),
-        "containers started: {:?}",
-        starts.lock().expect("starts")
+        !events.iter().any(|e| e.starts_with("start ")),
+        "containers started: {events:?}"
     );
     shutdown.cancel();
     agent.await.expect("agent task").expect("agent stops");

@@ -29,6 +29,33 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use crate::Error;
 use crate::run::{P1Host, P2Host};
 
+/// The wasmtime release this crate is built with (pinned in the workspace `Cargo.toml`).
+pub(crate) const WASMTIME_VERSION: &str = "48.0.8";
+
+/// Name of the guest executor's worker threads.
+pub(crate) const GUEST_THREAD_NAME: &str = "shoal-guest";
+
+/// Scheduling priority (nice) of the guest threads: below the control plane's, so guests that
+/// busy-loop on every core still leave the apiserver, the store and the agent their CPU.
+const GUEST_NICE: i32 = 10;
+
+/// The executor every guest runs on: one worker thread per core, niced.
+pub(crate) fn guest_executor() -> Result<tokio::runtime::Runtime, Error> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cores)
+        .thread_name(GUEST_THREAD_NAME)
+        .enable_all()
+        .on_thread_start(|| {
+            let tid = rustix::thread::gettid();
+            if let Err(error) = rustix::process::setpriority_process(Some(tid), GUEST_NICE) {
+                tracing::warn!(%error, "cannot lower the priority of a guest thread");
+            }
+        })
+        .build()
+        .map_err(|e| Error::Engine(format!("cannot start the guest executor: {e}")))
+}
+
 const WASM_MAGIC: &[u8; 4] = b"\0asm";
 
 /// Whether `bytes` is a component (header layer byte 1) rather than a core module.

@@ -32,6 +32,16 @@ struct Index {
     image_ids: BTreeMap<String, String>,
 }
 
+/// One image of the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredImage {
+    /// `registry/repo@sha256:...`.
+    pub id: String,
+    /// Normalized references (`registry/repo:tag`).
+    pub references: Vec<String>,
+    pub layer_digest: String,
+}
+
 pub(crate) struct ImageStore {
     root: PathBuf,
     index: Mutex<Index>,
@@ -144,6 +154,7 @@ impl ImageStore {
 
     /// The image id of a reference already pulled, if its layer is still on disk intact.
     /// Blocking: the first resolve of a layer in this process hashes its blob.
+    #[cfg(test)]
     pub(crate) fn resolve(&self, reference: &str) -> Option<String> {
         let (image_id, layer) = {
             let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
@@ -195,6 +206,63 @@ impl ImageStore {
         let (_, digest) = image_id.rsplit_once('@')?;
         let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
         index.manifests.get(digest).cloned()
+    }
+
+    /// Every image id with the references that resolve to it and its layer digest.
+    pub(crate) fn list(&self) -> Vec<StoredImage> {
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let mut by_id: BTreeMap<String, StoredImage> = BTreeMap::new();
+        for (reference, image_id) in &index.image_ids {
+            let Some(layer) = index
+                .refs
+                .get(reference)
+                .and_then(|m| index.manifests.get(m))
+            else {
+                continue;
+            };
+            by_id
+                .entry(image_id.clone())
+                .or_insert_with(|| StoredImage {
+                    id: image_id.clone(),
+                    references: Vec::new(),
+                    layer_digest: layer.clone(),
+                })
+                .references
+                .push(reference.clone());
+        }
+        by_id.into_values().collect()
+    }
+
+    /// The reference key (`registry/repo:tag`) or image id an image answers to.
+    pub(crate) fn find(&self, image: &str) -> Option<StoredImage> {
+        self.list()
+            .into_iter()
+            .find(|i| i.id == image || i.references.iter().any(|r| r == image))
+    }
+
+    /// Forgets an image id or reference key: every reference to it leaves the index. The blob
+    /// stays until garbage collection. Blocking (fsyncs the index).
+    pub(crate) fn remove(&self, image: &str) -> Result<bool, Error> {
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let doomed: Vec<String> = index
+            .image_ids
+            .iter()
+            .filter(|(reference, id)| *id == image || *reference == image)
+            .map(|(reference, _)| reference.clone())
+            .collect();
+        if doomed.is_empty() {
+            return Ok(false);
+        }
+        for reference in &doomed {
+            index.image_ids.remove(reference);
+            index.refs.remove(reference);
+        }
+        let bytes = serde_json::to_vec_pretty(&*index).map_err(|e| Error::Io {
+            path: self.root.join("index.json"),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&self.root.join("index.json"), &bytes)?;
+        Ok(true)
     }
 
     /// Stores a pulled artifact and records its reference; returns the image id. Blocking (it

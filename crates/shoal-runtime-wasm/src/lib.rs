@@ -1,5 +1,12 @@
 //! wasmtime behind [`shoal_runtime::Runtime`]: the node agent's in-process Wasm runtime.
 //!
+//! It implements the CRI-shaped interface as containerd does for the kubelet: pod sandboxes and
+//! the containers in them are kept in memory (`sandboxes`), with their status, their CRI log file
+//! (written by the guest's own thread) and an event on each transition. They live as long as the
+//! `WasmRuntime` value: an agent that restarts within the same process (tests, a future
+//! supervisor) finds and adopts them; after the process ends there is nothing left to list, and
+//! the agent resumes its pods from their recorded status.
+//!
 //! This crate owns pulling Wasm OCI artifacts ([`oci`]) into an on-disk image store under
 //! [`WasmRuntimeConfig::data_dir`], compiling each artifact once per digest and engine version
 //! (serialized artifacts on disk, pre-instantiated ones in memory), and running WASI preview 2
@@ -24,14 +31,20 @@ mod engine;
 mod images;
 pub mod oci;
 mod run;
+mod sandboxes;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use shoal_runtime::{Container, ContainerSpec, ImageRef, PullPolicy, Runtime, RuntimeError};
+use shoal_runtime::{
+    AuthConfig, ContainerConfig, ContainerEvent, ContainerFilter, ContainerStats, ContainerStatus,
+    Image, ImageService, PodSandboxConfig, PodSandboxFilter, PodSandboxStatus, Runtime,
+    RuntimeError, RuntimeService, cri_log,
+};
 
 pub use oci::push;
 
@@ -87,15 +100,29 @@ impl WasmRuntimeConfig {
     }
 }
 
-/// The wasmtime runtime (RuntimeClass handler `wasmtime`). Cheap to share behind an `Arc`.
+/// The wasmtime runtime (RuntimeClass handler `wasmtime`). Share it behind an `Arc`.
 ///
-/// Owns one epoch-ticker thread, which stops once the runtime and every container started from
-/// it are gone. Its async methods must run inside a tokio runtime (containers are tokio tasks).
+/// Owns one epoch-ticker thread and the guest executor: a tokio runtime of its own whose worker
+/// threads (one per core, at a lower scheduling priority) run every guest, so guests never
+/// occupy the threads of the apiserver, the store or the agent. Dropping the runtime kills its
+/// guests. Its async methods must run inside a tokio runtime.
 pub struct WasmRuntime {
     images: Arc<images::ImageStore>,
     engine: Arc<engine::WasmEngine>,
     max_layer_bytes: u64,
     insecure_registries: Arc<[String]>,
+    pods: sandboxes::Sandboxes,
+    guests: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for WasmRuntime {
+    fn drop(&mut self) {
+        self.pods.kill_all();
+        if let Some(guests) = self.guests.take() {
+            // Not `drop`: that blocks, which a runtime dropped inside async code must not do.
+            guests.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for WasmRuntime {
@@ -115,12 +142,23 @@ impl WasmRuntime {
             &config.data_dir.join("compiled"),
             config.epoch_tick,
         )?);
+        let guests = engine::guest_executor()?;
         Ok(WasmRuntime {
             images,
             engine,
             max_layer_bytes: config.max_layer_bytes,
             insecure_registries: config.insecure_registries.into(),
+            pods: sandboxes::Sandboxes::new(),
+            guests: Some(guests),
         })
+    }
+
+    fn executor(&self) -> tokio::runtime::Handle {
+        self.guests
+            .as_ref()
+            .expect("the guest executor lives as long as the runtime")
+            .handle()
+            .clone()
     }
 
     /// How many artifacts this runtime compiled from Wasm (cache misses), for tests and metrics.
@@ -137,15 +175,20 @@ impl WasmRuntime {
     pub fn layer_digest(&self, image_id: &str) -> Option<String> {
         self.images.layer_for_image_id(image_id)
     }
+
+    /// Threads of the guest executor, for tests that check guests stay off other threads.
+    pub fn guest_thread_prefix() -> &'static str {
+        engine::GUEST_THREAD_NAME
+    }
 }
 
 #[async_trait]
-impl Runtime for WasmRuntime {
-    fn handler(&self) -> &'static str {
-        "wasmtime"
-    }
-
-    async fn pull(&self, image: &str, policy: PullPolicy) -> Result<ImageRef, RuntimeError> {
+impl ImageService for WasmRuntime {
+    async fn pull_image(
+        &self,
+        image: &str,
+        _auth: Option<&AuthConfig>,
+    ) -> Result<String, RuntimeError> {
         let reference = oci::parse_reference(image).map_err(|e| match e {
             Error::InvalidReference { message, .. } => RuntimeError::InvalidImageName {
                 image: image.to_string(),
@@ -156,32 +199,6 @@ impl Runtime for WasmRuntime {
                 message: other.to_string(),
             },
         })?;
-        // Resolving hashes the blob (once per process), so it runs off the async workers.
-        let resolved = if policy == PullPolicy::Always {
-            None
-        } else {
-            let images = Arc::clone(&self.images);
-            let key = reference.whole();
-            tokio::task::spawn_blocking(move || images.resolve(&key))
-                .await
-                .map_err(|e| RuntimeError::ImagePull {
-                    image: image.to_string(),
-                    message: format!("resolving the local image failed: {e}"),
-                })?
-        };
-        if let Some(image_id) = resolved {
-            tracing::debug!(image, %image_id, "image present locally");
-            return Ok(ImageRef {
-                image: image.to_string(),
-                image_id,
-            });
-        }
-        if policy == PullPolicy::Never {
-            return Err(RuntimeError::ImagePull {
-                image: image.to_string(),
-                message: "image is not present locally and imagePullPolicy is Never".to_string(),
-            });
-        }
         let pulled = oci::pull(&reference, self.max_layer_bytes, &self.insecure_registries)
             .await
             .map_err(|e| match e {
@@ -208,40 +225,188 @@ impl Runtime for WasmRuntime {
             message,
         })?;
         tracing::info!(image, %image_id, layer = %pulled.layer_digest, "pulled image");
-        // Compile now so the first start is fast; a failure is reported again by `start`.
+        // Compile now so the first start is fast; a failure is reported again at create.
         let blob = self.images.blob_path(&pulled.layer_digest);
         if let Err(message) = self.engine.prepare(&pulled.layer_digest, &blob).await {
             tracing::warn!(image, %message, "pulled image does not compile");
         }
-        Ok(ImageRef {
-            image: image.to_string(),
-            image_id,
+        Ok(image_id)
+    }
+
+    async fn image_status(&self, image: &str) -> Result<Option<Image>, RuntimeError> {
+        let Some(stored) = self.lookup(image) else {
+            return Ok(None);
+        };
+        // The first look at a blob in this process hashes it: off the async workers.
+        let images = Arc::clone(&self.images);
+        let layer = stored.layer_digest.clone();
+        let intact = tokio::task::spawn_blocking(move || images.blob_intact(&layer))
+            .await
+            .unwrap_or(false);
+        Ok(intact.then(|| self.image_of(stored)))
+    }
+
+    async fn list_images(&self) -> Result<Vec<Image>, RuntimeError> {
+        Ok(self
+            .images
+            .list()
+            .into_iter()
+            .map(|i| self.image_of(i))
+            .collect())
+    }
+
+    async fn remove_image(&self, image: &str) -> Result<(), RuntimeError> {
+        let Some(stored) = self.lookup(image) else {
+            return Ok(());
+        };
+        let images = Arc::clone(&self.images);
+        tokio::task::spawn_blocking(move || images.remove(&stored.id))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|message| RuntimeError::CreateContainer { message })?;
+        Ok(())
+    }
+}
+
+impl WasmRuntime {
+    /// The stored image an id or a reference (normalized as a pull would) names.
+    fn lookup(&self, image: &str) -> Option<images::StoredImage> {
+        self.images.find(image).or_else(|| {
+            let whole = oci::parse_reference(image).ok()?.whole();
+            self.images.find(&whole)
         })
     }
 
-    async fn start(&self, spec: ContainerSpec) -> Result<Box<dyn Container>, RuntimeError> {
-        let image = &spec.image;
-        let layer_digest = self
-            .images
-            .layer_for_image_id(&image.image_id)
+    fn image_of(&self, stored: images::StoredImage) -> Image {
+        let size = std::fs::metadata(self.images.blob_path(&stored.layer_digest))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        Image {
+            repo_digests: vec![stored.id.clone()],
+            id: stored.id,
+            repo_tags: stored.references,
+            size,
+        }
+    }
+}
+
+#[async_trait]
+impl RuntimeService for WasmRuntime {
+    async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError> {
+        Ok(self.pods.run_sandbox(config))
+    }
+
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        for running in self.pods.stop_sandbox(id)? {
+            self.pods
+                .finish_stop(running.0, running.1.stop(Duration::ZERO).await);
+        }
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
+        self.stop_pod_sandbox(id).await.or_else(|e| match e {
+            RuntimeError::NotFound { .. } => Ok(()),
+            e => Err(e),
+        })?;
+        self.pods.remove_sandbox(id);
+        Ok(())
+    }
+
+    async fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus, RuntimeError> {
+        self.pods.sandbox_status(id)
+    }
+
+    async fn list_pod_sandboxes(
+        &self,
+        filter: &PodSandboxFilter,
+    ) -> Result<Vec<PodSandboxStatus>, RuntimeError> {
+        Ok(self.pods.list_sandboxes(filter))
+    }
+
+    async fn create_container(
+        &self,
+        sandbox_id: &str,
+        config: &ContainerConfig,
+    ) -> Result<String, RuntimeError> {
+        let log_directory = self.pods.sandbox_log_directory(sandbox_id)?;
+        let stored = self
+            .lookup(&config.image)
             .ok_or_else(|| RuntimeError::CreateContainer {
                 message: format!(
-                    "image {:?} ({}) is not present locally: pull it first",
-                    image.image, image.image_id
+                    "image {:?} is not present locally: pull it first",
+                    config.image
                 ),
             })?;
-        let blob = self.images.blob_path(&layer_digest);
+        let blob = self.images.blob_path(&stored.layer_digest);
         let prepared = self
             .engine
-            .prepare(&layer_digest, &blob)
+            .prepare(&stored.layer_digest, &blob)
             .await
             .map_err(|message| RuntimeError::CreateContainer {
                 message: format!(
                     "image {:?} is not a WebAssembly module or component: {message}",
-                    image.image
+                    config.image
                 ),
             })?;
-        let container = run::start(&self.engine, prepared, spec)?;
-        Ok(Box::new(container))
+        run::check_mounts(&config.mounts)?;
+        let log_path = log_directory.join(&config.log_path);
+        let log = cri_log::LogFile::open(&log_path).map_err(|e| RuntimeError::CreateContainer {
+            message: format!("cannot open log file {}: {e}", log_path.display()),
+        })?;
+        self.pods
+            .create_container(sandbox_id, config, &stored.id, prepared, log)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<(), RuntimeError> {
+        self.pods
+            .start_container(id, &self.executor(), &self.engine)
+    }
+
+    async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        if let Some(running) = self.pods.take_running(id)? {
+            let reported = running.stop(grace).await;
+            self.pods.finish_stop(id.to_owned(), reported);
+        }
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.stop_container(id, Duration::ZERO).await {
+            Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.pods.remove_container(id);
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerStatus, RuntimeError> {
+        self.pods.container_status(id)
+    }
+
+    async fn list_containers(
+        &self,
+        filter: &ContainerFilter,
+    ) -> Result<Vec<ContainerStatus>, RuntimeError> {
+        Ok(self.pods.list_containers(filter))
+    }
+
+    async fn container_stats(&self, id: &str) -> Result<ContainerStats, RuntimeError> {
+        self.pods.container_stats(id)
+    }
+
+    fn container_events(&self) -> tokio::sync::broadcast::Receiver<ContainerEvent> {
+        self.pods.subscribe()
+    }
+}
+
+impl Runtime for WasmRuntime {
+    fn handler(&self) -> &'static str {
+        "wasmtime"
+    }
+
+    fn version(&self) -> String {
+        format!("wasmtime://{}", engine::WASMTIME_VERSION)
     }
 }

@@ -1,23 +1,24 @@
 //! Running one container: WASI context, limits, log streams and the task that owns the guest.
 //!
-//! Each container is a tokio task owning its `Store`. The guest sees its argv, its environment
-//! and its preopened mounts, nothing else: stdin is empty, stdout/stderr go to the container's
-//! [`LogSink`], sockets and name lookup are denied. Every epoch tick the guest yields to the
-//! executor (so a busy loop neither starves other tasks nor escapes cancellation) and, with a CPU
-//! limit, sleeps for the share it overspent. Stopping cancels the task: the guest future is
-//! dropped at its next yield or host call, which for a Wasm guest is the equivalent of a
-//! process without a SIGTERM handler dying at once; `grace` bounds how long we wait for that
-//! before aborting the task.
+//! Each container is a task on the runtime's guest executor (threads of its own, never the
+//! control plane's), owning its `Store`. The guest sees its argv, its environment and its
+//! preopened mounts, nothing else: stdin is empty, stdout/stderr go to the container's CRI log
+//! file, sockets and name lookup are denied. Every epoch tick the guest yields to the executor
+//! (so a busy loop neither starves other guests nor escapes cancellation) and, with a CPU limit,
+//! sleeps for the share it overspent. Stopping cancels the task: the guest future is dropped at
+//! its next yield or host call, which for a Wasm guest is the equivalent of a process without a
+//! SIGTERM handler dying at once; `grace` bounds how long we wait for that before aborting it.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use shoal_runtime::{Container, ContainerSpec, ExitStatus, LogSink, LogStream, RuntimeError};
+use shoal_runtime::cri_log::{LogFile, LogStream};
+use shoal_runtime::{Limits, Mount, RuntimeError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
@@ -28,6 +29,29 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::engine::{Prepared, WasmEngine};
+
+/// What a guest runs with: everything of the container's configuration the engine needs.
+pub(crate) struct GuestSpec {
+    /// `namespace/pod/container`, for tracing.
+    pub id: String,
+    /// argv, argv[0] included.
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub mounts: Vec<Mount>,
+    pub limits: Limits,
+    pub log: Arc<LogFile>,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExitStatus {
+    /// The guest's exit code; 0 is success. A trap is reported as 1 (or 137 for a kill).
+    pub exit_code: i32,
+    /// Kubernetes `terminated.reason`: `Completed`, `Error`, `OOMKilled`.
+    pub reason: String,
+    /// Human-readable detail, e.g. the trap message.
+    pub message: Option<String>,
+}
 
 /// Exit code of a guest killed by its memory limit or stopped (as SIGKILL would report).
 const KILLED_EXIT_CODE: i32 = 137;
@@ -54,24 +78,94 @@ pub(crate) struct P1Host {
     limiter: GuestLimiter,
 }
 
+/// What a guest has used so far, shared by its task and the runtime's `container_stats`.
+#[derive(Debug, Default)]
+pub(crate) struct Usage {
+    /// Whether the limiter refused a growth.
+    refused: AtomicBool,
+    /// Bytes of linear memory and tables.
+    memory: AtomicU64,
+    /// Thread CPU time of the guest's completed polls, in nanoseconds.
+    cpu_done: AtomicU64,
+    /// Thread CPU clock at the start of the poll under way; 0 when not being polled.
+    poll_start: AtomicU64,
+}
+
+impl Usage {
+    /// CPU time of the guest's completed polls.
+    pub(crate) fn cpu(&self) -> Duration {
+        Duration::from_nanos(self.cpu_done.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn memory(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    /// CPU time so far, the poll under way included. Only meaningful on the thread polling the
+    /// guest (the epoch callback runs there).
+    fn cpu_on_this_thread(&self) -> u64 {
+        let done = self.cpu_done.load(Ordering::Relaxed);
+        match self.poll_start.load(Ordering::Relaxed) {
+            0 => done,
+            start => done + thread_cpu_nanos().saturating_sub(start),
+        }
+    }
+}
+
+/// CPU time the calling thread has used, in nanoseconds.
+fn thread_cpu_nanos() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    (t.tv_sec as u64).saturating_mul(1_000_000_000) + t.tv_nsec as u64
+}
+
+/// Runs a guest future and adds the thread CPU time of each of its polls to its [`Usage`]: the
+/// guest's own CPU, whatever else the machine runs.
+struct Metered<F> {
+    inner: Pin<Box<F>>,
+    usage: Arc<Usage>,
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let start = thread_cpu_nanos().max(1);
+        self.usage.poll_start.store(start, Ordering::Relaxed);
+        let result = self.inner.as_mut().poll(cx);
+        let spent = thread_cpu_nanos().saturating_sub(start);
+        self.usage.poll_start.store(0, Ordering::Relaxed);
+        self.usage.cpu_done.fetch_add(spent, Ordering::Relaxed);
+        result
+    }
+}
+
 /// Caps linear memories plus tables (8 bytes an element) at the container's memory limit and
-/// remembers whether it refused a growth.
+/// records in its [`Usage`] what it holds and whether it refused a growth.
 struct GuestLimiter {
     cap: Option<u64>,
     used: u64,
-    refused: Arc<AtomicBool>,
+    usage: Arc<Usage>,
 }
 
 impl GuestLimiter {
+    fn new(cap: Option<u64>, usage: &Arc<Usage>) -> GuestLimiter {
+        GuestLimiter {
+            cap,
+            used: 0,
+            usage: Arc::clone(usage),
+        }
+    }
+
     fn grow(&mut self, current: u64, desired: u64) -> bool {
         let next = self.used.saturating_sub(current).saturating_add(desired);
         match self.cap {
             Some(cap) if next > cap => {
-                self.refused.store(true, Ordering::Relaxed);
+                self.usage.refused.store(true, Ordering::Relaxed);
                 false
             }
             _ => {
                 self.used = next;
+                self.usage.memory.store(next, Ordering::Relaxed);
                 true
             }
         }
@@ -98,10 +192,10 @@ impl ResourceLimiter for GuestLimiter {
     }
 }
 
-/// A guest output stream that hands every write to the container's log sink.
+/// A guest output stream that appends every write to the container's log file.
 #[derive(Clone)]
 struct LogOutput {
-    sink: LogSink,
+    log: Arc<LogFile>,
     stream: LogStream,
 }
 
@@ -128,9 +222,7 @@ impl Pollable for LogOutput {
 
 impl OutputStream for LogOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        if !bytes.is_empty() {
-            (self.sink)(self.stream, bytes);
-        }
+        self.log.write(self.stream, &bytes);
         Ok(())
     }
 
@@ -149,9 +241,7 @@ impl tokio::io::AsyncWrite for LogOutput {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if !buf.is_empty() {
-            (self.sink)(self.stream, Bytes::copy_from_slice(buf));
-        }
+        self.log.write(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -164,23 +254,15 @@ impl tokio::io::AsyncWrite for LogOutput {
     }
 }
 
-fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder, RuntimeError> {
+/// Checks that the volumes of a container can be opened, so that a bad mount fails its creation
+/// rather than the running container.
+pub(crate) fn check_mounts(mounts: &[Mount]) -> Result<(), RuntimeError> {
     let mut builder = WasiCtxBuilder::new();
-    builder
-        .args(&spec.args)
-        .envs(&spec.env)
-        .stdout(LogOutput {
-            sink: Arc::clone(&spec.logs),
-            stream: LogStream::Stdout,
-        })
-        .stderr(LogOutput {
-            sink: Arc::clone(&spec.logs),
-            stream: LogStream::Stderr,
-        })
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
-    for mount in &spec.mounts {
+    preopen(&mut builder, mounts)
+}
+
+fn preopen(builder: &mut WasiCtxBuilder, mounts: &[Mount]) -> Result<(), RuntimeError> {
+    for mount in mounts {
         let perms = if mount.read_only {
             FsPerms::ReadOnly
         } else {
@@ -188,7 +270,7 @@ fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder, RuntimeError> {
         };
         builder
             .preopened_dir(&mount.host_path, &mount.container_path, perms)
-            .map_err(|e| RuntimeError::StartContainer {
+            .map_err(|e| RuntimeError::CreateContainer {
                 message: format!(
                     "cannot open volume directory {} for {}: {e:#}",
                     mount.host_path.display(),
@@ -196,38 +278,66 @@ fn wasi_builder(spec: &ContainerSpec) -> Result<WasiCtxBuilder, RuntimeError> {
                 ),
             })?;
     }
+    Ok(())
+}
+
+fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, RuntimeError> {
+    let mut builder = WasiCtxBuilder::new();
+    builder
+        .args(&spec.args)
+        .envs(&spec.env)
+        .stdout(LogOutput {
+            log: Arc::clone(&spec.log),
+            stream: LogStream::Stdout,
+        })
+        .stderr(LogOutput {
+            log: Arc::clone(&spec.log),
+            stream: LogStream::Stderr,
+        })
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    preopen(&mut builder, &spec.mounts)?;
     Ok(builder)
 }
 
+/// How long a guest held to `share` thousandths of a core waits after using `ran` of CPU:
+/// `ran * (1000 - share) / share`, so that over any stretch CPU / wall time stays at most
+/// `share / 1000`; capped at 100 ticks so that one long tick cannot stall it for long.
+fn throttle_pause(ran: Duration, share: u64, tick: Duration) -> Duration {
+    ran.mul_f64((1000 - share) as f64 / share as f64)
+        .min(tick * 100)
+}
+
 /// Installs the limiter and the epoch callback on a fresh store.
+///
+/// Every tick the guest yields to its executor (so a busy loop neither starves the other guests
+/// on that thread nor escapes cancellation). A guest with a CPU limit also waits out the share
+/// it overspent, measured in the thread CPU time it used since the last tick (so time spent
+/// waiting on a host call or preempted by the kernel is not counted against it); a guest
+/// without one does nothing else.
 fn configure_store<T: Send + 'static>(
     store: &mut Store<T>,
     limiter: fn(&mut T) -> &mut GuestLimiter,
     cpu_millis: Option<u64>,
     tick: Duration,
+    usage: Arc<Usage>,
 ) {
     store.limiter(move |host| limiter(host) as &mut dyn ResourceLimiter);
     store.set_epoch_deadline(1);
     // Share of one core, in thousandths; at or above 1000 the guest only yields.
     let share = cpu_millis.map(|m| m.clamp(1, 1000)).filter(|m| *m < 1000);
-    let mut last = Instant::now();
+    let mut last = 0;
     store.epoch_deadline_callback(move |_| {
-        let now = Instant::now();
         let Some(share) = share else {
             return Ok(UpdateDeadline::Yield(1));
         };
-        // The guest ran for `ran` since it last resumed; to hold `share`, it now waits
-        // `ran * (1000 - share) / share`, capped so one long tick cannot stall it for long.
-        // A guest back from a long host call (a sleep) did not run all that time: count at most
-        // two ticks.
-        let ran = now.duration_since(last).min(tick * 2);
-        let pause = ran
-            .mul_f64((1000 - share) as f64 / share as f64)
-            .min(tick * 100);
-        last = now + pause;
+        let used = usage.cpu_on_this_thread();
+        let ran = Duration::from_nanos(used.saturating_sub(last));
+        last = used;
         Ok(UpdateDeadline::YieldCustom(
             1,
-            Box::pin(tokio::time::sleep(pause)),
+            Box::pin(tokio::time::sleep(throttle_pause(ran, share, tick))),
         ))
     });
 }
@@ -300,8 +410,8 @@ fn trap_message(error: &wasmtime::Error) -> String {
 async fn run_component(
     engine: &WasmEngine,
     command: &wasmtime_wasi::p2::bindings::CommandPre<P2Host>,
-    spec: &ContainerSpec,
-    refused: Arc<AtomicBool>,
+    spec: &GuestSpec,
+    usage: &Arc<Usage>,
 ) -> Result<wasmtime::Result<i32>, RuntimeError> {
     let ctx = wasi_builder(spec)?.build();
     let mut store = Store::new(
@@ -309,11 +419,7 @@ async fn run_component(
         P2Host {
             ctx,
             table: ResourceTable::new(),
-            limiter: GuestLimiter {
-                cap: spec.limits.memory_bytes,
-                used: 0,
-                refused,
-            },
+            limiter: GuestLimiter::new(spec.limits.memory_bytes, usage),
         },
     );
     configure_store(
@@ -321,6 +427,7 @@ async fn run_component(
         |host: &mut P2Host| &mut host.limiter,
         spec.limits.cpu_millis,
         engine.epoch_tick(),
+        Arc::clone(usage),
     );
     Ok(async {
         let command = command.instantiate_async(&mut store).await?;
@@ -333,19 +440,15 @@ async fn run_component(
 async fn run_module(
     engine: &WasmEngine,
     pre: &wasmtime::InstancePre<P1Host>,
-    spec: &ContainerSpec,
-    refused: Arc<AtomicBool>,
+    spec: &GuestSpec,
+    usage: &Arc<Usage>,
 ) -> Result<wasmtime::Result<i32>, RuntimeError> {
     let wasi = wasi_builder(spec)?.build_p1();
     let mut store = Store::new(
         engine.engine(),
         P1Host {
             wasi,
-            limiter: GuestLimiter {
-                cap: spec.limits.memory_bytes,
-                used: 0,
-                refused,
-            },
+            limiter: GuestLimiter::new(spec.limits.memory_bytes, usage),
         },
     );
     configure_store(
@@ -353,6 +456,7 @@ async fn run_module(
         |host: &mut P1Host| &mut host.limiter,
         spec.limits.cpu_millis,
         engine.epoch_tick(),
+        Arc::clone(usage),
     );
     Ok(async {
         let instance = pre.instantiate_async(&mut store).await?;
@@ -363,42 +467,44 @@ async fn run_module(
     .await)
 }
 
-/// A container started by [`start`].
-pub(crate) struct WasmContainer {
+/// A running guest: its task on the guest executor and how to stop it.
+pub(crate) struct Running {
     id: String,
+    pub(crate) usage: Arc<Usage>,
     status: watch::Receiver<Option<ExitStatus>>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// Spawns the container's task. Fails only if its volumes cannot be opened.
+/// Spawns the guest's task on `executor`; `on_exit` is called with its status once it ended on
+/// its own or by [`Running::stop`] (not when it is aborted: [`Running::stop`] reports that).
 pub(crate) fn start(
+    executor: &tokio::runtime::Handle,
     engine: &Arc<WasmEngine>,
     prepared: Arc<Prepared>,
-    spec: ContainerSpec,
-) -> Result<WasmContainer, RuntimeError> {
-    // Open the volumes up front so a bad mount fails `start` rather than the running container.
-    wasi_builder(&spec)?;
+    spec: GuestSpec,
+    on_exit: impl FnOnce(ExitStatus) + Send + 'static,
+) -> Running {
     let (status_tx, status_rx) = watch::channel(None);
     let cancel = CancellationToken::new();
     let id = spec.id.clone();
+    let usage = Arc::new(Usage::default());
     let task = {
         let engine = Arc::clone(engine);
         let cancel = cancel.clone();
-        tokio::spawn(async move {
-            let refused = Arc::new(AtomicBool::new(false));
+        let usage = Arc::clone(&usage);
+        executor.spawn(async move {
             let run = async {
                 let result = match &*prepared {
                     Prepared::Component(command) => {
-                        run_component(&engine, command, &spec, Arc::clone(&refused)).await
+                        run_component(&engine, command, &spec, &usage).await
                     }
-                    Prepared::Module(pre) => {
-                        run_module(&engine, pre, &spec, Arc::clone(&refused)).await
-                    }
+                    Prepared::Module(pre) => run_module(&engine, pre, &spec, &usage).await,
                 };
                 match result {
                     Ok(result) => {
-                        let out_of_memory = refused
+                        let out_of_memory = usage
+                            .refused
                             .load(Ordering::Relaxed)
                             .then_some(spec.limits.memory_bytes.unwrap_or_default());
                         exit_status(result, out_of_memory)
@@ -410,24 +516,32 @@ pub(crate) fn start(
                     },
                 }
             };
+            let run = Metered {
+                inner: Box::pin(run),
+                usage: Arc::clone(&usage),
+            };
             let status = tokio::select! {
                 status = run => status,
                 () = cancel.cancelled() => stopped_status(),
             };
             tracing::info!(container = %spec.id, exit_code = status.exit_code, reason = %status.reason, "container ended");
+            // The log is flushed (its last partial line written) before anyone hears of the end.
+            drop(spec);
+            on_exit(status.clone());
             let _ = status_tx.send(Some(status));
         })
     };
     tracing::debug!(container = %id, "container started");
-    Ok(WasmContainer {
+    Running {
         id,
+        usage,
         status: status_rx,
         cancel,
         task,
-    })
+    }
 }
 
-fn stopped_status() -> ExitStatus {
+pub(crate) fn stopped_status() -> ExitStatus {
     ExitStatus {
         exit_code: KILLED_EXIT_CODE,
         reason: "Error".to_string(),
@@ -435,42 +549,54 @@ fn stopped_status() -> ExitStatus {
     }
 }
 
-#[async_trait]
-impl Container for WasmContainer {
-    async fn wait(&mut self) -> ExitStatus {
+impl Running {
+    async fn wait(&mut self) -> Option<ExitStatus> {
         loop {
             if let Some(status) = self.status.borrow_and_update().clone() {
-                return status;
+                return Some(status);
             }
             if self.status.changed().await.is_err() {
                 // The task ended without reporting (panicked or aborted).
-                return self.status.borrow().clone().unwrap_or_else(|| ExitStatus {
-                    exit_code: KILLED_EXIT_CODE,
-                    reason: "Error".to_string(),
-                    message: Some("container task ended unexpectedly".to_string()),
-                });
+                return self.status.borrow().clone();
             }
         }
     }
 
-    async fn stop(&mut self, grace: Duration) -> ExitStatus {
+    /// Cancels the guest and waits at most `grace` for it to end, then aborts its task.
+    /// Returns the status when the task did not report one itself (it was aborted or panicked).
+    pub(crate) async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
         self.cancel.cancel();
         match tokio::time::timeout(grace, self.wait()).await {
-            Ok(status) => status,
+            Ok(Some(_)) => None,
+            Ok(None) => Some(ExitStatus {
+                exit_code: KILLED_EXIT_CODE,
+                reason: "Error".to_string(),
+                message: Some("container task ended unexpectedly".to_string()),
+            }),
             Err(_) => {
                 tracing::warn!(container = %self.id, "container did not stop within its grace period, aborting it");
                 self.task.abort();
-                let _ = tokio::time::timeout(Duration::from_millis(500), self.wait()).await;
-                self.status.borrow().clone().unwrap_or_else(stopped_status)
+                match tokio::time::timeout(Duration::from_millis(500), self.wait()).await {
+                    Ok(Some(_)) => None,
+                    _ => Some(ExitStatus {
+                        exit_code: KILLED_EXIT_CODE,
+                        reason: "Error".to_string(),
+                        message: Some("killed: did not stop within its grace period".to_string()),
+                    }),
+                }
             }
         }
     }
+
+    /// Kills the guest without waiting.
+    pub(crate) fn kill(&self) {
+        self.cancel.cancel();
+    }
 }
 
-impl Drop for WasmContainer {
+impl Drop for Running {
     fn drop(&mut self) {
         self.cancel.cancel();
-        self.task.abort();
     }
 }
 
@@ -480,19 +606,55 @@ mod tests {
 
     #[test]
     fn limiter_caps_the_sum_of_growths() {
-        let refused = Arc::new(AtomicBool::new(false));
-        let mut limiter = GuestLimiter {
-            cap: Some(100),
-            used: 0,
-            refused: Arc::clone(&refused),
-        };
+        let usage = Arc::new(Usage::default());
+        let mut limiter = GuestLimiter::new(Some(100), &usage);
         assert!(limiter.grow(0, 60));
         assert!(limiter.grow(0, 40));
-        assert!(!refused.load(Ordering::Relaxed));
+        assert_eq!(usage.memory(), 100);
+        assert!(!usage.refused.load(Ordering::Relaxed));
         assert!(!limiter.grow(60, 61));
-        assert!(refused.load(Ordering::Relaxed));
+        assert!(usage.refused.load(Ordering::Relaxed));
+        assert_eq!(usage.memory(), 100);
         assert!(limiter.grow(40, 0));
         assert!(limiter.grow(60, 100));
+        assert_eq!(usage.memory(), 100);
+    }
+
+    #[test]
+    fn throttling_holds_the_share() {
+        let tick = Duration::from_millis(10);
+        // A fifth of a core: 10 ms of CPU costs 40 ms of waiting, so CPU / wall is 1/5.
+        assert_eq!(
+            throttle_pause(Duration::from_millis(10), 200, tick),
+            Duration::from_millis(40)
+        );
+        assert_eq!(
+            throttle_pause(Duration::from_millis(10), 500, tick),
+            Duration::from_millis(10)
+        );
+        assert_eq!(throttle_pause(Duration::ZERO, 200, tick), Duration::ZERO);
+        // One very long stretch waits at most 100 ticks.
+        assert_eq!(throttle_pause(Duration::from_secs(5), 1, tick), tick * 100);
+    }
+
+    #[test]
+    fn polls_are_metered_in_thread_cpu_time() {
+        let usage = Arc::new(Usage::default());
+        let mut busy = Metered {
+            inner: Box::pin(async {
+                let mut x = 0u64;
+                for i in 0..20_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_add(i));
+                }
+                x
+            }),
+            usage: Arc::clone(&usage),
+        };
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut busy).poll(&mut cx).is_ready());
+        assert!(usage.cpu() > Duration::ZERO);
+        assert_eq!(usage.poll_start.load(Ordering::Relaxed), 0);
     }
 
     #[test]
