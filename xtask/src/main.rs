@@ -1,4 +1,5 @@
-//! `cargo xtask bench apply|store`. `store` (in `store.rs`) measures the store against etcd;
+//! `cargo xtask bench apply|api|http|scheduler|store`. `store` (in `store.rs`) measures the
+//! store against etcd; `api`, `http` and `scheduler` live in their own modules;
 //! `apply` is the apply-to-Running benchmark of issue 2, plus the idle RSS of `shoal up`. Builds the release binary and the example guest, starts Debian's
 //! docker-registry and `shoal up`, warms the image cache with one pod, then five times applies
 //! a 100-replica Deployment with kubectl and times until a watch has seen all 100 pods Running.
@@ -16,6 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 mod api;
+mod http;
 mod scheduler;
 mod store;
 
@@ -37,6 +39,11 @@ fn main() -> Result<()> {
             let root = workspace_root();
             let bin = release_shoal(&root)?;
             store::run(&bin, &root.join("target/bench"), machine())
+        }
+        ["bench", "http"] => {
+            let root = workspace_root();
+            let bins = release_bins(&root, &["shoal-bench-peers"])?;
+            http::run(&bins, &root.join("target/bench"), machine())
         }
         ["bench", "api"] => {
             let root = workspace_root();
@@ -65,24 +72,33 @@ fn main() -> Result<()> {
             store::writes_only(&bin, &root.join("target/bench"), machine(), members)
         }
         _ => bail!(
-            "usage: cargo xtask bench apply|api|scheduler [core|e2e|recovery]|store [failover|disk|writes MEMBERS]"
+            "usage: cargo xtask bench apply|api|http|scheduler [core|e2e|recovery]|store [failover|disk|writes MEMBERS]"
         ),
     }
 }
 
 /// Builds `target/release/shoal` and returns its path.
 fn release_shoal(root: &Path) -> Result<std::path::PathBuf> {
+    Ok(release_bins(root, &[])?.join("shoal"))
+}
+
+/// Builds `target/release/shoal` and the binaries of `packages` in one cargo invocation (so
+/// that they share one feature resolution and one build of their common dependencies); returns
+/// `target/release`.
+fn release_bins(root: &Path, packages: &[&str]) -> Result<std::path::PathBuf> {
     // The cargo running us (`cargo xtask`), or the one on PATH when the xtask binary is run
     // directly: the rustup proxy, which pins the toolchain for every crate it compiles (a
     // toolchain path baked in at build time would not, and a dependency's own
     // rust-toolchain file would then pick another toolchain).
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "shoal-cli", "--bin", "shoal"])
-        .current_dir(root)
-        .status()?;
+    let mut command = Command::new(cargo);
+    command.args(["build", "--release", "-p", "shoal-cli", "--bin", "shoal"]);
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    let status = command.current_dir(root).status()?;
     ensure!(status.success(), "release build failed");
-    Ok(root.join("target/release/shoal"))
+    Ok(root.join("target/release"))
 }
 
 fn bench_apply() -> Result<()> {

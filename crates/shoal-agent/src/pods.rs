@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::backoff::{BackoffPolicy, format_go_duration};
-use crate::logs::{LogStore, pod_log_dir};
+use crate::logs::{LiveLog, LogStore, pod_log_dir};
 use crate::runtime::NodeRuntime;
 use crate::spec::{self, ConfigError, DownwardValues, PullPolicy, SourceKind, Sources};
 use crate::status::{self, StatusInput};
@@ -279,20 +279,34 @@ pub(crate) enum Resume {
 }
 
 /// Corrects the recorded status of a container with what the runtime still knows of it after an
-/// agent restart: a container it still runs is adopted; one that exited while the agent was
-/// away reports its real exit rather than `ContainerStatusUnknown`. `observed` is the runtime's
-/// newest container of that name in the pod's sandbox.
+/// agent restart; the runtime is the source of truth, as for the kubelet's PLEG (the recorded
+/// status may lag: the previous agent may have stopped before writing it). `observed` is the
+/// runtime's newest run of that container in the pod's sandbox:
+/// - still running: adopted (never started a second time), whatever the record says;
+/// - exited, and not what the record already says: its real exit replaces the record (rather
+///   than `ContainerStatusUnknown`), and the restart policy decides from there.
+///
+/// The restart count is never lower than the run's attempt number.
 pub(crate) fn adopt(
     handler: &str,
+    name: &str,
     recorded: Option<&ContainerStatus>,
     observed: Option<&RuntimeContainer>,
     pod_terminal: bool,
 ) -> Option<Result<Resume, ContainerStatus>> {
-    let (recorded, observed) = (recorded?, observed?);
-    let id = format!("{handler}://{}", observed.id);
-    if pod_terminal || recorded.container_id.as_deref() != Some(id.as_str()) {
+    let observed = observed?;
+    if pod_terminal {
         return None;
     }
+    let id = format!("{handler}://{}", observed.id);
+    let base = recorded.cloned().unwrap_or_else(|| ContainerStatus {
+        name: name.to_owned(),
+        image: observed.image.clone(),
+        ..ContainerStatus::default()
+    });
+    let restart_count = base
+        .restart_count
+        .max(i32::try_from(observed.metadata.attempt).unwrap_or(i32::MAX));
     let started_at = observed
         .started_at
         .and_then(|t| Timestamp::try_from(t).ok());
@@ -300,11 +314,20 @@ pub(crate) fn adopt(
         RuntimeState::Running => Some(Ok(Resume::Adopt(
             ContainerStatus {
                 state: Some(status::running(started_at.unwrap_or_else(Timestamp::now))),
-                ..recorded.clone()
+                container_id: Some(id),
+                restart_count,
+                ready: true,
+                started: Some(true),
+                ..base
             },
             observed.id.clone(),
         ))),
-        RuntimeState::Exited if recorded.state.as_ref().is_some_and(|s| s.running.is_some()) => {
+        RuntimeState::Exited => {
+            let recorded_exit = base.container_id.as_deref() == Some(id.as_str())
+                && base.state.as_ref().is_some_and(|s| s.terminated.is_some());
+            if recorded_exit {
+                return None;
+            }
             let finished_at = observed
                 .finished_at
                 .and_then(|t| Timestamp::try_from(t).ok())
@@ -316,12 +339,14 @@ pub(crate) fn adopt(
                     Some(observed.message.clone()).filter(|m| !m.is_empty()),
                     started_at,
                     finished_at,
-                    Some(id),
+                    Some(id.clone()),
                 )),
-                ..recorded.clone()
+                container_id: Some(id),
+                restart_count,
+                ..base
             }))
         }
-        _ => None,
+        RuntimeState::Created | RuntimeState::Unknown => None,
     }
 }
 
@@ -507,6 +532,7 @@ impl PodWorker {
                 let recorded = recorded.iter().find(|r| r.name == c.name);
                 let corrected = match adopt(
                     handler,
+                    &c.name,
                     recorded,
                     observed(&c.name),
                     pod_terminal || deleting,
@@ -725,12 +751,27 @@ impl PodWorker {
             rt.remove_pod_sandbox(&stale.id).await?;
         }
         if let Some(ready) = ready {
-            let containers = rt
+            let mut found = rt
                 .list_containers(&ContainerFilter {
                     sandbox_id: Some(ready.id.clone()),
                     ..ContainerFilter::default()
                 })
                 .await?;
+            // Only the newest run of each container may go on: older ones still running (left
+            // by an agent that lost track of them) are stopped.
+            found.sort_by_key(|c| std::cmp::Reverse((c.metadata.attempt, c.created_at)));
+            let mut newest = HashSet::new();
+            let mut containers = Vec::with_capacity(found.len());
+            for container in found {
+                if newest.insert(container.metadata.name.clone())
+                    || container.state == RuntimeState::Exited
+                {
+                    containers.push(container);
+                    continue;
+                }
+                warn!(container = %container.id, name = %container.metadata.name, "stopping an older run still going");
+                rt.remove_container(&container.id).await?;
+            }
             info!(pod = %format!("{}/{}", config.metadata.namespace, config.metadata.name), sandbox = %ready.id, containers = containers.len(), "adopted the pod's sandbox");
             return Ok(Sandbox {
                 id: ready.id,
@@ -1050,7 +1091,7 @@ impl ContainerRun {
         let mut crash_delay: Option<Duration> = None;
         let mut config_delay: Option<Duration> = None;
         loop {
-            let (container_id, started_at, ran_since, mount_fds) = match self.adopted.take() {
+            let (container_id, started_at, ran_since, mount_fds, live) = match self.adopted.take() {
                 Some(id) => {
                     // A container the runtime kept running across an agent restart.
                     let started_at = self
@@ -1063,7 +1104,7 @@ impl ContainerRun {
                         .and_then(|t| Timestamp::try_from(t).ok())
                         .unwrap_or_else(Timestamp::now);
                     info!(container = %key, %id, "adopted running container");
-                    (id, started_at, Instant::now(), Vec::new())
+                    (id, started_at, Instant::now(), Vec::new(), None)
                 }
                 None => {
                     let Some(launched) = self
@@ -1079,10 +1120,10 @@ impl ContainerRun {
                         return;
                     };
                     match launched {
-                        Launched::Started { id, fds } => {
+                        Launched::Started { id, fds, live } => {
                             let started_at = Timestamp::now();
                             self.event(Normal, "Started", format!("Started container {name}"));
-                            (id, started_at, Instant::now(), fds)
+                            (id, started_at, Instant::now(), fds, Some(live))
                         }
                         Launched::Retry => continue,
                         Launched::Failed => return,
@@ -1097,8 +1138,13 @@ impl ContainerRun {
                 s.started = Some(true);
                 s.container_id = Some(status_id.clone());
             });
-            let log_path = self.log_path(&container_id).await;
-            let _live = log_path.as_ref().map(|p| self.ctx.logs.live(p));
+            let live = match live {
+                Some(live) => Some(live),
+                None => self
+                    .log_path(&container_id)
+                    .await
+                    .map(|p| self.ctx.logs.live(&p)),
+            };
 
             // Wait.
             let rt = Arc::clone(&self.runtime);
@@ -1106,14 +1152,15 @@ impl ContainerRun {
                 exit = rt.wait_exited(&container_id) => (exit, false),
                 grace = stop_requested(&mut self.stop) => {
                     self.event(Normal, "Killing", format!("Stopping container {name}"));
-                    let stopped = rt.runtime.stop_container(&container_id, grace).await;
-                    let exit = match stopped {
-                        Ok(()) => rt.runtime.container_status(&container_id).await,
+                    let exit = match rt.runtime.stop_container(&container_id, grace).await {
+                        Ok(()) => rt.wait_exited(&container_id).await,
                         Err(e) => Err(e),
                     };
                     (exit, true)
                 }
             };
+            // The run's output is complete: followers end now, not after a back-off.
+            drop(live);
             drop(mount_fds);
             let finished_at = Timestamp::now();
             let (exit_code, reason, message, finished_at) = match exit {
@@ -1345,6 +1392,7 @@ impl ContainerRun {
         // Create and start.
         let restart_count = self.current().restart_count;
         let attempt = u32::try_from(restart_count).unwrap_or(0);
+        let (pod_name_for_logs, uid_for_logs) = (pod_name.clone(), uid.clone());
         let container_labels: BTreeMap<String, String> = [
             (labels::POD_NAME, pod_name),
             (labels::POD_NAMESPACE, namespace.clone()),
@@ -1369,9 +1417,20 @@ impl ContainerRun {
             annotations: BTreeMap::new(),
             log_path: PathBuf::from(&name).join(format!("{restart_count}.log")),
             resources,
+            ports: spec::container_ports(container),
         };
         let rt = Arc::clone(&self.runtime.runtime);
         let sandbox_id = self.sandbox_id.clone();
+        // Followers that find the new file before the container starts wait for its output.
+        let live = self.ctx.logs.live(
+            &pod_log_dir(
+                self.ctx.logs.root(),
+                &namespace,
+                &pod_name_for_logs,
+                &uid_for_logs,
+            )
+            .join(&config.log_path),
+        );
         let created = tokio::select! {
             r = rt.create_container(&sandbox_id, &config) => r,
             _ = stop_requested(&mut self.stop) => return None,
@@ -1393,7 +1452,7 @@ impl ContainerRun {
         let error = match started {
             Ok(id) => {
                 info!(container = %key, %id, "container started");
-                return Some(Launched::Started { id, fds });
+                return Some(Launched::Started { id, fds, live });
             }
             Err(error) => error,
         };
@@ -1441,7 +1500,7 @@ impl ContainerRun {
         let Ok(mut earlier) = self.runtime.runtime.list_containers(&filter).await else {
             return;
         };
-        earlier.retain(|c| c.id != current && c.state == RuntimeState::Exited);
+        earlier.retain(|c| c.id != current && c.state != RuntimeState::Running);
         earlier.sort_by_key(|c| std::cmp::Reverse((c.metadata.attempt, c.created_at)));
         for old in earlier.iter().skip(1) {
             if let Err(error) = self.runtime.runtime.remove_container(&old.id).await {
@@ -1456,6 +1515,8 @@ enum Launched {
     Started {
         id: String,
         fds: Vec<std::os::fd::OwnedFd>,
+        /// Marks the run's log file live for followers, from before its creation.
+        live: LiveLog,
     },
     /// Waited out a back-off after a failure: try again.
     Retry,
@@ -1618,26 +1679,40 @@ mod tests {
     fn runtime_state_corrects_the_recorded_one() {
         let mut running = recorded(status::running(ts("2026-01-01T00:00:00Z")), 2);
         running.container_id = Some("wasmtime://c2".to_owned());
+        let adopt = |recorded: Option<&ContainerStatus>, observed: &RuntimeContainer, terminal| {
+            adopt("wasmtime", "c", recorded, Some(observed), terminal)
+        };
         // Still running in the runtime: adopted, with the runtime's start time.
         let Some(Ok(Resume::Adopt(adopted, id))) = adopt(
-            "wasmtime",
             Some(&running),
-            Some(&observed("c2", RuntimeState::Running, 0)),
+            &observed("c2", RuntimeState::Running, 0),
             false,
         ) else {
             panic!("not adopted");
         };
         assert_eq!(id, "c2");
-        assert_eq!(adopted.restart_count, 2);
         assert_eq!(
             summary(&Resume::Adopt(adopted, id)),
             "adopt running restarts=2"
         );
+        // A newer run than the record knows (the previous agent stopped before writing it):
+        // adopted too, with its attempt as the restart count.
+        let mut newer = observed("c3", RuntimeState::Running, 0);
+        newer.metadata.attempt = 3;
+        let Some(Ok(Resume::Adopt(adopted, id))) = adopt(Some(&running), &newer, false) else {
+            panic!("newer run not adopted");
+        };
+        assert_eq!((id.as_str(), adopted.restart_count), ("c3", 3));
+        assert_eq!(adopted.container_id.as_deref(), Some("wasmtime://c3"));
+        // Nothing recorded at all: adopted just the same.
+        assert!(matches!(
+            adopt(None, &newer, false),
+            Some(Ok(Resume::Adopt(_, _)))
+        ));
         // Exited while the agent was away: its real exit, not ContainerStatusUnknown.
         let Some(Err(exited)) = adopt(
-            "wasmtime",
             Some(&running),
-            Some(&observed("c2", RuntimeState::Exited, 3)),
+            &observed("c2", RuntimeState::Exited, 3),
             false,
         ) else {
             panic!("not corrected");
@@ -1645,12 +1720,31 @@ mod tests {
         let t = exited.state.and_then(|s| s.terminated).expect("terminated");
         assert_eq!((t.exit_code, t.reason.as_deref()), (3, Some("Error")));
         assert_eq!(t.message.as_deref(), Some("it broke"));
-        // Another run than the recorded one, or a finished pod: the record stands.
-        let other = observed("c1", RuntimeState::Running, 0);
-        assert!(adopt("wasmtime", Some(&running), Some(&other), false).is_none());
-        let same = observed("c2", RuntimeState::Running, 0);
-        assert!(adopt("wasmtime", Some(&running), Some(&same), true).is_none());
-        assert!(adopt("wasmtime", None, Some(&same), false).is_none());
+        // The record already says how that run ended, or the pod is done: the record stands.
+        let mut ended = recorded(
+            ContainerState {
+                terminated: Some(Default::default()),
+                ..ContainerState::default()
+            },
+            2,
+        );
+        ended.container_id = Some("wasmtime://c2".to_owned());
+        assert!(
+            adopt(
+                Some(&ended),
+                &observed("c2", RuntimeState::Exited, 3),
+                false
+            )
+            .is_none()
+        );
+        assert!(
+            adopt(
+                Some(&running),
+                &observed("c2", RuntimeState::Running, 0),
+                true
+            )
+            .is_none()
+        );
     }
 
     #[test]

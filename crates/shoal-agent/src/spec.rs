@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use shoal_runtime::{Limits, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol, labels};
+use shoal_runtime::{
+    ContainerPort, Limits, PodSandboxConfig, PodSandboxMetadata, PortMapping, Protocol, labels,
+};
 
 /// `imagePullPolicy` of a container.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +92,29 @@ pub fn container_command(
     )
 }
 
+fn protocol(name: Option<&str>) -> Protocol {
+    match name {
+        Some("UDP") => Protocol::Udp,
+        Some("SCTP") => Protocol::Sctp,
+        _ => Protocol::Tcp,
+    }
+}
+
+/// The container's `ports`, for a runtime that serves the container itself.
+pub fn container_ports(container: &Container) -> Vec<ContainerPort> {
+    container
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(ContainerPort {
+                protocol: protocol(p.protocol.as_deref()),
+                container_port: u16::try_from(p.container_port).ok()?,
+            })
+        })
+        .collect()
+}
+
 /// A pod's namespace (`default` when unset), name and uid.
 pub fn pod_identity(pod: &Pod) -> (String, String, String) {
     let meta = &pod.metadata;
@@ -119,11 +144,7 @@ pub fn sandbox_config(pod: &Pod, logs_root: &Path) -> PodSandboxConfig {
         .filter_map(|p| {
             let host_port = u16::try_from(p.host_port?).ok().filter(|p| *p > 0)?;
             Some(PortMapping {
-                protocol: match p.protocol.as_deref() {
-                    Some("UDP") => Protocol::Udp,
-                    Some("SCTP") => Protocol::Sctp,
-                    _ => Protocol::Tcp,
-                },
+                protocol: protocol(p.protocol.as_deref()),
                 container_port: u16::try_from(p.container_port).ok()?,
                 host_port,
                 host_ip: p.host_ip.as_deref().and_then(|ip| ip.parse().ok()),

@@ -63,6 +63,11 @@ pub struct NodeArgs {
     #[arg(long, default_value_t = shoal_agent::LEASE_DURATION_SECONDS,
           value_parser = clap::value_parser!(i32).range(1..=3600))]
     pub node_lease_duration_seconds: i32,
+    /// The node's pod range (IPv4 CIDR): each pod gets an address from it, where its HTTP
+    /// components are served [`shoal up`: 127.64.0.0/16; `shoal agent`: none, pods then use
+    /// the node's address and are reached through their hostPorts].
+    #[arg(long, value_parser = shoal_runtime_wasm::parse_cidr)]
+    pub pod_cidr: Option<(std::net::Ipv4Addr, u8)>,
 }
 
 /// Where a node's serving certificate comes from.
@@ -158,6 +163,7 @@ pub async fn spawn_node(
         .context("getting the node's serving certificate")?;
     let mut wasm_config = shoal_runtime_wasm::WasmRuntimeConfig::new(data_dir.join("wasm"));
     wasm_config.insecure_registries = node.insecure_registries.clone();
+    wasm_config.pod_cidr = node.pod_cidr;
     let wasm =
         shoal_runtime_wasm::WasmRuntime::new(wasm_config).context("starting the wasm runtime")?;
     let runtimes: Vec<Arc<dyn shoal_runtime::Runtime>> = vec![Arc::new(wasm)];

@@ -30,6 +30,10 @@ pub async fn run(mut args: Args) -> Result<()> {
     if args.node.agent_listen.ip().is_unspecified() && args.server.listen.ip().is_loopback() {
         args.node.agent_listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     }
+    // One machine: pod addresses on the loopback, which needs no network setup.
+    args.node
+        .pod_cidr
+        .get_or_insert((std::net::Ipv4Addr::new(127, 64, 0, 0), 16));
     let shutdown = CancellationToken::new();
     let mut srv = server::start(&args.server, shutdown.clone()).await?;
     let node_name = args.node_name.clone().unwrap_or_else(process::hostname);

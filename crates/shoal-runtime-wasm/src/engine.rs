@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, Module};
 use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::Error;
 use crate::run::{P1Host, P2Host};
@@ -67,6 +68,8 @@ pub(crate) fn is_component(bytes: &[u8]) -> bool {
 pub(crate) enum Prepared {
     /// A WASI preview 2 command component.
     Component(CommandPre<P2Host>),
+    /// A `wasi:http/proxy` component: served per request on the container's ports.
+    Http(ProxyPre<P2Host>),
     /// A WASI preview 1 core module.
     Module(wasmtime::InstancePre<P1Host>),
 }
@@ -101,6 +104,8 @@ impl WasmEngine {
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
         let mut p2_linker = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut p2_linker)
+            .map_err(|e| Error::Engine(format!("{e:#}")))?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut p2_linker)
             .map_err(|e| Error::Engine(format!("{e:#}")))?;
 
         create_private_dir(cache_dir).map_err(|source| Error::Io {
@@ -256,9 +261,17 @@ impl WasmEngine {
         let pre = self.p2_linker.instantiate_pre(component).map_err(|e| {
             format!("component imports something this host does not provide: {e:#}")
         })?;
-        let command = CommandPre::new(pre)
-            .map_err(|e| format!("component is not a wasi:cli command: {e:#}"))?;
-        Ok(Prepared::Component(command))
+        let command = match CommandPre::new(pre.clone()) {
+            Ok(command) => return Ok(Prepared::Component(command)),
+            Err(e) => e,
+        };
+        match ProxyPre::new(pre) {
+            Ok(proxy) => Ok(Prepared::Http(proxy)),
+            Err(http) => Err(format!(
+                "component exports neither wasi:cli/run ({command:#}) nor \
+                 wasi:http/incoming-handler ({http:#})"
+            )),
+        }
     }
 
     fn prepare_module(&self, module: &Module) -> Result<Prepared, String> {

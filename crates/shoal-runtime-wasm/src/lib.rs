@@ -24,14 +24,16 @@
 //! epoch tick or host call, like a process without a SIGTERM handler); `grace` only bounds how
 //! long `stop` waits for that before aborting the container's task.
 //!
-//! It deliberately does not serve `wasi:http/proxy` components yet, and wasmtime types never
-//! cross its public API.
+//! `wasi:http/proxy` components are served per request on their container's ports (`serve`),
+//! at the sandbox's address from the node's pod range and on its host ports. wasmtime types
+//! never cross its public API.
 
 mod engine;
 mod images;
 pub mod oci;
 mod run;
 mod sandboxes;
+mod serve;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -85,6 +87,25 @@ pub struct WasmRuntimeConfig {
     /// Registries (`host:port`) spoken to over plain HTTP besides those on the loopback, as
     /// Docker's `insecure-registries`.
     pub insecure_registries: Vec<String>,
+    /// The node's pod range (network, prefix length): each sandbox gets an address from it,
+    /// where its HTTP components are served. `None`: sandboxes have no address of their own.
+    pub pod_cidr: Option<(std::net::Ipv4Addr, u8)>,
+}
+
+/// Parses `A.B.C.D/N` (IPv4) for [`WasmRuntimeConfig::pod_cidr`].
+pub fn parse_cidr(cidr: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (ip, prefix) = cidr
+        .split_once('/')
+        .ok_or_else(|| format!("{cidr:?} is not an IPv4 CIDR (A.B.C.D/N)"))?;
+    let ip: std::net::Ipv4Addr = ip
+        .parse()
+        .map_err(|e| format!("{cidr:?} is not an IPv4 CIDR: {e}"))?;
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| (8..=30).contains(p))
+        .ok_or_else(|| format!("{cidr:?}: the prefix length must be between 8 and 30"))?;
+    Ok((ip, prefix))
 }
 
 impl WasmRuntimeConfig {
@@ -96,6 +117,7 @@ impl WasmRuntimeConfig {
             epoch_tick: std::time::Duration::from_millis(10),
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
             insecure_registries: Vec::new(),
+            pod_cidr: None,
         }
     }
 }
@@ -148,7 +170,11 @@ impl WasmRuntime {
             engine,
             max_layer_bytes: config.max_layer_bytes,
             insecure_registries: config.insecure_registries.into(),
-            pods: sandboxes::Sandboxes::new(),
+            pods: sandboxes::Sandboxes::new(
+                config
+                    .pod_cidr
+                    .map(|(network, prefix)| sandboxes::IpPool::new(network, prefix)),
+            ),
             guests: Some(guests),
         })
     }
@@ -294,7 +320,7 @@ impl WasmRuntime {
 #[async_trait]
 impl RuntimeService for WasmRuntime {
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError> {
-        Ok(self.pods.run_sandbox(config))
+        self.pods.run_sandbox(config)
     }
 
     async fn stop_pod_sandbox(&self, id: &str) -> Result<(), RuntimeError> {
@@ -365,11 +391,22 @@ impl RuntimeService for WasmRuntime {
     }
 
     async fn stop_container(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let mut events = self.pods.subscribe();
         if let Some(running) = self.pods.take_running(id)? {
             let reported = running.stop(grace).await;
             self.pods.finish_stop(id.to_owned(), reported);
+            return Ok(());
         }
-        Ok(())
+        // Another caller is stopping it: return once it has exited, as that caller will.
+        loop {
+            if self.pods.container_status(id)?.state != shoal_runtime::ContainerState::Running {
+                return Ok(());
+            }
+            match tokio::time::timeout(grace + Duration::from_secs(1), events.recv()).await {
+                Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+                Ok(Err(_)) | Err(_) => return Ok(()),
+            }
+        }
     }
 
     async fn remove_container(&self, id: &str) -> Result<(), RuntimeError> {

@@ -31,6 +31,7 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::engine::{Prepared, WasmEngine};
 
 /// What a guest runs with: everything of the container's configuration the engine needs.
+#[derive(Clone)]
 pub(crate) struct GuestSpec {
     /// `namespace/pod/container`, for tracing.
     pub id: String,
@@ -61,6 +62,57 @@ pub(crate) struct P2Host {
     ctx: WasiCtx,
     table: ResourceTable,
     limiter: GuestLimiter,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+    hooks: DenyOutbound,
+}
+
+impl P2Host {
+    pub(crate) fn new(ctx: WasiCtx, limiter: GuestLimiter) -> P2Host {
+        P2Host {
+            ctx,
+            table: ResourceTable::new(),
+            limiter,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            hooks: DenyOutbound,
+        }
+    }
+
+    pub(crate) fn limiter(&mut self) -> &mut GuestLimiter {
+        &mut self.limiter
+    }
+}
+
+impl wasmtime_wasi_http::WasiHttpView for P2Host {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// Outbound `wasi:http` requests are refused (`HTTP-request-denied`): a pod spec has no way yet
+/// to grant them, and the rule is that a guest reaches only what its spec grants. Outbound
+/// `wasi:sockets` are refused the same way (see [`wasi_builder`]).
+struct DenyOutbound;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
 }
 
 impl WasiView for P2Host {
@@ -81,6 +133,8 @@ pub(crate) struct P1Host {
 /// What a guest has used so far, shared by its task and the runtime's `container_stats`.
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
+    /// Requests being served (HTTP containers).
+    pub(crate) in_flight: AtomicU64,
     /// Whether the limiter refused a growth.
     refused: AtomicBool,
     /// Bytes of linear memory and tables.
@@ -120,9 +174,9 @@ fn thread_cpu_nanos() -> u64 {
 
 /// Runs a guest future and adds the thread CPU time of each of its polls to its [`Usage`]: the
 /// guest's own CPU, whatever else the machine runs.
-struct Metered<F> {
-    inner: Pin<Box<F>>,
-    usage: Arc<Usage>,
+pub(crate) struct Metered<F> {
+    pub(crate) inner: Pin<Box<F>>,
+    pub(crate) usage: Arc<Usage>,
 }
 
 impl<F: Future> Future for Metered<F> {
@@ -139,16 +193,19 @@ impl<F: Future> Future for Metered<F> {
     }
 }
 
-/// Caps linear memories plus tables (8 bytes an element) at the container's memory limit and
-/// records in its [`Usage`] what it holds and whether it refused a growth.
-struct GuestLimiter {
+/// Caps linear memories plus tables (8 bytes an element) of all the container's live instances
+/// together (an HTTP container runs one per request) at its memory limit, keeping the total in
+/// its [`Usage`]; remembers whether it refused a growth. Dropping it (the instance's store)
+/// gives its share back.
+pub(crate) struct GuestLimiter {
     cap: Option<u64>,
+    /// What this instance holds.
     used: u64,
     usage: Arc<Usage>,
 }
 
 impl GuestLimiter {
-    fn new(cap: Option<u64>, usage: &Arc<Usage>) -> GuestLimiter {
+    pub(crate) fn new(cap: Option<u64>, usage: &Arc<Usage>) -> GuestLimiter {
         GuestLimiter {
             cap,
             used: 0,
@@ -157,18 +214,25 @@ impl GuestLimiter {
     }
 
     fn grow(&mut self, current: u64, desired: u64) -> bool {
-        let next = self.used.saturating_sub(current).saturating_add(desired);
+        let delta = desired.saturating_sub(current);
+        let total = self.usage.memory.fetch_add(delta, Ordering::Relaxed) + delta;
         match self.cap {
-            Some(cap) if next > cap => {
+            Some(cap) if total > cap => {
+                self.usage.memory.fetch_sub(delta, Ordering::Relaxed);
                 self.usage.refused.store(true, Ordering::Relaxed);
                 false
             }
             _ => {
-                self.used = next;
-                self.usage.memory.store(next, Ordering::Relaxed);
+                self.used += delta;
                 true
             }
         }
+    }
+}
+
+impl Drop for GuestLimiter {
+    fn drop(&mut self) {
+        self.usage.memory.fetch_sub(self.used, Ordering::Relaxed);
     }
 }
 
@@ -281,7 +345,7 @@ fn preopen(builder: &mut WasiCtxBuilder, mounts: &[Mount]) -> Result<(), Runtime
     Ok(())
 }
 
-fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, RuntimeError> {
+pub(crate) fn wasi_builder(spec: &GuestSpec) -> Result<WasiCtxBuilder, RuntimeError> {
     let mut builder = WasiCtxBuilder::new();
     builder
         .args(&spec.args)
@@ -316,7 +380,7 @@ fn throttle_pause(ran: Duration, share: u64, tick: Duration) -> Duration {
 /// it overspent, measured in the thread CPU time it used since the last tick (so time spent
 /// waiting on a host call or preempted by the kernel is not counted against it); a guest
 /// without one does nothing else.
-fn configure_store<T: Send + 'static>(
+pub(crate) fn configure_store<T: Send + 'static>(
     store: &mut Store<T>,
     limiter: fn(&mut T) -> &mut GuestLimiter,
     cpu_millis: Option<u64>,
@@ -345,7 +409,7 @@ fn configure_store<T: Send + 'static>(
 /// What ended a guest, before it becomes an [`ExitStatus`].
 ///
 /// `out_of_memory` is the limit in bytes when the limiter refused a growth.
-fn exit_status(result: wasmtime::Result<i32>, out_of_memory: Option<u64>) -> ExitStatus {
+pub(crate) fn exit_status(result: wasmtime::Result<i32>, out_of_memory: Option<u64>) -> ExitStatus {
     match result {
         Ok(code) => classify(code, out_of_memory.is_some()),
         Err(error) => {
@@ -416,11 +480,7 @@ async fn run_component(
     let ctx = wasi_builder(spec)?.build();
     let mut store = Store::new(
         engine.engine(),
-        P2Host {
-            ctx,
-            table: ResourceTable::new(),
-            limiter: GuestLimiter::new(spec.limits.memory_bytes, usage),
-        },
+        P2Host::new(ctx, GuestLimiter::new(spec.limits.memory_bytes, usage)),
     );
     configure_store(
         &mut store,
@@ -471,35 +531,66 @@ async fn run_module(
 pub(crate) struct Running {
     id: String,
     pub(crate) usage: Arc<Usage>,
+    /// Set before the task is aborted, so that its [`ExitReport`] says why it ended.
+    aborted: Arc<AtomicBool>,
     status: watch::Receiver<Option<ExitStatus>>,
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// Spawns the guest's task on `executor`; `on_exit` is called with its status once it ended on
-/// its own or by [`Running::stop`] (not when it is aborted: [`Running::stop`] reports that).
+/// its own or by [`Running::stop`] (not when it is aborted: [`Running::stop`] reports that). An
+/// HTTP component is served on `listeners` (bound by the caller); other guests ignore them.
 pub(crate) fn start(
     executor: &tokio::runtime::Handle,
     engine: &Arc<WasmEngine>,
     prepared: Arc<Prepared>,
     spec: GuestSpec,
+    listeners: Vec<std::net::TcpListener>,
     on_exit: impl FnOnce(ExitStatus) + Send + 'static,
 ) -> Running {
     let (status_tx, status_rx) = watch::channel(None);
     let cancel = CancellationToken::new();
     let id = spec.id.clone();
     let usage = Arc::new(Usage::default());
+    let aborted = Arc::new(AtomicBool::new(false));
+    let report = ExitReport {
+        on_exit: Some(Box::new(on_exit)),
+        status: status_tx,
+        aborted: Arc::clone(&aborted),
+    };
     let task = {
         let engine = Arc::clone(engine);
         let cancel = cancel.clone();
         let usage = Arc::clone(&usage);
         executor.spawn(async move {
+            if let Prepared::Http(pre) = &*prepared {
+                // A server drains on cancellation rather than dying at once.
+                let served = crate::serve::serve(
+                    &engine,
+                    pre,
+                    &spec,
+                    &usage,
+                    listeners,
+                    cancel.clone(),
+                );
+                let status = Metered {
+                    inner: Box::pin(served),
+                    usage: Arc::clone(&usage),
+                }
+                .await;
+                tracing::info!(container = %spec.id, exit_code = status.exit_code, reason = %status.reason, "container ended");
+                drop(spec);
+                report.report(status);
+                return;
+            }
             let run = async {
                 let result = match &*prepared {
                     Prepared::Component(command) => {
                         run_component(&engine, command, &spec, &usage).await
                     }
                     Prepared::Module(pre) => run_module(&engine, pre, &spec, &usage).await,
+                    Prepared::Http(_) => unreachable!("served above"),
                 };
                 match result {
                     Ok(result) => {
@@ -527,14 +618,14 @@ pub(crate) fn start(
             tracing::info!(container = %spec.id, exit_code = status.exit_code, reason = %status.reason, "container ended");
             // The log is flushed (its last partial line written) before anyone hears of the end.
             drop(spec);
-            on_exit(status.clone());
-            let _ = status_tx.send(Some(status));
+            report.report(status);
         })
     };
     tracing::debug!(container = %id, "container started");
     Running {
         id,
         usage,
+        aborted,
         status: status_rx,
         cancel,
         task,
@@ -546,6 +637,44 @@ pub(crate) fn stopped_status() -> ExitStatus {
         exit_code: KILLED_EXIT_CODE,
         reason: "Error".to_string(),
         message: Some("stopped".to_string()),
+    }
+}
+
+/// Reports how a guest's task ended exactly once: with the status it reached, or, when the task
+/// is dropped without reaching one (aborted after the grace period, or a panic in the host),
+/// with a status that says so. Without it a panicked task would leave its container running
+/// forever.
+struct ExitReport {
+    on_exit: Option<Box<dyn FnOnce(ExitStatus) + Send>>,
+    status: watch::Sender<Option<ExitStatus>>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl ExitReport {
+    fn report(mut self, status: ExitStatus) {
+        self.send(status);
+    }
+
+    fn send(&mut self, status: ExitStatus) {
+        if let Some(on_exit) = self.on_exit.take() {
+            on_exit(status.clone());
+            let _ = self.status.send(Some(status));
+        }
+    }
+}
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        let message = if self.aborted.load(Ordering::Relaxed) {
+            "killed: did not stop within its grace period"
+        } else {
+            "the container's task ended unexpectedly (a panic in the host)"
+        };
+        self.send(ExitStatus {
+            exit_code: KILLED_EXIT_CODE,
+            reason: "Error".to_string(),
+            message: Some(message.to_string()),
+        });
     }
 }
 
@@ -563,10 +692,13 @@ impl Running {
     }
 
     /// Cancels the guest and waits at most `grace` for it to end, then aborts its task.
-    /// Returns the status when the task did not report one itself (it was aborted or panicked).
+    /// Returns the status when the task did not report one itself (it vanished without its
+    /// report, which [`ExitReport`] should make impossible).
     pub(crate) async fn stop(mut self, grace: Duration) -> Option<ExitStatus> {
         self.cancel.cancel();
-        match tokio::time::timeout(grace, self.wait()).await {
+        // A zero grace period still lets the cancellation land at the guest's next tick.
+        let wait = grace.max(Duration::from_millis(100));
+        match tokio::time::timeout(wait, self.wait()).await {
             Ok(Some(_)) => None,
             Ok(None) => Some(ExitStatus {
                 exit_code: KILLED_EXIT_CODE,
@@ -574,7 +706,10 @@ impl Running {
                 message: Some("container task ended unexpectedly".to_string()),
             }),
             Err(_) => {
-                tracing::warn!(container = %self.id, "container did not stop within its grace period, aborting it");
+                if !grace.is_zero() {
+                    tracing::warn!(container = %self.id, "container did not stop within its grace period, aborting it");
+                }
+                self.aborted.store(true, Ordering::Relaxed);
                 self.task.abort();
                 match tokio::time::timeout(Duration::from_millis(500), self.wait()).await {
                     Ok(Some(_)) => None,
@@ -605,19 +740,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limiter_caps_the_sum_of_growths() {
+    fn limiter_caps_the_sum_of_every_instance() {
         let usage = Arc::new(Usage::default());
-        let mut limiter = GuestLimiter::new(Some(100), &usage);
-        assert!(limiter.grow(0, 60));
-        assert!(limiter.grow(0, 40));
+        let mut a = GuestLimiter::new(Some(100), &usage);
+        let mut b = GuestLimiter::new(Some(100), &usage);
+        assert!(a.grow(0, 60));
+        assert!(b.grow(0, 40));
         assert_eq!(usage.memory(), 100);
         assert!(!usage.refused.load(Ordering::Relaxed));
-        assert!(!limiter.grow(60, 61));
+        assert!(!b.grow(40, 41));
         assert!(usage.refused.load(Ordering::Relaxed));
         assert_eq!(usage.memory(), 100);
-        assert!(limiter.grow(40, 0));
-        assert!(limiter.grow(60, 100));
+        // An instance that ends gives its memory back to the others.
+        drop(a);
+        assert_eq!(usage.memory(), 40);
+        assert!(b.grow(40, 100));
         assert_eq!(usage.memory(), 100);
+        drop(b);
+        assert_eq!(usage.memory(), 0);
     }
 
     #[test]

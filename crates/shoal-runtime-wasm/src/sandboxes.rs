@@ -7,7 +7,8 @@
 //! A container's log file is open from its creation until its guest ended (or it is removed
 //! before starting).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use shoal_runtime::cri_log::LogFile;
 use shoal_runtime::{
     ContainerConfig, ContainerEvent, ContainerEventKind, ContainerFilter, ContainerState,
     ContainerStats, ContainerStatus, PodSandboxConfig, PodSandboxFilter, PodSandboxStatus,
-    RuntimeError, SandboxState,
+    PortMapping, Protocol, RuntimeError, SandboxState,
 };
 use tokio::sync::broadcast;
 
@@ -32,6 +33,55 @@ const EVENT_BUFFER: usize = 4096;
 struct Sandbox {
     status: PodSandboxStatus,
     log_directory: PathBuf,
+    port_mappings: Vec<PortMapping>,
+}
+
+/// The node's pod addresses: each Ready sandbox holds one (released when it stops). The network
+/// address, the first address (kept for a gateway) and the broadcast address are never given.
+#[derive(Debug)]
+pub(crate) struct IpPool {
+    network: u32,
+    size: u32,
+    used: HashSet<u32>,
+    next: u32,
+}
+
+impl IpPool {
+    pub(crate) fn new(network: Ipv4Addr, prefix: u8) -> IpPool {
+        let size = 1u32
+            .checked_shl(32 - u32::from(prefix.min(30)))
+            .unwrap_or(u32::MAX);
+        IpPool {
+            network: u32::from(network) & !(size - 1),
+            size,
+            used: HashSet::new(),
+            next: 2,
+        }
+    }
+
+    fn allocate(&mut self) -> Option<Ipv4Addr> {
+        let usable = self.size.saturating_sub(3);
+        if self.used.len() as u32 >= usable {
+            return None;
+        }
+        loop {
+            let offset = self.next;
+            self.next = if self.next + 1 >= self.size - 1 {
+                2
+            } else {
+                self.next + 1
+            };
+            if self.used.insert(offset) {
+                return Some(Ipv4Addr::from(self.network + offset));
+            }
+        }
+    }
+
+    fn release(&mut self, ip: IpAddr) {
+        if let IpAddr::V4(ip) = ip {
+            self.used.remove(&u32::from(ip).wrapping_sub(self.network));
+        }
+    }
 }
 
 struct Container {
@@ -49,6 +99,8 @@ struct Container {
 struct State {
     sandboxes: HashMap<String, Sandbox>,
     containers: HashMap<String, Container>,
+    /// `None`: sandboxes get no address of their own.
+    ips: Option<IpPool>,
 }
 
 pub(crate) struct Sandboxes {
@@ -58,9 +110,12 @@ pub(crate) struct Sandboxes {
 }
 
 impl Sandboxes {
-    pub(crate) fn new() -> Sandboxes {
+    pub(crate) fn new(ips: Option<IpPool>) -> Sandboxes {
         Sandboxes {
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                ips,
+                ..State::default()
+            })),
             events: broadcast::channel(EVENT_BUFFER).0,
             next: AtomicU64::new(0),
         }
@@ -99,42 +154,62 @@ impl Sandboxes {
         });
     }
 
-    pub(crate) fn run_sandbox(&self, config: &PodSandboxConfig) -> String {
+    pub(crate) fn run_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError> {
         let meta = &config.metadata;
         let id = self.new_id(&format!(
             "{}/{}/{}/{}",
             meta.namespace, meta.name, meta.uid, meta.attempt
         ));
+        let mut state = self.lock();
+        let ips = match state.ips.as_mut() {
+            None => Vec::new(),
+            Some(pool) => match pool.allocate() {
+                Some(ip) => vec![IpAddr::V4(ip)],
+                None => {
+                    return Err(RuntimeError::CreateSandbox {
+                        message: "the node's pod address range is exhausted".to_owned(),
+                    });
+                }
+            },
+        };
         let status = PodSandboxStatus {
             id: id.clone(),
             metadata: meta.clone(),
             state: SandboxState::Ready,
             created_at: SystemTime::now(),
-            ips: Vec::new(),
+            ips,
             labels: config.labels.clone(),
             annotations: config.annotations.clone(),
             runtime_handler: "wasmtime".to_owned(),
         };
-        self.lock().sandboxes.insert(
+        tracing::debug!(sandbox = %id, pod = %format!("{}/{}", meta.namespace, meta.name), ips = ?status.ips, "sandbox ready");
+        state.sandboxes.insert(
             id.clone(),
             Sandbox {
                 status,
                 log_directory: config.log_directory.clone(),
+                port_mappings: config.port_mappings.clone(),
             },
         );
-        tracing::debug!(sandbox = %id, pod = %format!("{}/{}", meta.namespace, meta.name), "sandbox ready");
-        id
+        Ok(id)
     }
 
     /// Marks the sandbox NotReady and hands back its running guests, to be stopped by the caller
     /// (then reported with [`Sandboxes::finish_stop`]).
     pub(crate) fn stop_sandbox(&self, id: &str) -> Result<Vec<(String, Running)>, RuntimeError> {
         let mut state = self.lock();
+        let state = &mut *state;
         let sandbox = state
             .sandboxes
             .get_mut(id)
             .ok_or_else(|| RuntimeError::not_found("pod sandbox", id))?;
         sandbox.status.state = SandboxState::NotReady;
+        // The address goes back to the pool once the sandbox's containers are told to stop.
+        for ip in sandbox.status.ips.drain(..) {
+            if let Some(pool) = state.ips.as_mut() {
+                pool.release(ip);
+            }
+        }
         Ok(state
             .containers
             .iter_mut()
@@ -261,7 +336,7 @@ impl Sandboxes {
         let mut state = self.lock();
         let container = state
             .containers
-            .get_mut(id)
+            .get(id)
             .ok_or_else(|| RuntimeError::not_found("container", id))?;
         if container.status.state != ContainerState::Created {
             return Err(RuntimeError::StartContainer {
@@ -271,13 +346,30 @@ impl Sandboxes {
                 ),
             });
         }
+        let config = Arc::clone(&container.config);
+        let serves = matches!(*container.prepared, Prepared::Http(_));
+        let sandbox = state
+            .sandboxes
+            .get(&container.status.sandbox_id)
+            .filter(|s| s.status.state == SandboxState::Ready)
+            .ok_or_else(|| RuntimeError::StartContainer {
+                message: format!("the pod sandbox of container {id} is not ready"),
+            })?;
+        let listeners = if serves {
+            listen(&config, sandbox)?
+        } else {
+            Vec::new()
+        };
+        let container = state
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::not_found("container", id))?;
         let log = container
             .log
             .take()
             .ok_or_else(|| RuntimeError::StartContainer {
                 message: format!("container {id} has no log file"),
             })?;
-        let config = &container.config;
         let mut args = config.command.clone();
         if args.is_empty() {
             args.push(config.metadata.name.clone());
@@ -322,6 +414,7 @@ impl Sandboxes {
             engine,
             Arc::clone(&container.prepared),
             spec,
+            listeners,
             on_exit,
         );
         container.usage = Some(Arc::clone(&running.usage));
@@ -411,6 +504,43 @@ impl Sandboxes {
             }
         }
     }
+}
+
+/// Binds the listeners of an HTTP container: each TCP `containerPort` on the sandbox's IP, and
+/// the sandbox's `hostPort`s of those ports on the node.
+fn listen(
+    config: &ContainerConfig,
+    sandbox: &Sandbox,
+) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
+    let mut addrs = Vec::new();
+    for port in config.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
+        if let Some(ip) = sandbox.status.ips.first() {
+            addrs.push(SocketAddr::new(*ip, port.container_port));
+        }
+        for mapping in sandbox
+            .port_mappings
+            .iter()
+            .filter(|m| m.protocol == Protocol::Tcp && m.container_port == port.container_port)
+        {
+            let host_ip = mapping.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+            addrs.push(SocketAddr::new(host_ip, mapping.host_port));
+        }
+    }
+    addrs
+        .into_iter()
+        .map(|addr| {
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|e| RuntimeError::StartContainer {
+                    message: format!("cannot listen on {addr}: {e}"),
+                })?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| RuntimeError::StartContainer {
+                    message: format!("cannot listen on {addr}: {e}"),
+                })?;
+            Ok(listener)
+        })
+        .collect()
 }
 
 /// Moves a container to Exited with `exit`; `None` if it already was.

@@ -88,9 +88,35 @@ pub fn test_guest(target: GuestTarget) -> PathBuf {
     build_guest("tests/guests/Cargo.toml", "testguest", target)
 }
 
+/// The `http-hello` example (`examples/http-hello`), a `wasi:http/proxy` component.
+pub fn http_hello_guest() -> PathBuf {
+    build_guest(
+        "examples/http-hello/Cargo.toml",
+        "http_hello",
+        GuestTarget::P2,
+    )
+}
+
 /// The `hello` example (`examples/hello`) for `target`.
 pub fn hello_guest(target: GuestTarget) -> PathBuf {
     build_guest("examples/hello/Cargo.toml", "hello", target)
+}
+
+/// `GET path` over HTTP/1.0 (blocking, 10 s to answer): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((code, body.to_owned()))
 }
 
 /// A `docker-registry` process on `127.0.0.1`, killed (and its storage removed) on drop.

@@ -470,9 +470,30 @@ async fn memory_limit_kills_with_oom() {
         let c = fx.run(&under).await;
         assert_eq!(c.status().await.reason, "Completed", "{target:?}");
         assert_eq!(c.stdout(), "allocated 8 MiB\n");
+        // An ended guest holds nothing.
         let stats = fx.runtime.container_stats(&c.id).await.expect("stats");
-        assert!(stats.memory_bytes >= 8 << 20, "{stats:?}");
-        assert!(stats.memory_bytes <= 64 << 20, "{stats:?}");
+        assert_eq!(stats.memory_bytes, 0, "{stats:?}");
+
+        // A running one reports what its memories hold.
+        let mut hold = spec(&image, &["hold", "8"]);
+        hold.resources = under.resources;
+        let mut c = fx.start(&hold).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while c.stdout().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{target:?}: no output"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = fx.runtime.container_stats(&c.id).await.expect("stats");
+        assert!(stats.memory_bytes >= 8 << 20, "{target:?}: {stats:?}");
+        assert!(stats.memory_bytes <= 64 << 20, "{target:?}: {stats:?}");
+        fx.runtime
+            .stop_container(&c.id, Duration::from_secs(60))
+            .await
+            .expect("stop");
+        c.wait().await;
     }
 }
 

@@ -130,8 +130,9 @@ pub struct PodSandboxMetadata {
     pub attempt: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Protocol {
+    #[default]
     Tcp,
     Udp,
     Sctp,
@@ -247,6 +248,17 @@ pub struct ContainerConfig {
     /// `log_directory`, in the CRI log format.
     pub log_path: PathBuf,
     pub resources: Limits,
+    /// The container's `ports` (Shoal's addition to the CRI shape): where a runtime that serves
+    /// the container itself (a Wasm HTTP component) listens, on the sandbox's IP; a runtime
+    /// whose containers open their own sockets ignores them.
+    pub ports: Vec<ContainerPort>,
+}
+
+/// One `containerPort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ContainerPort {
+    pub protocol: Protocol,
+    pub container_port: u16,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,7 +14,8 @@ use anyhow::{Context, Result, bail};
 pub mod lan;
 pub mod multi;
 pub use shoal_runtime_wasm::testing::{
-    GuestTarget, Registry, build_guest, hello_guest, test_guest, workspace_root,
+    GuestTarget, Registry, build_guest, hello_guest, http_get, http_hello_guest, test_guest,
+    workspace_root,
 };
 
 fn target_dir() -> PathBuf {

@@ -65,7 +65,8 @@ fn main() {
                 println!("{key}={value}");
             }
         }
-        "alloc" => {
+        // alloc MIB: allocate and touch that much, then end; hold MIB: and then keep it.
+        "alloc" | "hold" => {
             let mib: usize = operand.parse().unwrap_or(1);
             let mut blocks = Vec::new();
             for i in 0..mib {
@@ -76,6 +77,11 @@ fn main() {
                 blocks.push(block);
             }
             println!("allocated {} MiB", blocks.len());
+            if command == "hold" {
+                let _ = std::io::stdout().flush();
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                drop(blocks);
+            }
         }
         "sleep" => {
             let secs: u64 = operand.parse().unwrap_or(1);
