@@ -42,7 +42,10 @@ fn main() -> Result<()> {
         }
         ["bench", "http"] => {
             let root = workspace_root();
-            let bins = release_bins(&root, &["shoal-bench-peers"])?;
+            let bins = release_bins(
+                &root,
+                &[("shoal-bench-peers", &["wasmtime-serve", "hyper-hello"])],
+            )?;
             http::run(&bins, &root.join("target/bench"), machine())
         }
         ["bench", "api"] => {
@@ -82,10 +85,10 @@ fn release_shoal(root: &Path) -> Result<std::path::PathBuf> {
     Ok(release_bins(root, &[])?.join("shoal"))
 }
 
-/// Builds `target/release/shoal` and the binaries of `packages` in one cargo invocation (so
+/// Builds `target/release/shoal` and the given (package, binaries) in one cargo invocation (so
 /// that they share one feature resolution and one build of their common dependencies); returns
 /// `target/release`.
-fn release_bins(root: &Path, packages: &[&str]) -> Result<std::path::PathBuf> {
+fn release_bins(root: &Path, others: &[(&str, &[&str])]) -> Result<std::path::PathBuf> {
     // The cargo running us (`cargo xtask`), or the one on PATH when the xtask binary is run
     // directly: the rustup proxy, which pins the toolchain for every crate it compiles (a
     // toolchain path baked in at build time would not, and a dependency's own
@@ -93,8 +96,11 @@ fn release_bins(root: &Path, packages: &[&str]) -> Result<std::path::PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command.args(["build", "--release", "-p", "shoal-cli", "--bin", "shoal"]);
-    for package in packages {
+    for (package, bins) in others {
         command.args(["-p", package]);
+        for bin in *bins {
+            command.args(["--bin", bin]);
+        }
     }
     let status = command.current_dir(root).status()?;
     ensure!(status.success(), "release build failed");
