@@ -503,7 +503,7 @@ impl PodWorker {
         } else {
             create_volumes(&volumes_dir, &spec::empty_dir_volumes(&pod))
         };
-        let mut start_error = match (&runtime, &volumes_ready) {
+        let start_error = match (&runtime, &volumes_ready) {
             (Err(message), _) => Some(message.clone()),
             (_, Err(error)) => Some(format!("cannot create volumes: {error}")),
             _ => None,
@@ -511,9 +511,46 @@ impl PodWorker {
         // The pod's sandbox: the one the runtime still has (an agent restart), else a new one.
         let mut sandbox = None;
         if let (Ok(runtime), None, false) = (&runtime, &start_error, pod_terminal || deleting) {
-            match self.sandbox(runtime, &pod).await {
-                Ok(found) => sandbox = Some(found),
-                Err(error) => start_error = Some(error.to_string()),
+            // As the kubelet: a sandbox that cannot be made is retried with back-off, each
+            // failure an event, until it works or the pod goes away.
+            let mut delay = None;
+            while sandbox.is_none() {
+                let error = match self.sandbox(runtime, &pod).await {
+                    Ok(found) => {
+                        sandbox = Some(found);
+                        break;
+                    }
+                    Err(error) => error,
+                };
+                let next = self.ctx.timing.pull.next(delay);
+                delay = Some(next);
+                warn!(pod = %key, %error, retry_in = ?next, "cannot create the pod's sandbox");
+                self.ctx.events.record(
+                    &shoal_events::reference(pod.as_ref()),
+                    Warning,
+                    "FailedCreatePodSandBox",
+                    format!("Failed to create pod sandbox: {error}"),
+                );
+                let retry = tokio::time::sleep(next);
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        _ = &mut retry => break,
+                        _ = self.shutdown.cancelled() => return,
+                        _ = self.vanished.cancelled() => break,
+                        changed = self.pod.changed() => {
+                            if changed.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                // Gone or being deleted meanwhile: nothing to start; the main loop finishes it.
+                if self.vanished.is_cancelled()
+                    || self.pod.borrow().metadata.deletion_timestamp.is_some()
+                {
+                    break;
+                }
             }
         }
         let observed = |name: &str| {

@@ -21,6 +21,7 @@ use tokio::sync::broadcast;
 
 /// Images: `fake/exitN` exits with N at once, `fake/run` runs until stopped, `fake/stuck`
 /// ignores the stop request until the grace period is over, `fake/missing` cannot be pulled.
+/// A pod labelled `fake/sandbox-failures: N` has its first N sandboxes refused.
 /// Container ids are `<pod uid>-<name>-<attempt>`, sandbox ids `<pod uid>-sandbox-<attempt>`.
 /// It records `start ns/pod/c [argv]`, `stop ns/pod/c grace=Ns`, `remove sandbox <id>`.
 pub struct FakeRuntime {
@@ -43,6 +44,8 @@ impl Default for FakeRuntime {
 struct FakeState {
     sandboxes: HashMap<String, (PodSandboxStatus, PathBuf)>,
     containers: HashMap<String, FakeContainer>,
+    /// Sandbox creations refused so far, per pod uid.
+    refused: HashMap<String, u32>,
 }
 
 struct FakeContainer {
@@ -126,6 +129,27 @@ impl ImageService for FakeRuntime {
 #[async_trait]
 impl RuntimeService for FakeRuntime {
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String, RuntimeError> {
+        // A pod labelled `fake/sandbox-failures: N` has its first N sandboxes refused.
+        let failures: u32 = config
+            .labels
+            .get("fake/sandbox-failures")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        {
+            let mut state = self.state.lock().expect("state");
+            let refused = state
+                .refused
+                .entry(config.metadata.uid.clone())
+                .or_default();
+            if *refused < failures {
+                *refused += 1;
+                drop(state);
+                self.record(format!("refuse sandbox {}", config.metadata.name));
+                return Err(RuntimeError::CreateSandbox {
+                    message: "no address left".to_owned(),
+                });
+            }
+        }
         let id = format!(
             "{}-sandbox-{}",
             config.metadata.uid, config.metadata.attempt

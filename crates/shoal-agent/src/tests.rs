@@ -970,6 +970,52 @@ async fn vanished_pod_is_stopped_and_cleaned_up() {
 }
 
 #[tokio::test]
+async fn a_sandbox_that_cannot_be_made_is_retried() {
+    let h = Harness::new().await;
+    let agent = h.start_agent().await;
+    h.api.create_pod(json!({
+        "metadata": {"name": "late", "labels": {"fake/sandbox-failures": "2"}},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    eventually("running after two refusals", || {
+        h.api
+            .pod("late")
+            .filter(|p| p["status"]["phase"] == "Running")
+    })
+    .await;
+    let events = h.runtime.events();
+    let refused = events
+        .iter()
+        .filter(|e| *e == "refuse sandbox late")
+        .count();
+    assert_eq!(refused, 2, "{events:?}");
+    // A pod deleted while its sandbox is being retried is finished without one.
+    h.api.create_pod(json!({
+        "metadata": {"name": "never", "labels": {"fake/sandbox-failures": "1000"}},
+        "spec": {"nodeName": "n1", "terminationGracePeriodSeconds": 0,
+                 "containers": [{"name": "c", "image": "fake/run"}]}
+    }));
+    eventually("a refusal", || {
+        h.runtime
+            .events()
+            .contains(&"refuse sandbox never".to_owned())
+            .then_some(())
+    })
+    .await;
+    h.api.mark_deleted("never", 0);
+    eventually("pod deleted", || h.api.pod("never").is_none().then_some(())).await;
+    assert!(
+        !h.runtime
+            .events()
+            .iter()
+            .any(|e| e.starts_with("start default/never/")),
+        "{:?}",
+        h.runtime.events()
+    );
+    agent.stop().await;
+}
+
+#[tokio::test]
 async fn agent_restart_adopts_what_the_runtime_still_runs() {
     let h = Harness::new().await;
     let agent = h.start_agent().await;
