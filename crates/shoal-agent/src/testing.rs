@@ -19,7 +19,8 @@ use shoal_runtime::{
 };
 use tokio::sync::broadcast;
 
-/// Images: `fake/exitN` exits with N at once, `fake/run` runs until stopped, `fake/stuck`
+/// Images: `fake/exitN` exits with N at once, `fake/flaky` exits with 1 on its first run and 0
+/// on later ones, `fake/run` runs until stopped, `fake/stuck`
 /// ignores the stop request until the grace period is over, `fake/missing` cannot be pulled.
 /// A pod labelled `fake/sandbox-failures: N` has its first N sandboxes refused.
 /// Container ids are `<pod uid>-<name>-<attempt>`, sandbox ids `<pod uid>-sandbox-<attempt>`.
@@ -249,7 +250,10 @@ impl RuntimeService for FakeRuntime {
         );
         let key = format!("{}/{}/{}", meta.namespace, meta.name, config.metadata.name);
         let image = config.image.split('@').next().unwrap_or_default();
-        let behaviour = if let Some(code) = image.strip_prefix("fake/exit") {
+        let behaviour = if image == "fake/flaky" {
+            // Fails its first run, succeeds on any later one.
+            Behaviour::Exit(if config.metadata.attempt == 0 { 1 } else { 0 })
+        } else if let Some(code) = image.strip_prefix("fake/exit") {
             Behaviour::Exit(code.parse().unwrap_or(1))
         } else if image == "fake/stuck" {
             Behaviour::Stuck

@@ -765,19 +765,37 @@ async fn crash_loop_restarts_with_backoff() {
 async fn on_failure_pod_fails_with_never_and_succeeds_after_retry() {
     let h = Harness::new().await;
     let agent = h.start_agent().await;
+    // The same container, failing its first run: under Never the pod fails with that run...
     h.api.create_pod(json!({
-        "metadata": {"name": "once"},
+        "metadata": {"name": "never"},
         "spec": {"nodeName": "n1", "restartPolicy": "Never",
-                 "containers": [{"name": "c", "image": "fake/exit2"}]}
+                 "containers": [{"name": "c", "image": "fake/flaky"}]}
     }));
-    let pod = eventually("failed", || {
+    // ... under OnFailure it is run again and the pod succeeds.
+    h.api.create_pod(json!({
+        "metadata": {"name": "retried"},
+        "spec": {"nodeName": "n1", "restartPolicy": "OnFailure",
+                 "containers": [{"name": "c", "image": "fake/flaky"}]}
+    }));
+    let pod = eventually("never failed", || {
         h.api
-            .pod("once")
+            .pod("never")
             .filter(|p| p["status"]["phase"] == "Failed")
     })
     .await;
-    assert_eq!(container_status(&pod)["state"]["terminated"]["exitCode"], 2);
-    assert_eq!(container_status(&pod)["restartCount"], 0);
+    let cs = container_status(&pod);
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 1);
+    assert_eq!(cs["restartCount"], 0);
+    let pod = eventually("retried succeeded", || {
+        h.api
+            .pod("retried")
+            .filter(|p| p["status"]["phase"] == "Succeeded")
+    })
+    .await;
+    let cs = container_status(&pod);
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(cs["restartCount"], 1);
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1);
     agent.stop().await;
 }
 
