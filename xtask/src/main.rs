@@ -1,4 +1,4 @@
-//! `cargo xtask bench apply|api|http|scheduler|store`. `store` (in `store.rs`) measures the
+//! `cargo xtask bench apply|api|busy|http|scheduler|store`. `store` (in `store.rs`) measures the
 //! store against etcd; `api`, `http` and `scheduler` live in their own modules;
 //! `apply` is the apply-to-Running benchmark of issue 2, plus the idle RSS of `shoal up`. Builds the release binary and the example guest, starts Debian's
 //! docker-registry and `shoal up`, warms the image cache with one pod, then five times applies
@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 mod api;
+mod busy;
 mod http;
 mod scheduler;
 mod store;
@@ -39,6 +40,11 @@ fn main() -> Result<()> {
             let root = workspace_root();
             let bin = release_shoal(&root)?;
             store::run(&bin, &root.join("target/bench"), machine())
+        }
+        ["bench", "busy"] => {
+            let root = workspace_root();
+            let bin = release_shoal(&root)?;
+            busy::run(&bin, &root.join("target/bench"), machine())
         }
         ["bench", "http"] => {
             let root = workspace_root();
@@ -75,7 +81,7 @@ fn main() -> Result<()> {
             store::writes_only(&bin, &root.join("target/bench"), machine(), members)
         }
         _ => bail!(
-            "usage: cargo xtask bench apply|api|http|scheduler [core|e2e|recovery]|store [failover|disk|writes MEMBERS]"
+            "usage: cargo xtask bench apply|api|busy|http|scheduler [core|e2e|recovery]|store [failover|disk|writes MEMBERS]"
         ),
     }
 }
