@@ -683,6 +683,16 @@ impl PodWorker {
                 Some(_) = containers.join_next() => {
                     dirty = true;
                     retry_at.get_or_insert_with(tokio::time::Instant::now);
+                    // Every container is done for good (the pod succeeded or failed): as the
+                    // kubelet, stop the sandbox, which gives its address back; it is removed
+                    // with the pod.
+                    if containers.is_empty()
+                        && !terminating
+                        && let (Some(runtime), Some(sandbox)) = (&node_runtime, &sandbox)
+                        && let Err(error) = runtime.runtime.stop_pod_sandbox(&sandbox.id).await
+                    {
+                        warn!(pod = %key, %error, "cannot stop the sandbox of a finished pod");
+                    }
                 }
                 _ = sleep_opt(sleep_until) => {
                     let pod = self.current();

@@ -70,6 +70,18 @@ impl FakeRuntime {
         self.events.lock().expect("events").clone()
     }
 
+    /// Names of the pods whose sandbox is Ready.
+    pub fn ready_sandboxes(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .expect("state")
+            .sandboxes
+            .values()
+            .filter(|(s, _)| s.state == SandboxState::Ready)
+            .map(|(s, _)| s.metadata.name.clone())
+            .collect()
+    }
+
     fn record(&self, event: String) {
         self.events.lock().expect("events").push(event);
     }

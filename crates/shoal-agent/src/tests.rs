@@ -796,6 +796,12 @@ async fn on_failure_pod_fails_with_never_and_succeeds_after_retry() {
     assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
     assert_eq!(cs["restartCount"], 1);
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1);
+    // Finished pods keep no Ready sandbox.
+    eventually("the finished pods' sandboxes stopped", || {
+        let ready = h.runtime.ready_sandboxes();
+        ready.is_empty().then_some(())
+    })
+    .await;
     agent.stop().await;
 }
 
