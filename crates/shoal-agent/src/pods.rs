@@ -323,8 +323,15 @@ pub(crate) fn adopt(
             observed.id.clone(),
         ))),
         RuntimeState::Exited => {
-            let recorded_exit = base.container_id.as_deref() == Some(id.as_str())
-                && base.state.as_ref().is_some_and(|s| s.terminated.is_some());
+            // Already recorded: as the current state, or as the last state of a container
+            // waiting out its back-off.
+            let recorded_exit = (base.container_id.as_deref() == Some(id.as_str())
+                && base.state.as_ref().is_some_and(|s| s.terminated.is_some()))
+                || base
+                    .last_state
+                    .as_ref()
+                    .and_then(|s| s.terminated.as_ref())
+                    .is_some_and(|t| t.container_id.as_deref() == Some(id.as_str()));
             if recorded_exit {
                 return None;
             }
@@ -1779,6 +1786,25 @@ mod tests {
         assert!(
             adopt(
                 Some(&ended),
+                &observed("c2", RuntimeState::Exited, 3),
+                false
+            )
+            .is_none()
+        );
+        // ... or as the last state of a container waiting out its back-off (not counted twice).
+        let mut backing_off = recorded(status::waiting("CrashLoopBackOff", None), 3);
+        backing_off.container_id = Some("wasmtime://c2".to_owned());
+        backing_off.last_state = Some(status::terminated(
+            3,
+            "Error",
+            None,
+            None,
+            ts("2026-01-01T00:00:00Z"),
+            Some("wasmtime://c2".to_owned()),
+        ));
+        assert!(
+            adopt(
+                Some(&backing_off),
                 &observed("c2", RuntimeState::Exited, 3),
                 false
             )

@@ -164,6 +164,20 @@ pub async fn spawn_node(
     let mut wasm_config = shoal_runtime_wasm::WasmRuntimeConfig::new(data_dir.join("wasm"));
     wasm_config.insecure_registries = node.insecure_registries.clone();
     wasm_config.pod_cidr = node.pod_cidr;
+    // hostPorts without a hostIP: the node's address and the loopback (not 0.0.0.0, which
+    // would collide with pods listening on the same port at their own local address).
+    let node_ip = node
+        .node_ip
+        .unwrap_or_else(|| match node.agent_listen.ip() {
+            ip if ip.is_unspecified() || ip.is_loopback() => std::net::Ipv4Addr::LOCALHOST.into(),
+            ip => ip,
+        });
+    wasm_config.node_ips = vec![node_ip];
+    if !node_ip.is_loopback() {
+        wasm_config
+            .node_ips
+            .push(std::net::Ipv4Addr::LOCALHOST.into());
+    }
     let wasm =
         shoal_runtime_wasm::WasmRuntime::new(wasm_config).context("starting the wasm runtime")?;
     let runtimes: Vec<Arc<dyn shoal_runtime::Runtime>> = vec![Arc::new(wasm)];

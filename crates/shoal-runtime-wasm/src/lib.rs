@@ -90,6 +90,10 @@ pub struct WasmRuntimeConfig {
     /// The node's pod range (network, prefix length): each sandbox gets an address from it,
     /// where its HTTP components are served. `None`: sandboxes have no address of their own.
     pub pod_cidr: Option<(std::net::Ipv4Addr, u8)>,
+    /// Where a `hostPort` without a `hostIP` is bound: the node's addresses. Empty: every
+    /// address (`0.0.0.0`), which on Linux conflicts with a pod listening on the same port at
+    /// its own local address, so set it whenever `pod_cidr` is.
+    pub node_ips: Vec<std::net::IpAddr>,
 }
 
 /// Parses `A.B.C.D/N` (IPv4) for [`WasmRuntimeConfig::pod_cidr`].
@@ -118,6 +122,7 @@ impl WasmRuntimeConfig {
             max_layer_bytes: DEFAULT_MAX_LAYER_BYTES,
             insecure_registries: Vec::new(),
             pod_cidr: None,
+            node_ips: Vec::new(),
         }
     }
 }
@@ -174,6 +179,7 @@ impl WasmRuntime {
                 config
                     .pod_cidr
                     .map(|(network, prefix)| sandboxes::IpPool::new(network, prefix)),
+                config.node_ips.clone(),
             ),
             guests: Some(guests),
         })

@@ -177,6 +177,8 @@ fn thread_cpu_nanos() -> u64 {
 pub(crate) struct Metered<F> {
     pub(crate) inner: Pin<Box<F>>,
     pub(crate) usage: Arc<Usage>,
+    /// Also charged with the CPU (the container of a per-request instance).
+    pub(crate) parent: Option<Arc<Usage>>,
 }
 
 impl<F: Future> Future for Metered<F> {
@@ -189,6 +191,9 @@ impl<F: Future> Future for Metered<F> {
         let spent = thread_cpu_nanos().saturating_sub(start);
         self.usage.poll_start.store(0, Ordering::Relaxed);
         self.usage.cpu_done.fetch_add(spent, Ordering::Relaxed);
+        if let Some(parent) = &self.parent {
+            parent.cpu_done.fetch_add(spent, Ordering::Relaxed);
+        }
         result
     }
 }
@@ -213,20 +218,27 @@ impl GuestLimiter {
         }
     }
 
-    fn grow(&mut self, current: u64, desired: u64) -> bool {
-        let delta = desired.saturating_sub(current);
-        let total = self.usage.memory.fetch_add(delta, Ordering::Relaxed) + delta;
-        match self.cap {
-            Some(cap) if total > cap => {
-                self.usage.memory.fetch_sub(delta, Ordering::Relaxed);
-                self.usage.refused.store(true, Ordering::Relaxed);
-                false
-            }
-            _ => {
-                self.used += delta;
-                true
-            }
+    fn grow(&mut self, current: u64, desired: u64, maximum: Option<u64>) -> bool {
+        // wasmtime asks before checking the memory's own maximum: a growth past it fails
+        // anyway and must not be counted.
+        if maximum.is_some_and(|m| desired > m) {
+            return false;
         }
+        let delta = desired.saturating_sub(current);
+        let cap = self.cap.unwrap_or(u64::MAX);
+        let granted = self
+            .usage
+            .memory
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |total| {
+                total.checked_add(delta).filter(|t| *t <= cap)
+            })
+            .is_ok();
+        if granted {
+            self.used += delta;
+        } else {
+            self.usage.refused.store(true, Ordering::Relaxed);
+        }
+        granted
     }
 }
 
@@ -241,18 +253,22 @@ impl ResourceLimiter for GuestLimiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.grow(current as u64, desired as u64))
+        Ok(self.grow(current as u64, desired as u64, maximum.map(|m| m as u64)))
     }
 
     fn table_growing(
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.grow(current as u64 * 8, desired as u64 * 8))
+        Ok(self.grow(
+            current as u64 * 8,
+            desired as u64 * 8,
+            maximum.map(|m| m as u64 * 8),
+        ))
     }
 }
 
@@ -577,6 +593,7 @@ pub(crate) fn start(
                 let status = Metered {
                     inner: Box::pin(served),
                     usage: Arc::clone(&usage),
+                    parent: None,
                 }
                 .await;
                 tracing::info!(container = %spec.id, exit_code = status.exit_code, reason = %status.reason, "container ended");
@@ -610,6 +627,7 @@ pub(crate) fn start(
             let run = Metered {
                 inner: Box::pin(run),
                 usage: Arc::clone(&usage),
+                parent: None,
             };
             let status = tokio::select! {
                 status = run => status,
@@ -744,20 +762,27 @@ mod tests {
         let usage = Arc::new(Usage::default());
         let mut a = GuestLimiter::new(Some(100), &usage);
         let mut b = GuestLimiter::new(Some(100), &usage);
-        assert!(a.grow(0, 60));
-        assert!(b.grow(0, 40));
+        assert!(a.grow(0, 60, None));
+        assert!(b.grow(0, 40, None));
         assert_eq!(usage.memory(), 100);
         assert!(!usage.refused.load(Ordering::Relaxed));
-        assert!(!b.grow(40, 41));
+        assert!(!b.grow(40, 41, None));
         assert!(usage.refused.load(Ordering::Relaxed));
         assert_eq!(usage.memory(), 100);
         // An instance that ends gives its memory back to the others.
         drop(a);
         assert_eq!(usage.memory(), 40);
-        assert!(b.grow(40, 100));
+        // A growth past the memory's own maximum fails without being counted.
+        assert!(!b.grow(40, 90, Some(80)));
+        assert_eq!(usage.memory(), 40);
+        assert!(b.grow(40, 100, None));
         assert_eq!(usage.memory(), 100);
         drop(b);
         assert_eq!(usage.memory(), 0);
+        // No cap: no overflow either.
+        let mut c = GuestLimiter::new(None, &usage);
+        assert!(c.grow(0, u64::MAX, None));
+        assert!(!c.grow(0, 1, None));
     }
 
     #[test]
@@ -789,6 +814,7 @@ mod tests {
                 x
             }),
             usage: Arc::clone(&usage),
+            parent: None,
         };
         let waker = std::task::Waker::noop();
         let mut cx = Context::from_waker(waker);

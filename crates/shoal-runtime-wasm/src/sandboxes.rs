@@ -105,13 +105,16 @@ struct State {
 
 pub(crate) struct Sandboxes {
     state: Arc<Mutex<State>>,
+    /// Where hostPorts without a hostIP are bound; empty: `0.0.0.0`.
+    node_ips: Vec<IpAddr>,
     events: broadcast::Sender<ContainerEvent>,
     next: AtomicU64,
 }
 
 impl Sandboxes {
-    pub(crate) fn new(ips: Option<IpPool>) -> Sandboxes {
+    pub(crate) fn new(ips: Option<IpPool>, node_ips: Vec<IpAddr>) -> Sandboxes {
         Sandboxes {
+            node_ips,
             state: Arc::new(Mutex::new(State {
                 ips,
                 ..State::default()
@@ -356,7 +359,7 @@ impl Sandboxes {
                 message: format!("the pod sandbox of container {id} is not ready"),
             })?;
         let listeners = if serves {
-            listen(&config, sandbox)?
+            listen(&config, sandbox, &self.node_ips)?
         } else {
             Vec::new()
         };
@@ -507,10 +510,12 @@ impl Sandboxes {
 }
 
 /// Binds the listeners of an HTTP container: each TCP `containerPort` on the sandbox's IP, and
-/// the sandbox's `hostPort`s of those ports on the node.
+/// the sandbox's `hostPort`s of those ports on the node (its `hostIP`, else each of
+/// `node_ips`, else every address).
 fn listen(
     config: &ContainerConfig,
     sandbox: &Sandbox,
+    node_ips: &[IpAddr],
 ) -> Result<Vec<std::net::TcpListener>, RuntimeError> {
     let mut addrs = Vec::new();
     for port in config.ports.iter().filter(|p| p.protocol == Protocol::Tcp) {
@@ -522,8 +527,16 @@ fn listen(
             .iter()
             .filter(|m| m.protocol == Protocol::Tcp && m.container_port == port.container_port)
         {
-            let host_ip = mapping.host_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-            addrs.push(SocketAddr::new(host_ip, mapping.host_port));
+            match (mapping.host_ip, node_ips) {
+                (Some(ip), _) => addrs.push(SocketAddr::new(ip, mapping.host_port)),
+                (None, []) => addrs.push(SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    mapping.host_port,
+                )),
+                (None, ips) => {
+                    addrs.extend(ips.iter().map(|ip| SocketAddr::new(*ip, mapping.host_port)))
+                }
+            }
         }
     }
     addrs

@@ -37,6 +37,9 @@ pub(crate) const MAX_CONCURRENT_REQUESTS: usize = 256;
 /// How long a request may wait for a permit and then for the guest's response headers.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a connection may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
 struct Server {
     engine: Arc<WasmEngine>,
     pre: ProxyPre<P2Host>,
@@ -119,6 +122,7 @@ async fn accept(
             () = cancel.cancelled() => return,
         };
         let _ = stream.set_nodelay(true);
+        let kill = server.kill.clone();
         let server = Arc::clone(&server);
         let cancel = cancel.clone();
         tracker.spawn(async move {
@@ -126,14 +130,22 @@ async fn accept(
                 let server = Arc::clone(&server);
                 async move { Ok::<_, Infallible>(handle(server, request).await) }
             });
+            // Headers must arrive in time: an idle or trickling client cannot hold a
+            // connection (and the agent's descriptors) forever.
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
             let mut connection = std::pin::pin!(connection);
             tokio::select! {
                 _ = connection.as_mut() => {}
                 () = cancel.cancelled() => {
                     connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
+                    // Killed with the server if the grace period runs out first.
+                    tokio::select! {
+                        _ = connection => {}
+                        () = kill.cancelled() => {}
+                    }
                 }
             }
         });
@@ -169,6 +181,9 @@ async fn handle(
     server: Arc<Server>,
     request: hyper::Request<Incoming>,
 ) -> hyper::Response<HyperOutgoingBody> {
+    if server.kill.is_cancelled() {
+        return plain(503, "the container is stopped\n".to_string());
+    }
     let permit =
         match tokio::time::timeout(REQUEST_TIMEOUT, Arc::clone(&server.permits).acquire_owned())
             .await
@@ -187,12 +202,15 @@ async fn handle(
             GuestLimiter::new(server.spec.limits.memory_bytes, &server.usage),
         ),
     );
+    // The CPU limit is held per instance (measured on its own polls); the container's total is
+    // what its stats report.
+    let instance = Arc::new(Usage::default());
     configure_store(
         &mut store,
         |host: &mut P2Host| host.limiter(),
         server.spec.limits.cpu_millis,
         server.engine.epoch_tick(),
-        Arc::clone(&server.usage),
+        Arc::clone(&instance),
     );
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let prepared = store
@@ -219,12 +237,14 @@ async fn handle(
                 .call_handle(&mut store, req, out)
                 .await
         }),
-        usage: Arc::clone(&server.usage),
+        usage: instance,
+        parent: Some(Arc::clone(&server.usage)),
     };
     let guest = tokio::spawn(async move {
         tokio::select! {
-            result = instance => result,
+            biased;
             () = kill.cancelled() => Err(wasmtime::Error::msg("the container was stopped")),
+            result = instance => result,
         }
     });
     match tokio::time::timeout(REQUEST_TIMEOUT, receiver).await {

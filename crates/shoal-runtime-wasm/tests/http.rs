@@ -36,6 +36,7 @@ async fn http_components_are_served_per_request_on_the_pod_ip_and_host_port() {
     let data_dir = tempfile::tempdir().expect("data dir");
     let mut config = WasmRuntimeConfig::new(data_dir.path());
     config.pod_cidr = Some(shoal_runtime_wasm::parse_cidr("127.77.0.0/16").expect("cidr"));
+    config.node_ips = vec!["127.0.0.1".parse().expect("ip")];
     let runtime = Arc::new(WasmRuntime::new(config).expect("runtime"));
     let reference = registry.reference("http-hello", "v1");
     let bytes = std::fs::read(http_hello_guest()).expect("http-hello binary");
@@ -56,9 +57,11 @@ async fn http_components_are_served_per_request_on_the_pod_ip_and_host_port() {
             log_directory: data_dir.path().join("logs"),
             port_mappings: vec![PortMapping {
                 protocol: Protocol::Tcp,
-                container_port: 8080,
+                // The same port for the pod and the host, as examples/http-hello has it.
+                container_port: host_port,
                 host_port,
-                host_ip: Some("127.0.0.1".parse().expect("ip")),
+                // On the node's addresses, beside the pod's own listener on the same port.
+                host_ip: None,
             }],
             ..PodSandboxConfig::default()
         })
@@ -69,7 +72,7 @@ async fn http_components_are_served_per_request_on_the_pod_ip_and_host_port() {
         status.ips,
         ["127.77.0.2".parse::<std::net::IpAddr>().expect("ip")]
     );
-    let pod = SocketAddr::new(status.ips[0], 8080);
+    let pod = SocketAddr::new(status.ips[0], host_port);
     let host = SocketAddr::from(([127, 0, 0, 1], host_port));
 
     let web = ContainerConfig {
@@ -86,7 +89,7 @@ async fn http_components_are_served_per_request_on_the_pod_ip_and_host_port() {
         },
         ports: vec![ContainerPort {
             protocol: Protocol::Tcp,
-            container_port: 8080,
+            container_port: host_port,
         }],
         ..ContainerConfig::default()
     };

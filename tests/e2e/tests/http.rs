@@ -30,7 +30,9 @@ fn http_hello_deployment_answers_on_its_pod_ip_and_host_port() -> Result<()> {
     let host_port = free_port();
     let container = &mut doc["spec"]["template"]["spec"]["containers"][0];
     container["image"] = image.clone().into();
+    // The example's shape, on a free port: the same port for the pod and the node.
     container["ports"][0]["hostPort"] = host_port.into();
+    container["ports"][0]["containerPort"] = host_port.into();
     let out = cluster.apply(&doc.to_string())?;
     ensure!(
         out.status.success(),
@@ -54,7 +56,7 @@ fn http_hello_deployment_answers_on_its_pod_ip_and_host_port() -> Result<()> {
     );
     let expected = "Hello from Shoal!\nGREETING: Hello from the Deployment\n";
     for addr in [
-        SocketAddr::new(pod_ip, 8080),
+        SocketAddr::new(pod_ip, host_port),
         SocketAddr::from(([127, 0, 0, 1], host_port)),
     ] {
         let answer = wait_until(&format!("an answer on {addr}"), LONG, || {
