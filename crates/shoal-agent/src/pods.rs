@@ -565,7 +565,13 @@ impl PodWorker {
                 s.containers
                     .iter()
                     .filter(|c| c.metadata.name == name)
-                    .max_by_key(|c| (c.metadata.attempt, c.created_at))
+                    .max_by_key(|c| {
+                        (
+                            c.state == RuntimeState::Running,
+                            c.metadata.attempt,
+                            c.created_at,
+                        )
+                    })
             })
         };
         let handler = runtime.as_ref().map_or("", |r| r.runtime.handler());
@@ -813,7 +819,15 @@ impl PodWorker {
                 .await?;
             // Only the newest run of each container may go on: older ones still running (left
             // by an agent that lost track of them) are stopped.
-            found.sort_by_key(|c| std::cmp::Reverse((c.metadata.attempt, c.created_at)));
+            // A running run is the one that goes on, even if a newer one was created (and
+            // never started, its agent gone before): that one is removed.
+            found.sort_by_key(|c| {
+                std::cmp::Reverse((
+                    c.state == RuntimeState::Running,
+                    c.metadata.attempt,
+                    c.created_at,
+                ))
+            });
             let mut newest = HashSet::new();
             let mut containers = Vec::with_capacity(found.len());
             for container in found {

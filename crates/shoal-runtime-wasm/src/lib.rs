@@ -334,6 +334,8 @@ impl RuntimeService for WasmRuntime {
             self.pods
                 .finish_stop(running.0, running.1.stop(Duration::ZERO).await);
         }
+        // The address goes back once nothing of the sandbox listens on it any more.
+        self.pods.release_ips(id);
         Ok(())
     }
 

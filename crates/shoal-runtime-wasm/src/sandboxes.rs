@@ -207,18 +207,26 @@ impl Sandboxes {
             .get_mut(id)
             .ok_or_else(|| RuntimeError::not_found("pod sandbox", id))?;
         sandbox.status.state = SandboxState::NotReady;
-        // The address goes back to the pool once the sandbox's containers are told to stop.
-        for ip in sandbox.status.ips.drain(..) {
-            if let Some(pool) = state.ips.as_mut() {
-                pool.release(ip);
-            }
-        }
         Ok(state
             .containers
             .iter_mut()
             .filter(|(_, c)| c.status.sandbox_id == id)
             .filter_map(|(cid, c)| Some((cid.clone(), c.running.take()?)))
             .collect())
+    }
+
+    /// Gives a stopped sandbox's address back to the pool: only once its containers have
+    /// stopped, so that no listener of theirs still holds it when another sandbox gets it.
+    pub(crate) fn release_ips(&self, id: &str) {
+        let mut state = self.lock();
+        let state = &mut *state;
+        if let Some(sandbox) = state.sandboxes.get_mut(id) {
+            for ip in sandbox.status.ips.drain(..) {
+                if let Some(pool) = state.ips.as_mut() {
+                    pool.release(ip);
+                }
+            }
+        }
     }
 
     /// Forgets a (stopped) sandbox and its containers.
@@ -568,4 +576,31 @@ fn exited(container: &mut Container, exit: ExitStatus) -> Option<ContainerStatus
     status.reason = exit.reason;
     status.message = exit.message.unwrap_or_default();
     Some(status.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_skips_network_gateway_and_broadcast_and_reuses_released_addresses() {
+        // A /30 has one usable pod address: .0 network, .1 gateway, .3 broadcast.
+        let mut pool = IpPool::new("10.0.0.5".parse().expect("ip"), 30);
+        let only = pool.allocate().expect("one address");
+        assert_eq!(only, "10.0.0.6".parse::<Ipv4Addr>().expect("ip"));
+        assert_eq!(pool.allocate(), None);
+        pool.release(IpAddr::V4(only));
+        assert_eq!(pool.allocate(), Some(only));
+
+        let mut pool = IpPool::new("127.64.0.0".parse().expect("ip"), 16);
+        let first: Vec<Ipv4Addr> = (0..3).filter_map(|_| pool.allocate()).collect();
+        assert_eq!(
+            first,
+            ["127.64.0.2", "127.64.0.3", "127.64.0.4"]
+                .map(|ip| ip.parse::<Ipv4Addr>().expect("ip"))
+        );
+        // Released addresses come back after the rest of the range, not at once.
+        pool.release(IpAddr::V4(first[0]));
+        assert_eq!(pool.allocate(), Some("127.64.0.5".parse().expect("ip")));
+    }
 }
