@@ -1460,7 +1460,12 @@ impl ContainerRun {
         // Create and start.
         let restart_count = self.current().restart_count;
         let attempt = u32::try_from(restart_count).unwrap_or(0);
-        let (pod_name_for_logs, uid_for_logs) = (pod_name.clone(), uid.clone());
+        let log_path = PathBuf::from(&name).join(format!("{restart_count}.log"));
+        // Followers that find the new file before the container starts wait for its output.
+        let live = self
+            .ctx
+            .logs
+            .live(&pod_log_dir(self.ctx.logs.root(), &namespace, &pod_name, &uid).join(&log_path));
         let container_labels: BTreeMap<String, String> = [
             (labels::POD_NAME, pod_name),
             (labels::POD_NAMESPACE, namespace.clone()),
@@ -1483,22 +1488,12 @@ impl ContainerRun {
             mounts,
             labels: container_labels,
             annotations: BTreeMap::new(),
-            log_path: PathBuf::from(&name).join(format!("{restart_count}.log")),
+            log_path,
             resources,
             ports: spec::container_ports(container),
         };
         let rt = Arc::clone(&self.runtime.runtime);
         let sandbox_id = self.sandbox_id.clone();
-        // Followers that find the new file before the container starts wait for its output.
-        let live = self.ctx.logs.live(
-            &pod_log_dir(
-                self.ctx.logs.root(),
-                &namespace,
-                &pod_name_for_logs,
-                &uid_for_logs,
-            )
-            .join(&config.log_path),
-        );
         let created = tokio::select! {
             r = rt.create_container(&sandbox_id, &config) => r,
             _ = stop_requested(&mut self.stop) => return None,

@@ -9,7 +9,7 @@
 //! removed and treated as absent, so the next pull fetches it again. Garbage collection of unused
 //! blobs is not done here.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -40,6 +40,28 @@ pub(crate) struct StoredImage {
     /// Normalized references (`registry/repo:tag`).
     pub references: Vec<String>,
     pub layer_digest: String,
+}
+
+impl Index {
+    /// The image `id` with the references that resolve to it (those whose layer is known);
+    /// `None` when it has none.
+    fn image(&self, id: &str) -> Option<StoredImage> {
+        let mut found: Option<StoredImage> = None;
+        for (reference, _) in self.image_ids.iter().filter(|(_, i)| *i == id) {
+            let Some(layer) = self.refs.get(reference).and_then(|m| self.manifests.get(m)) else {
+                continue;
+            };
+            found
+                .get_or_insert_with(|| StoredImage {
+                    id: id.to_owned(),
+                    references: Vec::new(),
+                    layer_digest: layer.clone(),
+                })
+                .references
+                .push(reference.clone());
+        }
+        found
+    }
 }
 
 pub(crate) struct ImageStore {
@@ -211,33 +233,20 @@ impl ImageStore {
     /// Every image id with the references that resolve to it and its layer digest.
     pub(crate) fn list(&self) -> Vec<StoredImage> {
         let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
-        let mut by_id: BTreeMap<String, StoredImage> = BTreeMap::new();
-        for (reference, image_id) in &index.image_ids {
-            let Some(layer) = index
-                .refs
-                .get(reference)
-                .and_then(|m| index.manifests.get(m))
-            else {
-                continue;
-            };
-            by_id
-                .entry(image_id.clone())
-                .or_insert_with(|| StoredImage {
-                    id: image_id.clone(),
-                    references: Vec::new(),
-                    layer_digest: layer.clone(),
-                })
-                .references
-                .push(reference.clone());
-        }
-        by_id.into_values().collect()
+        let ids: BTreeSet<&String> = index.image_ids.values().collect();
+        ids.into_iter().filter_map(|id| index.image(id)).collect()
     }
 
-    /// The reference key (`registry/repo:tag`) or image id an image answers to.
+    /// The reference key (`registry/repo:tag`) or image id an image answers to. Called for
+    /// every container start: it reads only that image's entries.
     pub(crate) fn find(&self, image: &str) -> Option<StoredImage> {
-        self.list()
-            .into_iter()
-            .find(|i| i.id == image || i.references.iter().any(|r| r == image))
+        let index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        match index.image_ids.get(image) {
+            Some(id) => index
+                .image(id)
+                .filter(|found| found.references.iter().any(|r| r == image)),
+            None => index.image(image),
+        }
     }
 
     /// Forgets an image id or reference key: every reference to it leaves the index. The blob
